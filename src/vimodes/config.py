@@ -1,0 +1,281 @@
+"""Study configuration: validation against the JSON schema and expansion into cells and fit chunks.
+
+Validation collects *every* problem (schema errors and cross-references) before anything runs and
+raises one :class:`ConfigError` whose message names each offending key path, what was expected,
+what was found and, where possible, a suggestion.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+VI_METHODS = ("advi", "fullrank_advi", "svgd")
+METHODS = (*VI_METHODS, "nuts", "pathfinder", "cavi")
+
+
+class ConfigError(ValueError):
+    """Raised with all problems of a configuration at once."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        lines = [f"{len(problems)} problem(s) in {source}:"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of factor levels; fitted once per seed."""
+
+    grid: str
+    model: str
+    method: str
+    optimizer: str
+    learning_rate: float | None
+    optimizer_name: str | None
+    iterations: int | None
+    init: str
+    batch_size: int | None
+    chains: int | None
+    data_regime: str
+    seeds: tuple[int, ...]
+
+    @property
+    def cell_id(self) -> str:
+        """A readable, unique directory name; axes that do not apply to the method are left out."""
+        parts = [self.model, self.method]
+        if self.method in VI_METHODS:
+            parts += [self.optimizer, f"it{self.iterations}", f"init-{self.init}",
+                      "fullbatch" if self.batch_size == 0 else f"b{self.batch_size}"]
+        elif self.method == "cavi":
+            parts += [f"it{self.iterations}", f"init-{self.init}"]
+        elif self.method == "pathfinder":
+            parts += [f"init-{self.init}"]
+        elif self.method == "nuts":
+            parts += [f"c{self.chains}"]
+        if self.data_regime != "default":
+            parts.append(f"data-{self.data_regime}")
+        return "__".join(parts)
+
+    def axes(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("seeds")
+        record["cell_id"] = self.cell_id
+        return record
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file '{path}' does not exist"], source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError([f"'{path}' is not valid YAML: {err}"], source=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"'{path}' must hold a mapping at the top level"], source=str(path))
+    return data
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _path_of(error: jsonschema.ValidationError) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path]
+    return "config" + "".join(parts)
+
+
+def _schema_problem(error: jsonschema.ValidationError) -> str:
+    where = _path_of(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = [k for k in error.instance if k not in error.schema.get("properties", {})]
+        msgs = []
+        for key in unknown:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed keys: {', '.join(allowed)}"
+            msgs.append(f"{where}: unknown key '{key}'{suggestion}")
+        return "\n  - ".join(msgs)
+    if error.validator == "enum":
+        hint = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return (f"{where}: expected one of {list(error.validator_value)}, found {error.instance!r}"
+                f"{suggestion}")
+    if error.validator == "type":
+        return f"{where}: expected type {error.validator_value}, found {error.instance!r}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{where}: expected {error.validator} {error.validator_value}, found {error.instance!r}"
+    if error.validator == "minItems":
+        return f"{where}: expected at least {error.validator_value} item(s), found {error.instance!r}"
+    return f"{where}: {error.message}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
+    """Insert the schema's defaults for missing keys, recursively (after validation)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                instance[key] = _fill_defaults(instance[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            known = schema.get("properties", {})
+            for key in instance:
+                if key not in known:
+                    instance[key] = _fill_defaults(instance[key], extra, root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        instance = [_fill_defaults(item, schema["items"], root) for item in instance]
+    return instance
+
+
+def _seed_list(spec: Any) -> list[int]:
+    if isinstance(spec, int):
+        return list(range(spec))
+    if isinstance(spec, dict):
+        start = spec.get("start", 0)
+        return list(range(start, start + spec["count"]))
+    return list(spec)
+
+
+def validate_config(raw: dict, source: str = "config") -> dict:
+    """Validate `raw` against the schema and cross-references; return it with defaults filled."""
+    from vimodes.models import MODEL_NAMES
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_schema_problem(e) for e in errors]
+    if problems:
+        raise ConfigError(problems, source)
+
+    config = _fill_defaults(copy.deepcopy(raw), schema, schema)
+
+    for name, regime in config["data_regimes"].items():
+        if abs(sum(regime["weights"]) - 1.0) > 1e-9:
+            problems.append(f"config.data_regimes.{name}.weights: expected weights summing to 1, "
+                            f"found {regime['weights']} (sum {sum(regime['weights'])})")
+        if regime["x_low"] >= regime["x_high"]:
+            problems.append(f"config.data_regimes.{name}: expected x_low < x_high, found "
+                            f"{regime['x_low']} >= {regime['x_high']}")
+        if regime["slopes"][0] == regime["slopes"][1]:
+            problems.append(f"config.data_regimes.{name}.slopes: expected two different slopes "
+                            f"(the modes must be distinct), found {regime['slopes']}")
+
+    grid_names = [g["name"] for g in config["grids"]]
+    for name in {n for n in grid_names if grid_names.count(n) > 1}:
+        problems.append(f"config.grids: grid name '{name}' is used more than once")
+
+    references = (("models", MODEL_NAMES), ("optimizers", tuple(config["optimizers"])),
+                  ("inits", tuple(config["inits"])), ("data_regimes", tuple(config["data_regimes"])))
+    for index, grid in enumerate(config["grids"]):
+        for axis, known in references:
+            for value in grid.get(axis, []):
+                if value not in known:
+                    hint = difflib.get_close_matches(value, known, n=1)
+                    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                    problems.append(f"config.grids[{index}].{axis}: unknown {axis[:-1]} '{value}'; "
+                                    f"expected one of {list(known)}{suggestion}")
+    if problems:
+        raise ConfigError(problems, source)
+
+    seen: dict[str, str] = {}
+    for index, grid in enumerate(config["grids"]):
+        for cell in _grid_cells(config, grid):
+            key = cell.cell_id
+            if key in seen:
+                problems.append(f"config.grids[{index}] ('{grid['name']}'): duplicate cell '{key}', "
+                                f"already declared by grid '{seen[key]}'; remove it from one grid")
+            else:
+                seen[key] = grid["name"]
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _grid_cells(config: dict, grid: dict) -> list[Cell]:
+    cells: dict[str, Cell] = {}
+    seeds = tuple(_seed_list(grid["seeds"]))
+    for model, method, opt, iters, init, batch, chains, regime in itertools.product(
+        grid["models"], grid["methods"], grid["optimizers"], grid["iterations"], grid["inits"],
+        grid["batch_sizes"], grid["chains"], grid["data_regimes"],
+    ):
+        uses_optimizer = method in VI_METHODS
+        uses_iterations = method in (*VI_METHODS, "cavi")
+        uses_init = method in (*VI_METHODS, "cavi", "pathfinder")
+        optimizer = config["optimizers"][opt]
+        cell = Cell(
+            grid=grid["name"],
+            model=model,
+            method=method,
+            optimizer=opt if uses_optimizer else "none",
+            optimizer_name=optimizer["name"] if uses_optimizer else None,
+            learning_rate=optimizer["learning_rate"] if uses_optimizer else None,
+            iterations=iters if uses_iterations else None,
+            init=init if uses_init else "none",
+            batch_size=batch if uses_optimizer else None,
+            chains=chains if method == "nuts" else None,
+            data_regime=regime,
+            seeds=seeds,
+        )
+        # Axes that do not apply to a method collapse onto one cell.
+        cells.setdefault(cell.cell_id, cell)
+    return list(cells.values())
+
+
+@dataclass(frozen=True)
+class Study:
+    config: dict
+    cells: tuple[Cell, ...]
+
+    @property
+    def cell_by_id(self) -> dict[str, Cell]:
+        return {c.cell_id: c for c in self.cells}
+
+    def chunks(self, cell: Cell) -> list[tuple[int, ...]]:
+        size = self.config["chunk_size"]
+        seeds = sorted(cell.seeds)
+        return [tuple(seeds[i:i + size]) for i in range(0, len(seeds), size)]
+
+    def chunk_seeds(self, cell_id: str, chunk: int) -> tuple[int, ...]:
+        return self.chunks(self.cell_by_id[cell_id])[chunk]
+
+    def fit_chunks(self) -> list[tuple[str, int]]:
+        return [(c.cell_id, i) for c in self.cells for i in range(len(self.chunks(c)))]
+
+    def datasets(self) -> list[tuple[str, int]]:
+        return sorted({(c.data_regime, s) for c in self.cells for s in c.seeds})
+
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def config_hash(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def build_study(raw: dict, source: str = "config") -> Study:
+    config = validate_config(raw, source)
+    cells = [cell for grid in config["grids"] for cell in _grid_cells(config, grid)]
+    return Study(config=config, cells=tuple(cells))
+
+
+def load_study(path: str | Path) -> Study:
+    return build_study(load_yaml(path), source=str(path))

@@ -1,0 +1,487 @@
+"""Fused log-likelihood + gradient for a K-component mixture of linear regressions.
+
+Model, per observation ``n`` (no intercept, one shared noise scale)::
+
+    log p(y_n) = logsumexp_k [ log w_k + Normal_logpdf(y_n; x_n * slope_k, sigma) ]
+
+and the total log-likelihood is the sum over ``n``.  This is exactly the density of
+``pm.NormalMixture("y", w=w, mu=x[:, None] * slopes[None, :], sigma=sigma, observed=y)``.
+
+Why: NUTS needs ``logp`` and ``dlogp`` at every leapfrog step.  PyTensor evaluates the
+``NormalMixture`` graph as several elementwise passes over (N, K) temporaries (and more
+for the gradient).  Here one numba-jitted loop over ``n`` computes the log-likelihood
+and its analytic gradient w.r.t. the weights (or log-weights), slopes and sigma in a
+single pass with O(K) memory.  For K = 2 (all weights > 0) a branch-free
+two-component path is used (one exp and one division per observation); for any K the
+log of sum_k exp(.) (a value in [1, K]) is taken once per block of observations, as the
+log of a running product, instead of once per observation.
+
+Public API
+----------
+``mixture_regression_loglike(x, y, weights, slopes, sigma, *, log_weights=False)``
+    Scalar PyTensor tensor with the total log-likelihood (differentiable w.r.t.
+    ``weights``, ``slopes`` and ``sigma``; not w.r.t. the data ``x``, ``y``).
+``add_fused_likelihood(name, x, y, weights, slopes, sigma, *, log_weights=False)``
+    Adds that tensor to the current PyMC model as ``pm.Potential(name, ...)``.
+``MixtureRegressionLogLike`` / ``MixtureRegressionLogLikeGrad``
+    The two PyTensor Ops.  ``grad()`` of the first is built from the second, which
+    outputs ``(logp, dlogp/dweights, dlogp/dslopes, dlogp/dsigma)`` from the same fused
+    kernel.  A canonicalize rewrite (``local_fuse_mixture_loglike_with_grad``) replaces the
+    logp-only node by output 0 of the grad node when both are in one compiled graph
+    (e.g. nutpie's joint logp+dlogp function), so logp+dlogp costs ONE pass over the data.
+``fused_loglike_and_grad(x, y, weights, slopes, sigma, log_weights=False)``
+    The raw numba kernel (numpy in, ``(logp, gw, gslopes, gsigma)`` out).
+
+Both Ops have a numba dispatch (``numba_funcify``), so graphs containing them compile
+natively (no object mode) under ``mode="NUMBA"``, which is what
+``nutpie.compile_pymc_model`` uses.  Under the C / Python backends ``perform`` calls the
+same jitted kernel.
+
+Data handling
+-------------
+Pass ``x`` and ``y`` as ``pm.Data`` / ``pytensor.shared`` variables so that a compiled
+function (PyMC ``compile_logp``/``compile_dlogp``, or nutpie via
+``compiled.with_data(x=..., y=...)``) can be re-used for new data via ``set_value`` /
+``pm.set_data`` without recompiling.  ``add_fused_likelihood`` wraps plain numpy arrays in
+``pm.Data(f"{name}_x")`` / ``pm.Data(f"{name}_y")`` automatically.  The length N may
+change between data sets; K is fixed by the parameters.
+
+Caveat: with ``pm.Potential`` the observed ``y`` is not an observed random variable of
+the model, so prior/posterior predictive sampling and ``pm.compute_log_likelihood`` do
+not know about it.  That is fine for NUTS sampling of the parameters' posterior.
+
+Conventions match PyMC's ``Mixture``/``Normal`` logp: ``sigma <= 0`` (or NaN), or a
+negative weight, gives ``logp = -inf`` with zero gradient; a weight of exactly 0 is
+allowed (``log 0 = -inf``) and its gradient is still the exact derivative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.gradient import DisconnectedType, grad_not_implemented
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import node_rewriter
+from pytensor.tensor.rewriting.basic import register_canonicalize
+
+__all__ = [
+    "MixtureRegressionLogLike",
+    "MixtureRegressionLogLikeGrad",
+    "add_fused_likelihood",
+    "fused_loglike_and_grad",
+    "mixture_regression_loglike",
+]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+# Bump when the kernel's semantics change; the hash of this file is also part of the
+# PyTensor numba cache key, so edits to this module never reuse a stale cached kernel.
+_KERNEL_VERSION = 1
+_BLOCK = 512  # observations per log() of a product of values in (1, 2]
+_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# The fused kernel
+# --------------------------------------------------------------------------------------
+def _jit(fn):
+    """``numba.njit`` with on-disk caching when a cache location is writable."""
+    try:
+        return numba.njit(cache=True, nogil=True, fastmath=False)(fn)
+    except RuntimeError:  # e.g. read-only install and no writable user cache dir
+        return numba.njit(cache=False, nogil=True, fastmath=False)(fn)
+
+
+@_jit
+def _loop_k2(x, y, lw0, lw1, b0, b1, inv_s):
+    """K = 2, finite log-weights: branch-free two-component logsumexp.
+
+    Returns (sum_n lse_n without the -log(sigma*sqrt(2 pi)) constant,
+             sum_n r_n0, sum_n r_n1, sum_n r_n0 z_n0 x_n, sum_n r_n1 z_n1 x_n,
+             sum_n (r_n0 z_n0^2 + r_n1 z_n1^2 - 1)).
+    The log of (1 + exp(-|d|)) in (1, 2] is taken once per block of products.
+    """
+    n_obs = x.shape[0]
+    acc_ll = 0.0
+    acc_s = 0.0
+    r0_sum = 0.0
+    r1_sum = 0.0
+    gb0 = 0.0
+    gb1 = 0.0
+    for start in range(0, n_obs, _BLOCK):
+        prod = 1.0
+        for i in range(start, min(start + _BLOCK, n_obs)):
+            xi = x[i]
+            yi = y[i]
+            z0 = (yi - xi * b0) * inv_s
+            z1 = (yi - xi * b1) * inv_s
+            a0 = lw0 - 0.5 * z0 * z0
+            a1 = lw1 - 0.5 * z1 * z1
+            d = a1 - a0
+            pos = d > 0.0
+            m = a1 if pos else a0
+            t = math.exp(-abs(d))
+            s = 1.0 + t
+            inv = 1.0 / s
+            p = t * inv
+            r1 = inv if pos else p
+            r0 = p if pos else inv
+            acc_ll += m
+            prod *= s
+            rz0 = r0 * z0
+            rz1 = r1 * z1
+            r0_sum += r0
+            r1_sum += r1
+            gb0 += rz0 * xi
+            gb1 += rz1 * xi
+            acc_s += rz0 * z0 + rz1 * z1 - 1.0
+        acc_ll += math.log(prod)
+    return acc_ll, r0_sum, r1_sum, gb0, gb1, acc_s
+
+
+@_jit
+def _fused_kernel(x, y, w, slopes, sigma, log_weights):
+    """One pass over n: total log-likelihood and its gradient.
+
+    Returns (logp, d/dw (K,), d/dslopes (K,), d/dsigma).  If ``log_weights`` is true
+    ``w`` holds log-weights and the first gradient is w.r.t. them.
+    """
+    n_obs = x.shape[0]
+    k_comp = slopes.shape[0]
+    if y.shape[0] != n_obs:
+        raise ValueError("x and y must have the same length")
+    if w.shape[0] != k_comp:
+        raise ValueError("weights and slopes must have the same length K")
+
+    g_w = np.zeros(k_comp)
+    g_b = np.zeros(k_comp)
+    if k_comp == 0 or not (sigma > 0.0):
+        return -np.inf, g_w, g_b, 0.0
+
+    lw = np.empty(k_comp)
+    inv_w = np.empty(k_comp)
+    any_zero_w = False
+    all_finite = True
+    for k in range(k_comp):
+        if log_weights:
+            lw[k] = w[k]
+        else:
+            wk = w[k]
+            if wk < 0.0 or not (wk == wk):
+                return -np.inf, g_w, g_b, 0.0
+            if wk == 0.0:
+                any_zero_w = True
+                inv_w[k] = 0.0
+                lw[k] = -np.inf
+            else:
+                inv_w[k] = 1.0 / wk
+                lw[k] = math.log(wk)
+        if not (abs(lw[k]) < np.inf):
+            all_finite = False
+
+    inv_s = 1.0 / sigma
+    r_sum = np.zeros(k_comp)  # sum_n responsibilities
+    g_zero = np.zeros(k_comp)  # sum_n N_nk / p_n, used for weights that are exactly 0
+    acc_ll = 0.0  # sum_n logsumexp_k(log w_k - z_nk^2 / 2)
+    acc_s = 0.0  # sum_n (sum_k r_nk z_nk^2 - 1)
+
+    if k_comp == 2 and all_finite:
+        acc_ll, r_sum[0], r_sum[1], g_b[0], g_b[1], acc_s = _loop_k2(
+            x, y, lw[0], lw[1], slopes[0], slopes[1], inv_s
+        )
+    else:
+        # general K: sum_k exp(lp_k - max) lies in [1, K]; multiply a block of them and
+        # take one log per block (K**block stays far below the float64 range).
+        log2k = 1
+        while (1 << log2k) < k_comp:
+            log2k += 1
+        block = max(1, 960 // log2k)
+        z = np.empty(k_comp)
+        e = np.empty(k_comp)
+        prod = 1.0
+        n_in_block = 0
+        for i in range(n_obs):
+            xi = x[i]
+            yi = y[i]
+            m = -np.inf
+            for k in range(k_comp):
+                zk = (yi - xi * slopes[k]) * inv_s
+                z[k] = zk
+                lp = lw[k] - 0.5 * zk * zk
+                e[k] = lp
+                if lp > m or not (lp == lp):
+                    m = lp
+            if not (m > -np.inf):
+                # every component has zero density (or NaN)
+                acc_ll += m
+                continue
+            s = 0.0
+            for k in range(k_comp):
+                ek = math.exp(e[k] - m)
+                e[k] = ek
+                s += ek
+            acc_ll += m
+            prod *= s
+            n_in_block += 1
+            if n_in_block == block:
+                acc_ll += math.log(prod)
+                prod = 1.0
+                n_in_block = 0
+            inv_sum = 1.0 / s
+            t = 0.0
+            for k in range(k_comp):
+                r = e[k] * inv_sum
+                zk = z[k]
+                rz = r * zk
+                r_sum[k] += r
+                g_b[k] += rz * xi
+                t += rz * zk
+            acc_s += t - 1.0
+            if any_zero_w and not log_weights:
+                lse = m + math.log(s)
+                for k in range(k_comp):
+                    if w[k] == 0.0:
+                        g_zero[k] += math.exp(-0.5 * z[k] * z[k] - lse)
+        acc_ll += math.log(prod)
+
+    logp = acc_ll - n_obs * (math.log(sigma) + _LOG_SQRT_2PI)
+    for k in range(k_comp):
+        g_b[k] *= inv_s
+        if log_weights:
+            g_w[k] = r_sum[k]
+        elif w[k] == 0.0:
+            g_w[k] = g_zero[k]
+        else:
+            g_w[k] = r_sum[k] * inv_w[k]
+    g_s = acc_s * inv_s
+    return logp, g_w, g_b, g_s
+
+
+def fused_loglike_and_grad(x, y, weights, slopes, sigma, log_weights=False):
+    """Numpy entry point to the fused kernel: ``(logp, d/dweights, d/dslopes, d/dsigma)``."""
+    return _fused_kernel(
+        np.ascontiguousarray(x, dtype=np.float64),
+        np.ascontiguousarray(y, dtype=np.float64),
+        np.ascontiguousarray(weights, dtype=np.float64),
+        np.ascontiguousarray(slopes, dtype=np.float64),
+        float(sigma),
+        bool(log_weights),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# PyTensor Ops
+# --------------------------------------------------------------------------------------
+def _as_float64(v, ndim, what):
+    v = pt.as_tensor_variable(v)
+    if v.ndim != ndim:
+        raise ValueError(f"{what} must have ndim={ndim}, got ndim={v.ndim} ({v.type})")
+    if v.dtype != "float64":
+        v = pt.cast(v, "float64")
+    return v
+
+
+def _make_inputs(x, y, w, slopes, sigma):
+    return [
+        _as_float64(x, 1, "x"),
+        _as_float64(y, 1, "y"),
+        _as_float64(w, 1, "weights"),
+        _as_float64(slopes, 1, "slopes"),
+        _as_float64(sigma, 0, "sigma"),
+    ]
+
+
+class MixtureRegressionLogLike(Op):
+    """Total log-likelihood of a mixture of linear regressions (scalar output).
+
+    Inputs: ``x (N,)``, ``y (N,)``, ``weights (K,)`` (log-weights if
+    ``log_weights=True``), ``slopes (K,)``, ``sigma ()``; all cast to float64.
+    """
+
+    __props__ = ("log_weights",)
+
+    def __init__(self, log_weights: bool = False):
+        self.log_weights = bool(log_weights)
+        super().__init__()
+
+    def make_node(self, x, y, w, slopes, sigma):
+        inputs = _make_inputs(x, y, w, slopes, sigma)
+        return Apply(self, inputs, [pt.dscalar()])
+
+    def perform(self, node, inputs, output_storage):
+        x, y, w, b, s = inputs
+        logp, _, _, _ = _fused_kernel(x, y, w, b, float(s), self.log_weights)
+        output_storage[0][0] = np.asarray(logp, dtype=np.float64)
+
+    def infer_shape(self, fgraph, node, input_shapes):
+        return [()]
+
+    def grad(self, inputs, output_grads):
+        (g_out,) = output_grads
+        _, g_w, g_b, g_s = MixtureRegressionLogLikeGrad(self.log_weights)(*inputs)
+        x, y = inputs[:2]
+        return [
+            grad_not_implemented(self, 0, x, "gradient w.r.t. the data x is not implemented"),
+            grad_not_implemented(self, 1, y, "gradient w.r.t. the data y is not implemented"),
+            g_out * g_w,
+            g_out * g_b,
+            g_out * g_s,
+        ]
+
+
+class MixtureRegressionLogLikeGrad(Op):
+    """Companion Op: ``(logp, d/dweights (K,), d/dslopes (K,), d/dsigma ())`` in one pass."""
+
+    __props__ = ("log_weights",)
+
+    def __init__(self, log_weights: bool = False):
+        self.log_weights = bool(log_weights)
+        super().__init__()
+
+    def make_node(self, x, y, w, slopes, sigma):
+        inputs = _make_inputs(x, y, w, slopes, sigma)
+        outputs = [pt.dscalar(), pt.dvector(), pt.dvector(), pt.dscalar()]
+        return Apply(self, inputs, outputs)
+
+    def perform(self, node, inputs, output_storage):
+        x, y, w, b, s = inputs
+        logp, g_w, g_b, g_s = _fused_kernel(x, y, w, b, float(s), self.log_weights)
+        output_storage[0][0] = np.asarray(logp, dtype=np.float64)
+        output_storage[1][0] = g_w
+        output_storage[2][0] = g_b
+        output_storage[3][0] = np.asarray(g_s, dtype=np.float64)
+
+    def infer_shape(self, fgraph, node, input_shapes):
+        k_shape = input_shapes[3]
+        return [(), k_shape, k_shape, ()]
+
+    def L_op(self, inputs, outputs, output_grads):
+        # logp output: its gradient is outputs 1..3.  Second derivatives are not implemented.
+        if any(not isinstance(g.type, DisconnectedType) for g in output_grads[1:]):
+            return [
+                grad_not_implemented(self, i, inp, "second derivatives are not implemented")
+                for i, inp in enumerate(inputs)
+            ]
+        g_out = output_grads[0]
+        x, y = inputs[:2]
+        return [
+            grad_not_implemented(self, 0, x, "gradient w.r.t. the data x is not implemented"),
+            grad_not_implemented(self, 1, y, "gradient w.r.t. the data y is not implemented"),
+            g_out * outputs[1],
+            g_out * outputs[2],
+            g_out * outputs[3],
+        ]
+
+    def connection_pattern(self, node):
+        return [[True] * 4 for _ in node.inputs]
+
+
+@register_canonicalize
+@node_rewriter([MixtureRegressionLogLike])
+def local_fuse_mixture_loglike_with_grad(fgraph, node):
+    """Reuse output 0 of a MixtureRegressionLogLikeGrad node with identical inputs.
+
+    With this, a graph computing both logp and its gradient evaluates the fused kernel
+    once instead of twice.
+    """
+    clients = getattr(fgraph, "clients", None)
+    if clients is None:
+        return None
+    for client, _ in clients.get(node.inputs[3], []):
+        op = getattr(client, "op", None)
+        if (
+            isinstance(op, MixtureRegressionLogLikeGrad)
+            and op.log_weights == node.op.log_weights
+            and list(client.inputs) == list(node.inputs)
+        ):
+            return [client.outputs[0]]
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Numba backend dispatch (mode="NUMBA", nutpie)
+# --------------------------------------------------------------------------------------
+def _register_numba_dispatch():
+    from pytensor.link.numba.dispatch import basic as nb_basic
+
+    def _cache_key(op):
+        return hashlib.sha256(
+            f"{type(op).__module__}.{type(op).__qualname__}|{op._props_dict()}|"
+            f"v{_KERNEL_VERSION}|{_SOURCE_HASH}".encode()
+        ).hexdigest()
+
+    register = getattr(nb_basic, "register_funcify_and_cache_key", None)
+
+    def funcify_loglike(op, node=None, **kwargs):
+        log_weights = op.log_weights
+
+        @nb_basic.numba_njit
+        def mixture_regression_loglike_numba(x, y, w, slopes, sigma):
+            logp, _, _, _ = _fused_kernel(x, y, w, slopes, sigma.item(), log_weights)
+            return np.asarray(logp)
+
+        return mixture_regression_loglike_numba, _cache_key(op)
+
+    def funcify_loglike_grad(op, node=None, **kwargs):
+        log_weights = op.log_weights
+
+        @nb_basic.numba_njit
+        def mixture_regression_loglike_grad_numba(x, y, w, slopes, sigma):
+            logp, g_w, g_b, g_s = _fused_kernel(x, y, w, slopes, sigma.item(), log_weights)
+            return np.asarray(logp), g_w, g_b, np.asarray(g_s)
+
+        return mixture_regression_loglike_grad_numba, _cache_key(op)
+
+    if register is not None:  # pytensor >= 2.36 style: funcify + cache key
+        register(MixtureRegressionLogLike)(funcify_loglike)
+        register(MixtureRegressionLogLikeGrad)(funcify_loglike_grad)
+    else:  # older pytensor: plain singledispatch, no cache key
+        nb_basic.numba_funcify.register(MixtureRegressionLogLike)(
+            lambda op, node=None, **kw: funcify_loglike(op, node, **kw)[0]
+        )
+        nb_basic.numba_funcify.register(MixtureRegressionLogLikeGrad)(
+            lambda op, node=None, **kw: funcify_loglike_grad(op, node, **kw)[0]
+        )
+
+
+_register_numba_dispatch()
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+def mixture_regression_loglike(x, y, weights, slopes, sigma, *, log_weights=False) -> Variable:
+    """Scalar tensor: sum_n logsumexp_k[log w_k + Normal_logpdf(y_n; x_n*slope_k, sigma)].
+
+    ``weights`` are mixture weights (on the simplex), or log-weights if
+    ``log_weights=True`` (not renormalised: pass normalised log-weights).
+    """
+    return MixtureRegressionLogLike(log_weights)(x, y, weights, slopes, sigma)
+
+
+def add_fused_likelihood(name, x, y, weights, slopes, sigma, *, log_weights=False, model=None):
+    """Add the fused mixture-regression likelihood to a PyMC model as ``pm.Potential``.
+
+    ``x`` and ``y`` should be ``pm.Data`` / shared variables so the data can be swapped
+    without recompiling; plain arrays are wrapped in ``pm.Data(f"{name}_x")`` and
+    ``pm.Data(f"{name}_y")``.  The observed ``y`` is then not an observed RV of the model
+    (no posterior predictive / log_likelihood group for it); NUTS sampling of the
+    parameters is unaffected.  Returns the Potential variable.
+    """
+    import pymc as pm
+
+    model = pm.modelcontext(model)
+    with model:
+        if not isinstance(x, Variable):
+            x = pm.Data(f"{name}_x", np.asarray(x, dtype=np.float64))
+        if not isinstance(y, Variable):
+            y = pm.Data(f"{name}_y", np.asarray(y, dtype=np.float64))
+        return pm.Potential(
+            name, mixture_regression_loglike(x, y, weights, slopes, sigma, log_weights=log_weights)
+        )

@@ -1,0 +1,416 @@
+"""Fitting: one fitter object per (model, method, settings) that compiles once and fits many seeds.
+
+A fitter owns the compiled PyTensor graph. For each seed it swaps the data into the shared
+variables, restores every piece of mutable state (variational parameters, optimiser
+accumulators), reseeds every random generator from the seed, and runs. A fit therefore depends
+only on (settings, data, seed), never on which seeds the process fitted before -- the property
+that lets the pipeline fit seeds in chunks (tested in tests/test_fitting.py).
+
+Numerical failures (NaN/inf loss, sampler errors) are returned as ``status='failed'`` results with
+the message; interrupts and infrastructure errors propagate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.random.type import RandomGeneratorType
+
+from vimodes.models import build_model
+from vimodes.simulate import Dataset
+
+VARIABLES = ("slopes", "weights", "sigma")
+TRACE_EVERY = 100  # iterations between stored loss means / parameter snapshots
+
+FIT_STREAM = 1  # default_rng([seed_base, seed, FIT_STREAM]) drives everything random in a fit
+
+
+def fit_rng(seed_base: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed_base, seed, FIT_STREAM])
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    model: str
+    method: str
+    draws: int = 1000
+    optimizer_name: str | None = "adagrad_window"
+    learning_rate: float | None = 0.001
+    iterations: int | None = 10000
+    init_kind: str = "default"
+    init_scale: float = 1.0
+    batch_size: int | None = 128
+    convergence_tolerance: float | None = 1e-4
+    svgd_particles: int = 100
+    pathfinder_paths: int = 4
+    chains: int | None = 1
+    tune: int = 1000
+    target_accept: float = 0.8
+    sampler: str = "nutpie"
+    likelihood: str = "pymc"
+    khat_draws: int = 200
+    threads: int = 1
+
+    @classmethod
+    def from_cell(cls, cell, config: dict, threads: int = 1) -> FitSettings:
+        init = config["inits"].get(cell.init, {"kind": "default", "scale": 1.0})
+        return cls(
+            model=cell.model, method=cell.method, draws=config["draws"],
+            optimizer_name=cell.optimizer_name, learning_rate=cell.learning_rate,
+            iterations=cell.iterations, init_kind=init["kind"], init_scale=init.get("scale", 1.0),
+            batch_size=cell.batch_size, convergence_tolerance=config["vi"]["convergence_tolerance"],
+            svgd_particles=config["vi"]["svgd_particles"],
+            pathfinder_paths=config["vi"]["pathfinder_paths"], chains=cell.chains,
+            tune=config["nuts"]["tune"], target_accept=config["nuts"]["target_accept"],
+            sampler=config["nuts"]["sampler"], likelihood=config["nuts"]["likelihood"],
+            khat_draws=config["vi"]["khat_draws"], threads=threads,
+        )
+
+
+@dataclass
+class FitResult:
+    """Outcome of one fit. ``draws`` arrays have a leading (chain, draw) pair of axes."""
+
+    status: str  # "ok" | "failed" | "incomplete"
+    error: str | None
+    draws: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class NumericalFailure(RuntimeError):
+    """A fit that diverged numerically: recorded as data, never fatal to the study."""
+
+
+def _optimizer(name: str, learning_rate: float):
+    return getattr(pm, name)(learning_rate=learning_rate)
+
+
+def _binned_mean(values: np.ndarray, width: int) -> np.ndarray:
+    n = len(values) // width * width
+    head = values[:n].reshape(-1, width).mean(axis=1)
+    return np.concatenate([head, [values[n:].mean()]]) if len(values) > n else head
+
+
+class _Fitter:
+    """Shared plumbing: data in shared variables, model, flat-space <-> variable mapping."""
+
+    def __init__(self, settings: FitSettings, n_obs: int, batch_size: int):
+        self.settings = settings
+        self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
+        self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
+        self.model = build_model(settings.model, self.x_data, self.y_data, batch_size=batch_size,
+                                 likelihood=settings.likelihood if settings.method == "nuts" else "pymc")
+
+    def set_data(self, data: Dataset) -> None:
+        if data.x.shape != self.x_data.get_value(borrow=True).shape:
+            raise ValueError(f"data of seed {data.seed} has {data.x.shape[0]} points, the fitter "
+                             f"was compiled for {self.x_data.get_value(borrow=True).shape[0]}")
+        self.x_data.set_value(data.x)
+        self.y_data.set_value(data.y)
+
+
+class VIFitter(_Fitter):
+    """Minibatch or full-batch ADVI, full-rank ADVI and SVGD with PyMC's own objective and
+    optimisers, iterated by our loop so that state can be reset between seeds."""
+
+    def __init__(self, settings: FitSettings, n_obs: int):
+        s = settings
+        super().__init__(s, n_obs, batch_size=s.batch_size or 0)
+        with self.model:
+            if s.method == "advi":
+                self.inference = pm.ADVI(random_seed=0)
+            elif s.method == "fullrank_advi":
+                self.inference = pm.FullRankADVI(random_seed=0)
+            elif s.method == "svgd":
+                self.inference = pm.SVGD(n_particles=s.svgd_particles, jitter=1, random_seed=0)
+            else:
+                raise ValueError(f"VIFitter does not handle method '{s.method}'")
+        self.approx = self.inference.approx
+        self.group = self.approx.groups[0]
+        self.step = self.inference.objective.step_function(
+            obj_optimizer=_optimizer(s.optimizer_name, s.learning_rate), score=True)
+        shared = [v for v in ancestors(self.step.maker.fgraph.outputs)
+                  if isinstance(v, SharedVariable)]
+        shared += [v for v in self.step.get_shared() if v not in shared]
+        self.rngs = [v for v in shared if isinstance(v.type, RandomGeneratorType)]
+        data_vars = {self.x_data, self.y_data}
+        self.state = {v: v.get_value(borrow=False) for v in shared
+                      if v not in data_vars and v not in self.rngs}
+        self.start_param = self.approx.params[0]  # mu (ADVI) or histogram (SVGD)
+        self.default_start = self.start_param.get_value()
+        self._compile_readers()
+        if settings.method != "svgd" and settings.khat_draws > 0:
+            self._full_logp = self._compile_full_logp()
+
+    def _compile_readers(self) -> None:
+        flat = pt.matrix("flat")  # (draws, dim) in the unconstrained space
+        outputs = []
+        for name in VARIABLES:
+            rv = self.model[name]
+            value_name, slc, shape, _ = self.group.ordering[self.model.rvs_to_values[rv].name]
+            block = flat[:, slc].reshape((flat.shape[0], *shape))
+            transform = self.model.rvs_to_transforms.get(rv)
+            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
+        self._to_variables = pytensor.function([flat], outputs)
+        if self.settings.method in ("advi", "fullrank_advi"):
+            self._moments = pytensor.function([], [self.approx.mean, self.approx.cov])
+
+    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
+
+    def _initial_point(self, rng: np.random.Generator) -> np.ndarray:
+        s, start = self.settings, self.default_start
+        if s.method == "svgd":
+            # SVGD starts its particles around the start point; the spread is its own jitter
+            centre = start.mean(axis=0)
+            spread = s.init_scale if s.init_kind != "default" else 1.0
+            return centre + rng.normal(0.0, spread, size=start.shape)
+        if s.init_kind == "default":
+            return start.copy()
+        if s.init_kind == "jitter":
+            return start + rng.normal(0.0, s.init_scale, size=start.shape)
+        if s.init_kind == "prior":
+            point = pm.initial_point.make_initial_point_fn(
+                model=self.model, default_strategy="prior", return_transformed=True)(
+                int(rng.integers(2**31)))
+            flat = np.zeros_like(start)
+            for value_name, slc, _, _ in self.group.ordering.values():
+                flat[slc] = np.ravel(point[value_name])
+            return start + s.init_scale * (flat - start)
+        raise ValueError(f"unknown init kind '{s.init_kind}'")
+
+    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
+        s = self.settings
+        rng = fit_rng(seed_base, seed)
+        self.set_data(data)
+        for var, value in self.state.items():
+            var.set_value(value.copy())
+        pm.pytensorf.reseed_rngs(self.rngs, int(rng.integers(2**31)))
+        start = self._initial_point(rng)
+        self.start_param.set_value(start)
+        callback = (pm.callbacks.CheckParametersConvergence(tolerance=s.convergence_tolerance)
+                    if s.convergence_tolerance else None)
+
+        losses = np.full(s.iterations, np.nan)
+        snapshots = []
+        started = time.perf_counter()
+        done, stopped_early, error = 0, False, None
+        try:
+            for i in range(s.iterations):
+                loss = self.step()
+                losses[i] = loss
+                done = i + 1
+                if not np.isfinite(loss):
+                    raise NumericalFailure(f"{'NaN' if np.isnan(loss) else 'infinite'} loss "
+                                           f"at iteration {done}")
+                if done % TRACE_EVERY == 0:
+                    snapshots.append(np.array(self.start_param.get_value()).reshape(-1, start.shape[-1])
+                                     .mean(axis=0))
+                if callback is not None:
+                    try:
+                        callback(self.approx, None, done)
+                    except StopIteration:
+                        stopped_early = True
+                        break
+        except (NumericalFailure, FloatingPointError, ValueError, np.linalg.LinAlgError) as err:
+            error = f"{type(err).__name__}: {err}"
+        runtime = time.perf_counter() - started
+
+        info = {
+            "iterations_done": done,
+            "stopped_early": stopped_early,
+            "final_loss": float(np.nanmean(losses[max(0, done - TRACE_EVERY):done])) if done else None,
+            "loss_trace": _binned_mean(losses[:done], TRACE_EVERY) if done else np.array([]),
+            "mean_trace": np.array(snapshots),
+            "fit_seconds": runtime,
+            "flat_start": start if start.ndim == 1 else start.mean(axis=0),
+            "flat_names": self.flat_names(),
+        }
+        if error is not None:
+            return FitResult("failed", error, info=info)
+        if done < s.iterations and not stopped_early:
+            return FitResult("incomplete", f"only {done} of {s.iterations} iterations ran", info=info)
+
+        draws = self._draw(rng)
+        if not all(np.all(np.isfinite(v)) for v in draws.values()):
+            return FitResult("failed", "non-finite draws from the approximation", info=info)
+        return FitResult("ok", None, draws=draws, info=info)
+
+    def khat(self, data: Dataset, n_draws: int, seed_base: int, seed: int) -> float | None:
+        """PSIS k-hat of the Gaussian approximation against the full-data joint density.
+
+        Local by construction: it cannot see a permutation mode the approximation missed.
+        """
+        if self.settings.method == "svgd" or n_draws == 0:
+            return None  # particles have no density to weight against
+        from vimodes.metrics import gaussian_logq, psis_khat
+
+        mean, cov = self.last_moments
+        flat = self.last_flat_draws[:n_draws]
+        log_q = gaussian_logq(flat, mean, cov)
+        log_p = np.concatenate([self._full_logp(block) for block in np.array_split(
+            flat, max(1, len(flat) // 25))])
+        value = psis_khat(log_p, log_q)
+        return float(value) if np.isfinite(value) else None
+
+    def _compile_full_logp(self):
+        from pytensor.graph.replace import graph_replace, vectorize_graph
+
+        full = build_model(self.settings.model, self.x_data, self.y_data, batch_size=0)
+        flat = pt.vector("flat")
+        replacements = {}
+        for value_var in full.value_vars:
+            _, slc, shape, _ = self.group.ordering[value_var.name]
+            replacements[value_var] = flat[slc].reshape(shape)
+        logp = graph_replace(full.logp(jacobian=True), replacements)
+        batch = pt.matrix("flat_batch")
+        return pytensor.function([batch], vectorize_graph(logp, {flat: batch}))
+
+    def flat_names(self) -> list[str]:
+        names = [""] * self.group.ddim
+        for value_name, slc, shape, _ in self.group.ordering.values():
+            for j, index in enumerate(range(slc.start, slc.stop)):
+                names[index] = f"{value_name}[{j}]"
+        return names
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        s = self.settings
+        if s.method == "svgd":
+            particles = self.start_param.get_value()
+            flat = particles[rng.integers(0, len(particles), size=s.draws)]
+            self.last_moments = (particles.mean(axis=0), np.cov(particles, rowvar=False))
+        else:
+            mean, cov = self._moments()
+            self.last_moments = (mean, cov)
+            flat = rng.multivariate_normal(mean, cov, size=s.draws, method="cholesky")
+        self.last_flat_draws = flat
+        return {name: value[None, ...] for name, value in self.to_variables(flat).items()}
+
+
+# Sampler failures that are properties of the fit, not of the infrastructure.
+NUMERICAL_ERRORS = (NumericalFailure, FloatingPointError, ValueError, RuntimeError,
+                    np.linalg.LinAlgError, pm.exceptions.SamplingError)
+
+
+class NutsFitter(_Fitter):
+    """NUTS on the full data with nutpie (compiled once, data swapped with ``with_data``) or
+    PyMC's own sampler (recompiled per call: it is the baseline, not the fast path)."""
+
+    STAT_NAMES = {  # our name: (nutpie name, pymc name)
+        "diverging": ("diverging", "diverging"),
+        "tree_depth": ("depth", "tree_depth"),
+        "max_depth_reached": ("maxdepth_reached", "reached_max_treedepth"),
+        "n_steps": ("n_steps", "n_steps"),
+        "step_size": ("step_size", "step_size"),
+    }
+
+    def __init__(self, settings: FitSettings, n_obs: int):
+        super().__init__(settings, n_obs, batch_size=0)
+        if settings.sampler == "nutpie":
+            import nutpie
+
+            self._nutpie = nutpie
+            self.compiled = nutpie.compile_pymc_model(self.model, backend="numba")
+
+    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
+        s = self.settings
+        sampler_seed = int(fit_rng(seed_base, seed).integers(2**31))
+        self.set_data(data)
+        started = time.perf_counter()
+        try:
+            if s.sampler == "nutpie":
+                idata = self._nutpie.sample(
+                    self.compiled.with_data(x_data=data.x, y_data=data.y), draws=s.draws,
+                    tune=s.tune, chains=s.chains, cores=max(1, min(s.threads, s.chains)),
+                    seed=sampler_seed, progress_bar=False, target_accept=s.target_accept)
+                stat_index = 0
+            else:
+                kwargs = {"nuts_sampler": s.sampler}
+                idata = pm.sample(draws=s.draws, tune=s.tune, chains=s.chains,
+                                  cores=max(1, min(s.threads, s.chains)), random_seed=sampler_seed,
+                                  model=self.model, progressbar=False, target_accept=s.target_accept,
+                                  compute_convergence_checks=False, **kwargs)
+                stat_index = 1
+        except NUMERICAL_ERRORS as err:
+            return FitResult("failed", f"{type(err).__name__}: {err}",
+                             info={"fit_seconds": time.perf_counter() - started})
+        runtime = time.perf_counter() - started
+        posterior = idata.posterior
+        draws = {name: np.asarray(posterior[name].values, dtype=float) for name in VARIABLES}
+        stats = {}
+        for ours, names in self.STAT_NAMES.items():
+            if names[stat_index] in idata.sample_stats:
+                stats[ours] = np.asarray(idata.sample_stats[names[stat_index]].values)
+        info = {
+            "fit_seconds": runtime,
+            "draws_done": int(posterior.sizes["draw"]),
+            "chains_done": int(posterior.sizes["chain"]),
+            "divergences": int(stats["diverging"].sum()) if "diverging" in stats else None,
+            "max_depth_hits": int(stats["max_depth_reached"].sum())
+            if "max_depth_reached" in stats else None,
+            "gradient_evaluations": int(stats["n_steps"].sum()) if "n_steps" in stats else None,
+        }
+        if info["draws_done"] < s.draws or info["chains_done"] < s.chains:
+            return FitResult("incomplete", f"{info['chains_done']} chains x {info['draws_done']} "
+                             f"draws returned, {s.chains} x {s.draws} asked", info=info)
+        if not all(np.all(np.isfinite(v)) for v in draws.values()):
+            return FitResult("failed", "non-finite posterior draws", info=info)
+        return FitResult("ok", None, draws=draws, info=info, sample_stats=stats)
+
+
+class CaviFitter:
+    """Closed-form coordinate-ascent VI (numpy, full data); see :mod:`vimodes.cavi`."""
+
+    def __init__(self, settings: FitSettings, n_obs: int):
+        self.settings = settings
+
+    def _initial_slopes(self, rng: np.random.Generator) -> np.ndarray:
+        s = self.settings
+        if s.init_kind == "default":
+            return np.zeros(2)  # PyMC's initial point: on the symmetry axis
+        if s.init_kind == "jitter":
+            return rng.normal(0.0, s.init_scale, size=2)
+        return rng.normal(0.0, s.init_scale * 2.0, size=2)  # a draw from the slope prior
+
+    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
+        from vimodes.cavi import fit_cavi, sample_cavi
+
+        s = self.settings
+        rng = fit_rng(seed_base, seed)
+        init = self._initial_slopes(rng)
+        started = time.perf_counter()
+        try:
+            result = fit_cavi(data.x, data.y, init_slopes=init, rng=rng, max_iter=s.iterations)
+        except NUMERICAL_ERRORS as err:
+            return FitResult("failed", f"{type(err).__name__}: {err}")
+        runtime = time.perf_counter() - started
+        draws = sample_cavi(result, s.draws, rng)
+        info = {
+            "fit_seconds": runtime,
+            "iterations_done": result.iterations,
+            "stopped_early": result.converged,
+            "final_loss": -float(result.elbo_trace[-1]),
+            "loss_trace": -np.asarray(result.elbo_trace),
+            "flat_start": init,
+        }
+        return FitResult("ok", None, info=info,
+                         draws={name: np.asarray(value)[None, ...] for name, value in draws.items()})
+
+
+def make_fitter(settings: FitSettings, n_obs: int):
+    if settings.method in ("advi", "fullrank_advi", "svgd"):
+        return VIFitter(settings, n_obs)
+    if settings.method == "nuts":
+        return NutsFitter(settings, n_obs)
+    if settings.method == "cavi":
+        return CaviFitter(settings, n_obs)
+    raise ValueError(f"method '{settings.method}' is not implemented yet")

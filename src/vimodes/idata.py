@@ -1,0 +1,67 @@
+"""Posterior draws as canonical ArviZ InferenceData NetCDF files.
+
+Canonical means: no creation timestamps or wall-clock statistics in the file, variables in
+sorted order, attributes from the (deterministic) fit record only -- so two runs of the same fit
+write files with the same sha256. Files are written to a temporary path, reopened and checked
+for every expected group, then moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+from vimodes.records import _jsonable, atomic_path
+
+# record keys that describe timing, which differs between runs and so stays out of the file
+_VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
+
+
+class CorruptFitError(OSError):
+    """A fit file that cannot be read back completely; the next run regenerates it."""
+
+
+def _dataset(arrays: dict[str, np.ndarray]) -> xr.Dataset:
+    variables = {}
+    for name in sorted(arrays):
+        values = np.asarray(arrays[name])
+        dims = ["chain", "draw"] + [f"{name}_dim_{i}" for i in range(values.ndim - 2)]
+        variables[name] = (dims, values)
+    return xr.Dataset(variables)
+
+
+def write_posterior(path: str | Path, result, record: dict) -> None:
+    """Write the draws and the fit record (as an attribute of the posterior group)."""
+    attrs = {key: value for key, value in record.items() if key not in _VOLATILE}
+    groups = {"posterior": _dataset(result.draws)}
+    if result.sample_stats:
+        groups["sample_stats"] = _dataset(result.sample_stats)
+    idata = az.InferenceData(**groups)
+    for group in idata.groups():
+        idata[group].attrs = {}
+    idata.posterior.attrs["fit_record"] = json.dumps(_jsonable(attrs), sort_keys=True)
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+        check_posterior_file(tmp, expected_groups=tuple(groups))
+
+
+def check_posterior_file(path: str | Path, expected_groups=("posterior",)) -> None:
+    try:
+        idata = az.from_netcdf(str(path), engine="h5netcdf")
+    except Exception as err:  # noqa: BLE001 - any read failure means the file is unusable
+        raise CorruptFitError(f"fit file '{path}' is unreadable or truncated: {err}") from err
+    missing = [g for g in expected_groups if g not in idata.groups()]
+    if missing:
+        raise CorruptFitError(f"fit file '{path}' lacks group(s) {missing}")
+
+
+def read_posterior(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        idata = az.from_netcdf(str(path), engine="h5netcdf")
+        return {name: np.asarray(idata.posterior[name].values) for name in idata.posterior.data_vars}
+    except Exception as err:  # noqa: BLE001
+        raise CorruptFitError(f"fit file '{path}' is unreadable or truncated: {err}") from err

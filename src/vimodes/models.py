@@ -1,0 +1,141 @@
+"""PyMC models of the 2-component mixture of linear regressions: the question's model, its
+ablations (each fixing exactly one of its errors), and the corrected models.
+
+Every model names its free variables the same way -- ``slopes`` (K,), ``weights`` (K,) and
+``sigma`` -- so that fits of different models are read by the same code. The question had two
+separate ``w_0``, ``w_1`` variables with identical independent priors; one vector with the same
+iid prior is the same distribution and the same flat space for ADVI.
+
+Errors of the question's model (see shared notes/model-errors.md):
+
+* E1: the mixture is taken over whole-batch log-likelihoods ("the whole batch comes from one
+  line") instead of per observation;
+* E2: the Gaussian normaliser has ``log(sigma)`` where ``2 log(sigma)`` (= log sigma^2) belongs, i.e.
+  ``-0.5 log sigma`` once per call of its ``logp_normal`` instead of ``-log sigma`` per observation;
+* E3: the minibatch likelihood is not rescaled to the data size (no ``total_size``);
+* E4: ``sigma ~ Uniform(0, 1)`` caps the noise at 1;
+* E5 (two unaligned minibatch streams in PyMC 5) is never reproduced: all minibatch models use
+  one joint, aligned ``pm.Minibatch(x, y)``.
+
+``marginal`` is the corrected model written with ``pm.NormalMixture``; ``as_asked_fix_all`` is the
+question's code path with every error fixed and must have the same log density (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+N_COMPONENTS = 2
+SLOPE_PRIOR_SD = 2.0
+SIGMA_PRIOR_SD = 1.0
+ORDERED_INITVAL = np.array([-1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a model variant builds its likelihood and priors."""
+
+    name: str
+    description: str
+    question_likelihood: bool  # hand-written likelihood of the question (else pm.NormalMixture)
+    per_observation: bool  # fixes E1
+    correct_normaliser: bool  # fixes E2
+    scale_to_total: bool  # fixes E3
+    sigma_prior: str  # "uniform01" (E4) or "halfnormal"
+    ordered: bool = False
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("as_asked", "the question's model, ported faithfully (errors E1-E4)",
+                  True, False, False, False, "uniform01"),
+        ModelSpec("as_asked_fix_mixture", "as asked, but the mixture per observation (fixes E1)",
+                  True, True, False, False, "uniform01"),
+        ModelSpec("as_asked_fix_normaliser", "as asked, but log sigma^2 in the normaliser (fixes E2)",
+                  True, False, True, False, "uniform01"),
+        ModelSpec("as_asked_fix_total_size", "as asked, but rescaled to the data size (fixes E3)",
+                  True, False, False, True, "uniform01"),
+        ModelSpec("as_asked_fix_sigma_prior", "as asked, but sigma ~ HalfNormal(1) (fixes E4)",
+                  True, False, False, False, "halfnormal"),
+        ModelSpec("as_asked_fix_all", "the question's code path with E1-E4 fixed",
+                  True, True, True, True, "halfnormal"),
+        ModelSpec("marginal", "corrected: per-observation pm.NormalMixture, total_size",
+                  False, True, True, True, "halfnormal"),
+        ModelSpec("ordered", "corrected, slopes under the ordered transform (one mode)",
+                  False, True, True, True, "halfnormal", ordered=True),
+    )
+}
+MODEL_NAMES = tuple(MODEL_SPECS)
+
+
+def question_loglike(x, y, weights, slopes, sigma, *, per_observation: bool,
+                     correct_normaliser: bool):
+    """The question's mixture log-likelihood on one batch, with E1/E2 switchable.
+
+    Works on numpy arrays and on PyTensor tensors alike (it only uses the ``pm.math`` API).
+    """
+    delta = y[:, None] - x[:, None] * slopes[None, :]  # (n, K)
+    log_norm = 2.0 * pm.math.log(sigma) if correct_normaliser else pm.math.log(sigma)
+    if per_observation:
+        per_obs = -0.5 * (np.log(2 * np.pi) + log_norm + delta**2 / sigma**2)
+        return pm.math.logsumexp(pm.math.log(weights)[None, :] + per_obs, axis=1).sum()
+    n = delta.shape[0]
+    batch_norm = n * log_norm if correct_normaliser else log_norm
+    per_component = -0.5 * (n * np.log(2 * np.pi) + batch_norm + (delta**2).sum(axis=0) / sigma**2)
+    return pm.math.logsumexp(pm.math.log(weights) + per_component)
+
+
+def _priors(spec: ModelSpec):
+    weights = pm.Dirichlet("weights", a=np.ones(N_COMPONENTS))
+    if spec.ordered:
+        slopes = pm.Normal("slopes", 0.0, SLOPE_PRIOR_SD, shape=N_COMPONENTS,
+                           transform=pm.distributions.transforms.ordered,
+                           initval=ORDERED_INITVAL)
+    else:
+        slopes = pm.Normal("slopes", 0.0, SLOPE_PRIOR_SD, shape=N_COMPONENTS)
+    if spec.sigma_prior == "uniform01":
+        sigma = pm.Uniform("sigma", 0.0, 1.0)
+    else:
+        sigma = pm.HalfNormal("sigma", SIGMA_PRIOR_SD)
+    return weights, slopes, sigma
+
+
+def build_model(name: str, x_data, y_data, *, batch_size: int = 0, likelihood: str = "pymc"):
+    """Build model `name` on data held in shared variables (so data can be swapped in place).
+
+    ``x_data``/``y_data`` are ``pytensor.shared`` variables of the full data; ``batch_size`` > 0
+    draws an aligned joint minibatch of that size per evaluation. ``likelihood='fused'`` uses the
+    fused numba Op for the NormalMixture models (NUTS speed path, same values).
+    """
+    if name not in MODEL_SPECS:
+        raise ValueError(f"unknown model '{name}'; expected one of {list(MODEL_SPECS)}")
+    spec = MODEL_SPECS[name]
+    n_total = x_data.get_value(borrow=True).shape[0]
+    with pm.Model(name="") as model:
+        weights, slopes, sigma = _priors(spec)
+        if batch_size:
+            x, y = pm.Minibatch(x_data, y_data, batch_size=batch_size)
+        else:
+            x, y = x_data, y_data
+        if spec.question_likelihood:
+            loglike = question_loglike(x, y, weights, slopes, sigma,
+                                       per_observation=spec.per_observation,
+                                       correct_normaliser=spec.correct_normaliser)
+            if spec.scale_to_total and batch_size:
+                # what total_size does for an observed variable: rescale the batch to N points
+                loglike = loglike * (n_total / batch_size)
+            pm.Potential("y_obs", loglike)
+        elif likelihood == "fused":
+            from vimodes.fastlik import add_fused_likelihood
+
+            add_fused_likelihood("y_obs", x, y, weights, slopes, sigma)
+        else:
+            pm.NormalMixture("y_obs", w=weights, mu=x[:, None] * slopes[None, :], sigma=sigma,
+                             observed=y, total_size=n_total if batch_size else None)
+    return model
+

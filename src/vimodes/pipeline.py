@@ -1,0 +1,217 @@
+"""The pipeline's steps as plain functions; Snakemake scripts only parse arguments and call these.
+
+* ``simulate_dataset``: one data set per (regime, seed);
+* ``fit_chunk``: one process fits a chunk of seeds of one cell, compiling once;
+* ``classify_chunk``: outcome class and metrics of every fit (and chain) of a chunk;
+* ``aggregate``: the tidy per-fit table and the per-cell summary with Wilson intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vimodes.config import Study, config_hash
+from vimodes.records import package_versions, read_json, write_json
+from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
+
+log = logging.getLogger("vimodes")
+
+RECORD_VERSION = 1
+
+
+def provenance(study: Study) -> dict:
+    return {"config_hash": study.config_hash(), "study_name": study.config["study_name"],
+            "seed_base": study.config["seed_base"], **{f"version_{k}": v
+                                                        for k, v in package_versions().items()}}
+
+
+def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path) -> None:
+    regime = DataRegime.from_config(study.config["data_regimes"][regime_name])
+    data = simulate(regime, seed, study.config["seed_base"])
+    write_dataset(data, path, {**provenance(study), "regime": regime_name})
+
+
+def fit_record_path(fit_dir: str | Path, seed: int, suffix: str) -> Path:
+    return Path(fit_dir) / f"seed-{seed}.{suffix}"
+
+
+def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out_dir: str | Path,
+              threads: int = 1) -> list[dict]:
+    """Fit every seed of one chunk in this process and write ``seed-<s>.nc`` + ``seed-<s>.json``.
+
+    A numerical failure of a fit becomes a record with status "failed"; anything else (I/O,
+    memory, interrupts) propagates so that Snakemake retries the job.
+    """
+    from vimodes.fitting import FitSettings, make_fitter
+    from vimodes.idata import write_posterior
+
+    cell = study.cell_by_id[cell_id]
+    seeds = study.chunk_seeds(cell_id, chunk)
+    if len(data_paths) != len(seeds):
+        raise ValueError(f"chunk {chunk} of {cell_id} has {len(seeds)} seeds but "
+                         f"{len(data_paths)} data files")
+    settings = FitSettings.from_cell(cell, study.config, threads=threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datasets = [read_dataset(p) for p in data_paths]
+    started = time.perf_counter()
+    fitter = make_fitter(settings, datasets[0].regime.n_obs)
+    setup_seconds = time.perf_counter() - started
+    log.info("compiled %s in %.1f s", cell_id, setup_seconds)
+    base = {**cell.axes(), **provenance(study), "chunk": chunk, "chunk_seeds": list(seeds),
+            "setup_seconds": setup_seconds, "record_version": RECORD_VERSION,
+            "draws_asked": settings.draws}
+    records = []
+    for seed, data in zip(seeds, datasets):
+        if data.seed != seed:
+            raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
+        t0 = time.perf_counter()
+        result = fitter.fit(data, study.config["seed_base"], seed)
+        khat = None
+        if result.status == "ok" and hasattr(fitter, "khat"):
+            khat = fitter.khat(data, settings.khat_draws, study.config["seed_base"], seed)
+        record = {**base, "seed": seed, "status": result.status, "error": result.error,
+                  "wall_seconds": time.perf_counter() - t0, "psis_khat": khat,
+                  "true_slopes": list(data.regime.slopes), "true_weights": list(data.regime.weights),
+                  "true_noise_sd": data.regime.noise_sd, "n_obs": data.regime.n_obs,
+                  **{k: v for k, v in result.info.items()}}
+        if result.status == "ok":
+            for name, values in result.draws.items():
+                flat = values.reshape(-1, *values.shape[2:])
+                record[f"{name}_mean"] = flat.mean(axis=0)
+                record[f"{name}_sd"] = flat.std(axis=0)
+        if result.draws:  # a failed fit has a record but no draws
+            write_posterior(fit_record_path(out_dir, seed, "nc"), result, record)
+        write_json(record, fit_record_path(out_dir, seed, "json"))
+        log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
+                 record["wall_seconds"])
+        records.append(record)
+    return records
+
+
+def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path) -> pd.DataFrame:
+    """One row per fit (``level='fit'``) and per chain (``level='chain'``) with class and metrics."""
+    from vimodes.classify import ClassifierSettings, TrueParameters, classify_draws, classify_failed
+    from vimodes.idata import read_posterior
+    from vimodes.metrics import convergence_diagnostics, relabelled_errors
+
+    settings = ClassifierSettings(**study.config["classifier"])
+    rows = []
+    for seed in seeds:
+        record = read_json(fit_record_path(fit_dir, seed, "json"))
+        truth = TrueParameters(slopes=tuple(record["true_slopes"]),
+                               weights=tuple(record["true_weights"]),
+                               noise_sd=record["true_noise_sd"], n_obs=record["n_obs"])
+        base = {key: record.get(key) for key in _RECORD_COLUMNS}
+        if record["status"] != "ok":
+            label = "failed" if record["status"] == "failed" else "not_converged"
+            c = classify_failed(record["error"] or record["status"])
+            rows.append({**base, "level": "fit", "chain": -1, "outcome": label,
+                         "outcome_reason": c.reason})
+            continue
+        draws = read_posterior(fit_record_path(fit_dir, seed, "nc"))
+        c = classify_draws(draws["slopes"], draws["weights"], draws["sigma"], truth, settings)
+        relabel_by = "draw" if record["method"] in ("svgd", "pathfinder") else "chain"
+        errors = relabelled_errors(draws["slopes"], draws["weights"], draws["sigma"], truth,
+                                   relabel_by=relabel_by)
+        errors.pop("permutations", None)
+        diagnostics = {}
+        if record["method"] == "nuts":
+            diagnostics = convergence_diagnostics(draws["slopes"], draws["weights"], draws["sigma"])
+            diagnostics.pop("chain_permutations", None)
+        rows.append({**base, "level": "fit", "chain": -1, "outcome": c.label,
+                     "outcome_reason": c.reason, "share_mode_A": c.share_mode_A,
+                     "share_mode_B": c.share_mode_B, "share_collapsed": c.share_collapsed,
+                     **errors, **diagnostics, **_posterior_summary(draws)})
+        if draws["slopes"].shape[0] > 1:
+            for chain, chain_label in enumerate(c.chain_labels):
+                one = {k: v[chain:chain + 1] for k, v in draws.items()}
+                rows.append({**base, "level": "chain", "chain": chain, "outcome": chain_label,
+                             **_posterior_summary(one)})
+    frame = pd.DataFrame(rows)
+    write_table(frame, out_path)
+    return frame
+
+
+# columns copied from a fit record into the tables
+_RECORD_COLUMNS = (
+    "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
+    "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
+    "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
+    "setup_seconds", "psis_khat", "divergences", "max_depth_hits", "gradient_evaluations",
+    "draws_done", "n_obs", "config_hash", "version_pymc",
+)
+
+
+def _posterior_summary(draws: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for name in ("slopes", "weights"):
+        flat = draws[name].reshape(-1, draws[name].shape[-1])
+        for k in range(flat.shape[1]):
+            out[f"{name}_{k}_mean"] = float(flat[:, k].mean())
+            out[f"{name}_{k}_sd"] = float(flat[:, k].std())
+    out["sigma_mean"] = float(draws["sigma"].mean())
+    out["sigma_sd"] = float(draws["sigma"].std())
+    return out
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a table as parquet (and CSV beside it when the path ends in .csv)."""
+    from vimodes.records import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+
+
+HEADLINE_CLASSES = ("mode_A", "mode_B", "spanning", "collapsed", "not_converged", "failed")
+CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "init",
+             "batch_size", "chains", "data_regime")
+
+
+def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode = A + B,
+    and the exact binomial test that modes A and B are equally likely among single-mode fits."""
+    from vimodes.metrics import equal_modes_pvalue, wilson_interval
+
+    rows = []
+    fit_rows = fits[fits["level"] == "fit"]
+    for cell_id, group in fit_rows.groupby("cell_id", sort=True):
+        first = group.iloc[0]
+        row = {axis: first[axis] for axis in CELL_AXES}
+        n = len(group)
+        row["n_fits"] = n
+        counts = group["outcome"].value_counts()
+        for label in (*HEADLINE_CLASSES, "single_mode"):
+            k = int(counts.get("mode_A", 0) + counts.get("mode_B", 0)) if label == "single_mode" \
+                else int(counts.get(label, 0))
+            low, high = wilson_interval(k, n)
+            row[f"n_{label}"] = k
+            row[f"rate_{label}"] = k / n if n else np.nan
+            row[f"rate_{label}_low"] = low
+            row[f"rate_{label}_high"] = high
+        row["p_equal_modes"] = equal_modes_pvalue(row["n_mode_A"], row["n_mode_B"])
+        row["median_fit_seconds"] = float(group["fit_seconds"].median())
+        row["median_sigma"] = float(group["sigma_mean"].median()) if "sigma_mean" in group else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frames = [pd.read_parquet(p) for p in classified_paths]
+    fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
+    fits = fits.reset_index(drop=True)
+    cells = summarise_cells(fits)
+    for path in out_fits.values():
+        write_table(fits, path)
+    for path in out_cells.values():
+        write_table(cells, path)
+    return fits, cells

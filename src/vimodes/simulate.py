@@ -1,0 +1,96 @@
+"""The question's data generator, parameterised, and its self-describing NetCDF file format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from vimodes.records import atomic_path
+
+
+@dataclass(frozen=True)
+class DataRegime:
+    n_obs: int = 100_000
+    slopes: tuple[float, float] = (3.0, -1.0)
+    weights: tuple[float, float] = (0.5, 0.5)
+    noise_sd: float = 0.1
+    x_low: float = -1.0
+    x_high: float = 1.0
+
+    @classmethod
+    def from_config(cls, regime: dict) -> DataRegime:
+        return cls(n_obs=regime["n_obs"], slopes=tuple(regime["slopes"]),
+                   weights=tuple(regime["weights"]), noise_sd=regime["noise_sd"],
+                   x_low=regime["x_low"], x_high=regime["x_high"])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    component: np.ndarray
+    regime: DataRegime
+    seed: int
+
+
+def data_rng(seed_base: int, seed: int) -> np.random.Generator:
+    """Generator of data set `seed`; the trailing 0 keeps it apart from the fit streams."""
+    return np.random.default_rng([seed_base, seed, 0])
+
+
+def simulate(regime: DataRegime, seed: int, seed_base: int) -> Dataset:
+    """x ~ U(x_low, x_high); component z ~ Categorical(weights); y = slope_z x + N(0, noise_sd)."""
+    rng = data_rng(seed_base, seed)
+    x = rng.uniform(regime.x_low, regime.x_high, size=regime.n_obs)
+    component = rng.choice(len(regime.weights), size=regime.n_obs, p=np.asarray(regime.weights))
+    y = np.asarray(regime.slopes)[component] * x + regime.noise_sd * rng.standard_normal(regime.n_obs)
+    return Dataset(x=x, y=y, component=component, regime=regime, seed=seed)
+
+
+def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
+    regime = data.regime
+    ds = xr.Dataset(
+        {"x": ("obs", data.x), "y": ("obs", data.y), "component": ("obs", data.component.astype("int8"))},
+        attrs={
+            "seed": data.seed,
+            "n_obs": regime.n_obs,
+            "true_slopes": list(regime.slopes),
+            "true_weights": list(regime.weights),
+            "noise_sd": regime.noise_sd,
+            "x_low": regime.x_low,
+            "x_high": regime.x_high,
+            **{f"provenance_{k}": v for k, v in provenance.items()},
+        },
+    )
+    return ds
+
+
+def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
+    with atomic_path(path) as tmp:
+        to_xarray(data, provenance).to_netcdf(tmp, engine="h5netcdf")
+    read_dataset(path)  # fail now, not in a fit, if the file cannot be read back
+
+
+class CorruptDataError(OSError):
+    """A data file that cannot be read back completely; delete it and rerun to regenerate."""
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    path = Path(path)
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds.load()
+            attrs = dict(ds.attrs)
+            x, y, comp = ds["x"].values, ds["y"].values, ds["component"].values
+    except Exception as err:  # noqa: BLE001 - any read failure means the file is unusable
+        raise CorruptDataError(f"data file '{path}' is unreadable or truncated: {err}") from err
+    if not (len(x) == len(y) == attrs.get("n_obs")):
+        raise CorruptDataError(f"data file '{path}' holds {len(x)} points, expected {attrs.get('n_obs')}")
+    regime = DataRegime(n_obs=int(attrs["n_obs"]), slopes=tuple(np.atleast_1d(attrs["true_slopes"])),
+                        weights=tuple(np.atleast_1d(attrs["true_weights"])),
+                        noise_sd=float(attrs["noise_sd"]), x_low=float(attrs["x_low"]),
+                        x_high=float(attrs["x_high"]))
+    return Dataset(x=x, y=y, component=comp, regime=regime, seed=int(attrs["seed"]))

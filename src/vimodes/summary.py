@@ -1,0 +1,42 @@
+"""report/summary.md: the per-cell table of outcome counts and rates, read from the cell table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from vimodes.records import atomic_path, package_versions
+
+
+def _rate(row, label: str) -> str:
+    return (f"{row[f'rate_{label}']:.2f} [{row[f'rate_{label}_low']:.2f}, "
+            f"{row[f'rate_{label}_high']:.2f}]")
+
+
+def summary_markdown(cells: pd.DataFrame, study_name: str, config_hash: str) -> str:
+    lines = [
+        f"# Where does VI land? Study `{study_name}`",
+        "",
+        f"Config hash `{config_hash}`; {int(cells['n_fits'].sum())} fits in {len(cells)} cells. "
+        "Rates are per cell with 95% Wilson intervals; single mode = mode_A + mode_B.",
+        "",
+        "| cell | fits | mode A | mode B | spanning | collapsed | not converged | failed "
+        "| single mode rate [95% CI] | median sigma |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in cells.sort_values(["grid", "cell_id"]).iterrows():
+        lines.append(
+            f"| `{row['cell_id']}` | {row['n_fits']} | {row['n_mode_A']} | {row['n_mode_B']} | "
+            f"{row['n_spanning']} | {row['n_collapsed']} | {row['n_not_converged']} | "
+            f"{row['n_failed']} | {_rate(row, 'single_mode')} | {row['median_sigma']:.3g} |")
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    lines += ["", f"Package versions: {versions}.", ""]
+    return "\n".join(lines)
+
+
+def write_summary(cells_path: str | Path, out_path: str | Path, study_name: str,
+                  config_hash: str) -> None:
+    cells = pd.read_parquet(cells_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(summary_markdown(cells, study_name, config_hash))

@@ -1,0 +1,295 @@
+"""Unit tests of vimodes.classify on constructed draws (no model fitting).
+
+Study truth: slopes (3, -1), weights (.5, .5), noise sd 0.1, N = 100000. With the default
+settings the slope tolerance is the floor 0.05 * 4 = 0.2 (5 reference sds = 0.0039 is smaller),
+sigma must be within [0.1/1.5, 0.1*1.5], weights within 0.1 of (.5, .5). Edges are INSIDE.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from vimodes.classify import (
+    OUTCOME_CLASSES,
+    ClassifierSettings,
+    Classification,
+    TrueParameters,
+    assign_draws,
+    classify_draws,
+    classify_failed,
+    reference_slope_sd,
+    slope_tolerances,
+)
+
+TRUTH = TrueParameters(slopes=(3.0, -1.0), weights=(0.5, 0.5), noise_sd=0.1, n_obs=100_000)
+SETTINGS = ClassifierSettings()
+TOL = 0.2  # default slope tolerance for TRUTH (floor)
+
+
+def make_draws(slopes, weights=(0.5, 0.5), sigma=0.1, chains=1, draws=200, jitter=0.0, seed=0):
+    """Draws at a point (optionally with Gaussian jitter), shapes (chains, draws, 2)/(chains, draws)."""
+    rng = np.random.default_rng(seed)
+    s = np.broadcast_to(np.asarray(slopes, float), (chains, draws, 2)).copy()
+    w = np.broadcast_to(np.asarray(weights, float), (chains, draws, 2)).copy()
+    sg = np.full((chains, draws), float(sigma))
+    if jitter:
+        s += rng.normal(0, jitter, s.shape)
+    return s, w, sg
+
+
+def classify(slopes, **kw):
+    settings = kw.pop("settings", SETTINGS)
+    return classify_draws(*make_draws(slopes, **kw), TRUTH, settings)
+
+
+# ---------------------------------------------------------------- reference sd and tolerances
+
+
+def test_reference_slope_sd_closed_form():
+    ref = reference_slope_sd(TRUTH)
+    expected = 0.1 / math.sqrt(100_000 * 0.5 / 3.0)
+    np.testing.assert_allclose(ref, [expected, expected], rtol=1e-12)
+    assert ref[0] == pytest.approx(0.000775, abs=1e-6)
+    unequal = TrueParameters((3.0, -1.0), (0.25, 0.75), 0.1, 1200)
+    np.testing.assert_allclose(reference_slope_sd(unequal), 0.1 / np.sqrt(1200 * np.array([0.25, 0.75]) / 3))
+
+
+def test_tolerance_floor_and_sd_term():
+    np.testing.assert_allclose(slope_tolerances(TRUTH), [TOL, TOL])
+    # small n: the sd term wins (5 * 0.1 / sqrt(30 * .5 / 3) = 0.2236 > 0.2)
+    small = TrueParameters((3.0, -1.0), (0.5, 0.5), 0.1, 30)
+    np.testing.assert_allclose(slope_tolerances(small), 5 * 0.1 / math.sqrt(5.0))
+    # explicit reference sd
+    np.testing.assert_allclose(slope_tolerances(TRUTH, reference_sd=0.1), [0.5, 0.5])
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError):
+        ClassifierSettings(slope_tolerance_min_fraction=0.5)
+    with pytest.raises(ValueError):
+        ClassifierSettings(sigma_ratio_max=1.0)
+    with pytest.raises(ValueError):
+        ClassifierSettings(span_min_share=0.0)
+
+
+# ---------------------------------------------------------------- single modes
+
+
+def test_exact_mode_a_and_b():
+    a = classify((3.0, -1.0), jitter=0.001)
+    assert a.label == "mode_A" and a.share_mode_A == 1.0 and a.chain_labels == ("mode_A",)
+    b = classify((-1.0, 3.0), jitter=0.001)
+    assert b.label == "mode_B" and b.share_mode_B == 1.0 and b.chain_labels == ("mode_B",)
+    assert a.label in OUTCOME_CLASSES and isinstance(a, Classification)
+
+
+def test_mode_b_compares_permuted_weights():
+    truth = TrueParameters((3.0, -1.0), (0.3, 0.7), 0.1, 100_000)
+    ok = classify_draws(*make_draws((-1.0, 3.0), weights=(0.7, 0.3)), truth)
+    assert ok.label == "mode_B"
+    bad = classify_draws(*make_draws((-1.0, 3.0), weights=(0.3, 0.7)), truth)
+    assert bad.label == "not_converged" and "weights" in bad.reason
+
+
+@pytest.mark.parametrize("offset", [(TOL, 0.0), (-TOL, 0.0), (0.0, TOL), (0.0, -TOL), (TOL, -TOL)])
+def test_slope_edge_is_inside(offset):
+    slopes = (3.0 + offset[0], -1.0 + offset[1])
+    assert classify(slopes, draws=1).label == "mode_A"
+    swapped = (slopes[1], slopes[0])
+    assert classify(swapped, draws=1).label == "mode_B"
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-3])
+def test_just_outside_slope_edge(eps):
+    c = classify((3.0 + TOL + eps, -1.0), draws=1)
+    assert c.label == "not_converged" and c.share_mode_A == 0.0
+
+
+def test_sigma_ratio_edges():
+    r = SETTINGS.sigma_ratio_max
+    assert classify((3.0, -1.0), sigma=0.1 * r).label == "mode_A"  # edge inside
+    assert classify((3.0, -1.0), sigma=0.1 / r).label == "mode_A"
+    hi = classify((3.0, -1.0), sigma=0.1 * r * (1 + 1e-6))
+    assert hi.label == "not_converged" and "sigma" in hi.reason
+    assert classify((3.0, -1.0), sigma=0.1 / r * (1 - 1e-6)).label == "not_converged"
+    # question's capped sigma ~1 with slopes at the mode: not a mode
+    assert classify((3.0, -1.0), sigma=1.0).label == "not_converged"
+
+
+def test_weight_edges():
+    wt = SETTINGS.weight_tolerance
+    assert classify((3.0, -1.0), weights=(0.5 + wt, 0.5 - wt)).label == "mode_A"  # edge inside
+    out = classify((3.0, -1.0), weights=(0.5 + wt + 1e-6, 0.5 - wt - 1e-6))
+    assert out.label == "not_converged" and "weights" in out.reason
+
+
+def test_weights_inconsistent_is_not_a_mode():
+    c = classify((3.0, -1.0), weights=(1 / 3, 2 / 3))
+    assert c.label == "not_converged"
+    assert c.share_mode_A == 1.0  # slopes are in the basin, the weights are not
+    assert "weights" in c.reason
+
+
+def test_consistency_uses_median_of_assigned_draws():
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    sg[0, :5] = 50.0  # a few wild sigma draws do not move the median
+    assert classify_draws(s, w, sg, TRUTH).label == "mode_A"
+
+
+def test_almost_all_draws_in_one_basin():
+    # 92% in A, 8% far away (< span_min_share): still mode_A
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :8] = (10.0, 10.0)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "mode_A" and c.share_mode_A == pytest.approx(0.92)
+    # exactly 1 - span_min_share (90%) in A: edge inside
+    s[0, :10] = (10.0, 10.0)
+    assert classify_draws(s, w, sg, TRUTH).label == "mode_A"
+    # 89% in A: not converged
+    s[0, :11] = (10.0, 10.0)
+    assert classify_draws(s, w, sg, TRUTH).label == "not_converged"
+
+
+# ---------------------------------------------------------------- spanning
+
+
+def test_two_chains_in_different_modes_is_spanning():
+    s, w, sg = make_draws((3.0, -1.0), chains=2, draws=100, jitter=0.001)
+    s[1] = s[1][:, ::-1]
+    w[1] = w[1][:, ::-1]
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "spanning"
+    assert c.chain_labels == ("mode_A", "mode_B")
+    assert c.share_mode_A == 0.5 and c.share_mode_B == 0.5
+
+
+def test_spanning_share_edge():
+    # 10 particles in B, 90 in A: both shares >= 0.1 => spanning (edge inside)
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :10] = (-1.0, 3.0)
+    assert classify_draws(s, w, sg, TRUTH).label == "spanning"
+    # 9 in B: 91% in A => mode_A
+    s[0, 9] = (3.0, -1.0)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "mode_A" and c.share_mode_B == pytest.approx(0.09)
+
+
+def test_spanning_requires_consistent_basins():
+    s, w, sg = make_draws((3.0, -1.0), chains=2, draws=50)
+    s[1] = s[1][:, ::-1]
+    sg[1] = 1.0  # chain in mode B with a far too large sigma
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "not_converged" and "basin B" in c.reason
+    assert c.chain_labels == ("mode_A", "not_converged")
+
+
+# ---------------------------------------------------------------- collapsed / not converged
+
+
+def test_collapsed_at_symmetric_point():
+    c = classify((1.0, 1.0), sigma=1.16, jitter=0.01)
+    assert c.label == "collapsed" and c.share_collapsed == 1.0
+    assert c.chain_labels == ("collapsed",)
+
+
+def test_collapse_gap_edge():
+    gap = SETTINGS.collapse_gap_fraction * 4.0  # 1.0
+    assert classify((1.0 + gap / 2, 1.0 - gap / 2), sigma=1.16, draws=1).label == "collapsed"
+    assert classify((1.0 + gap / 2 + 1e-6, 1.0 - gap / 2), sigma=1.16, draws=1).label == "not_converged"
+
+
+def test_far_off_point_is_not_converged():
+    c = classify((0.0, 7.0), sigma=0.5)
+    assert c.label == "not_converged" and c.share_mode_A == c.share_mode_B == c.share_collapsed == 0.0
+    # half way between mode A and the symmetric point
+    assert classify((2.0, 0.0), sigma=0.5).label == "not_converged"
+
+
+def test_mixture_of_mode_and_collapse_is_not_converged():
+    s, w, sg = make_draws((3.0, -1.0), chains=4, draws=50)
+    s[3] = (1.0, 1.0)
+    sg[3] = 1.16
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "not_converged"
+    assert c.chain_labels == ("mode_A", "mode_A", "mode_A", "collapsed")
+    assert c.share_mode_A == 0.75 and c.share_collapsed == 0.25
+
+
+def test_question_style_unidentified_slope_not_collapsed():
+    # one slope ~1, the other spread over its prior N(0, 2): mostly in no basin
+    rng = np.random.default_rng(3)
+    s = np.stack([rng.normal(0.96, 0.01, 500), rng.normal(0, 2.0, 500)], axis=-1)[None]
+    w = np.broadcast_to([2 / 3, 1 / 3], s.shape)
+    sg = np.full(s.shape[:2], 0.995)
+    assert classify_draws(s, w, sg, TRUTH).label == "not_converged"
+
+
+def test_wide_reference_sd_widens_tolerance():
+    s = (3.3, -1.0)
+    assert classify(s, draws=1).label == "not_converged"
+    assert classify_draws(*make_draws(s, draws=1), TRUTH, reference_sd=0.1).label == "mode_A"
+
+
+def test_overlapping_boxes_pick_nearer_mode():
+    # a reference sd so wide that the two boxes overlap (tol 2.5 > half the separation)
+    settings = ClassifierSettings(slope_tolerance_sd=1.0)
+    pts = np.array([[2.5, -0.5], [1.2, 0.8], [1.0, 1.0], [-0.5, 2.5]])
+    codes = assign_draws(pts, TRUTH, settings, reference_sd=2.5)
+    # (1.2, 0.8) is inside both boxes but nearer A (and basins take precedence over collapse);
+    # (1, 1) is an exact tie => neither basin => collapsed (gap 0)
+    assert codes.tolist() == [1, 1, 3, 2]
+
+
+# ---------------------------------------------------------------- failures and shapes
+
+
+def test_single_draw():
+    c = classify((3.0, -1.0), draws=1)
+    assert c.label == "mode_A" and c.chain_labels == ("mode_A",)
+
+
+def test_nan_draws_fail():
+    s, w, sg = make_draws((3.0, -1.0), chains=2, draws=10)
+    s[1, 3, 0] = np.nan
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "failed" and "non-finite" in c.reason
+    assert c.chain_labels == ("mode_A", "failed")
+    assert math.isnan(c.share_mode_A)
+
+
+@pytest.mark.parametrize("which", ["weights", "sigma"])
+def test_inf_in_weights_or_sigma_fails(which):
+    s, w, sg = make_draws((3.0, -1.0), draws=10)
+    if which == "weights":
+        w[0, 0, 1] = np.inf
+    else:
+        sg[0, 0] = -np.inf
+    assert classify_draws(s, w, sg, TRUTH).label == "failed"
+
+
+def test_empty_arrays_fail():
+    c = classify_draws(np.empty((2, 0, 2)), np.empty((2, 0, 2)), np.empty((2, 0)), TRUTH)
+    assert c.label == "failed" and c.chain_labels == ("failed", "failed") and "no draws" in c.reason
+    c0 = classify_draws(np.empty((0, 5, 2)), np.empty((0, 5, 2)), np.empty((0, 5)), TRUTH)
+    assert c0.label == "failed" and c0.chain_labels == ()
+
+
+def test_classify_failed():
+    c = classify_failed("FloatingPointError: NaN occurred in optimization")
+    assert c.label == "failed" and "NaN occurred" in c.reason and c.chain_labels == ()
+    assert math.isnan(c.share_mode_B)
+
+
+def test_two_dimensional_input_is_one_chain():
+    s, w, sg = make_draws((-1.0, 3.0), draws=5)
+    c = classify_draws(s[0], w[0], sg[0], TRUTH)
+    assert c.label == "mode_B" and c.chain_labels == ("mode_B",)
+
+
+def test_shape_errors_raise():
+    s, w, sg = make_draws((3.0, -1.0), draws=5)
+    with pytest.raises(ValueError):
+        classify_draws(s, w[:, :4], sg, TRUTH)
+    with pytest.raises(ValueError):
+        classify_draws(np.zeros((1, 5, 3)), np.zeros((1, 5, 3)), sg, TRUTH)

@@ -1,0 +1,36 @@
+rule aggregate:
+    """One tidy table with a row per fit (and per chain/path), and the per-cell summary."""
+    input:
+        all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
+    output:
+        fits_csv="data/tables/fits.csv",
+        fits_parquet="data/tables/fits.parquet",
+        cells_csv="data/tables/cells.csv",
+        cells_parquet="data/tables/cells.parquet",
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "logs/benchmarks/aggregate.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/aggregate.py"
+
+
+rule summary:
+    """A first report: the per-cell table of outcome counts and rates."""
+    input:
+        cells="data/tables/cells.parquet",
+    output:
+        "report/summary.md",
+    params:
+        config_hash=STUDY.config_hash(),
+        study_name=STUDY.config["study_name"],
+    log:
+        "logs/summary.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,41 @@
+rule fit_chunk:
+    """Fit a chunk of seeds of one cell in one process (the model is compiled once)."""
+    input:
+        data=chunk_data_files,
+    output:
+        directory("data/fits/{cell}/chunk-{chunk}"),
+    params:
+        cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
+        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
+        pymc_version=PYMC_VERSION,
+    threads: fit_threads
+    log:
+        "logs/fit/{cell}/chunk-{chunk}.log",
+    benchmark:
+        "logs/benchmarks/fit/{cell}/chunk-{chunk}.tsv"
+    resources:
+        mem_mb=3000,
+        runtime=fit_runtime_minutes,
+    retries: 1
+    script:
+        "../scripts/fit_chunk.py"
+
+
+rule classify_chunk:
+    """Outcome class and metrics of every fit (and chain/path) of a chunk."""
+    input:
+        "data/fits/{cell}/chunk-{chunk}",
+    output:
+        "data/classified/{cell}/chunk-{chunk}.parquet",
+    params:
+        classifier=STUDY.config["classifier"],
+        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
+    log:
+        "logs/classify/{cell}/chunk-{chunk}.log",
+    benchmark:
+        "logs/benchmarks/classify/{cell}/chunk-{chunk}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/classify_chunk.py"

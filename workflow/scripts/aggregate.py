@@ -1,0 +1,8 @@
+from vimodes.runtime import script_logging
+
+with script_logging(snakemake.log[0]):
+    from vimodes.pipeline import aggregate
+
+    out = snakemake.output
+    aggregate(list(snakemake.input), {"csv": out.fits_csv, "parquet": out.fits_parquet},
+              {"csv": out.cells_csv, "parquet": out.cells_parquet})
