@@ -156,7 +156,7 @@ def _seed_list(spec: Any) -> list[int]:
 
 def validate_config(raw: dict, source: str = "config") -> dict:
     """Validate `raw` against the schema and cross-references; return it with defaults filled."""
-    from vimodes.models import MODEL_NAMES
+    from vimodes.model_specs import MODEL_NAMES
 
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -192,6 +192,13 @@ def validate_config(raw: dict, source: str = "config") -> dict:
                     suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                     problems.append(f"config.grids[{index}].{axis}: unknown {axis[:-1]} '{value}'; "
                                     f"expected one of {list(known)}{suggestion}")
+        if "svgd" in grid["methods"] and any(b != 0 for b in grid["batch_sizes"]):
+            problems.append(f"config.grids[{index}].batch_sizes: SVGD in PyMC does not support "
+                            f"minibatches; expected [0] (full batch), found {grid['batch_sizes']}")
+        if "pathfinder" in grid["methods"] and any(
+                config["inits"][i]["kind"] == "prior" for i in grid["inits"] if i in config["inits"]):
+            problems.append(f"config.grids[{index}].inits: Pathfinder supports only 'default' and "
+                            f"'jitter' starts, found {grid['inits']}")
     if problems:
         raise ConfigError(problems, source)
 

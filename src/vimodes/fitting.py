@@ -108,7 +108,8 @@ class _Fitter:
         self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
         self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
         self.model = build_model(settings.model, self.x_data, self.y_data, batch_size=batch_size,
-                                 likelihood=settings.likelihood if settings.method == "nuts" else "pymc")
+                                 likelihood=settings.likelihood
+                                 if settings.method in ("nuts", "pathfinder") else "pymc")
 
     def set_data(self, data: Dataset) -> None:
         if data.x.shape != self.x_data.get_value(borrow=True).shape:
@@ -136,8 +137,10 @@ class VIFitter(_Fitter):
                 raise ValueError(f"VIFitter does not handle method '{s.method}'")
         self.approx = self.inference.approx
         self.group = self.approx.groups[0]
+        # SVGD's objective (a kernelized Stein discrepancy) has no scalar loss to report
+        self.has_loss = s.method != "svgd"
         self.step = self.inference.objective.step_function(
-            obj_optimizer=_optimizer(s.optimizer_name, s.learning_rate), score=True)
+            obj_optimizer=_optimizer(s.optimizer_name, s.learning_rate), score=self.has_loss)
         shared = [v for v in ancestors(self.step.maker.fgraph.outputs)
                   if isinstance(v, SharedVariable)]
         shared += [v for v in self.step.get_shared() if v not in shared]
@@ -147,6 +150,7 @@ class VIFitter(_Fitter):
                       if v not in data_vars and v not in self.rngs}
         self.start_param = self.approx.params[0]  # mu (ADVI) or histogram (SVGD)
         self.default_start = self.start_param.get_value()
+        self.initial_point = self._flatten(self.model.initial_point())
         self._compile_readers()
         if settings.method != "svgd" and settings.khat_draws > 0:
             self._full_logp = self._compile_full_logp()
@@ -170,8 +174,8 @@ class VIFitter(_Fitter):
     def _initial_point(self, rng: np.random.Generator) -> np.ndarray:
         s, start = self.settings, self.default_start
         if s.method == "svgd":
-            # SVGD starts its particles around the start point; the spread is its own jitter
-            centre = start.mean(axis=0)
+            # SVGD starts its particles around the initial point; the spread is its own jitter
+            centre = self.initial_point
             spread = s.init_scale if s.init_kind != "default" else 1.0
             return centre + rng.normal(0.0, spread, size=start.shape)
         if s.init_kind == "default":
@@ -182,11 +186,14 @@ class VIFitter(_Fitter):
             point = pm.initial_point.make_initial_point_fn(
                 model=self.model, default_strategy="prior", return_transformed=True)(
                 int(rng.integers(2**31)))
-            flat = np.zeros_like(start)
-            for value_name, slc, _, _ in self.group.ordering.values():
-                flat[slc] = np.ravel(point[value_name])
-            return start + s.init_scale * (flat - start)
+            return start + s.init_scale * (self._flatten(point) - start)
         raise ValueError(f"unknown init kind '{s.init_kind}'")
+
+    def _flatten(self, point: dict) -> np.ndarray:
+        flat = np.zeros(self.group.ddim)
+        for value_name, slc, _, _ in self.group.ordering.values():
+            flat[slc] = np.ravel(point[value_name])
+        return flat
 
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
         s = self.settings
@@ -206,12 +213,15 @@ class VIFitter(_Fitter):
         done, stopped_early, error = 0, False, None
         try:
             for i in range(s.iterations):
-                loss = self.step()
-                losses[i] = loss
+                loss = self.step() if self.has_loss else None
                 done = i + 1
-                if not np.isfinite(loss):
-                    raise NumericalFailure(f"{'NaN' if np.isnan(loss) else 'infinite'} loss "
-                                           f"at iteration {done}")
+                if loss is not None:
+                    losses[i] = loss
+                    if not np.isfinite(loss):
+                        raise NumericalFailure(f"{'NaN' if np.isnan(loss) else 'infinite'} loss "
+                                               f"at iteration {done}")
+                elif done % TRACE_EVERY == 0 and not np.all(np.isfinite(self.start_param.get_value())):
+                    raise NumericalFailure(f"non-finite particles at iteration {done}")
                 if done % TRACE_EVERY == 0:
                     snapshots.append(np.array(self.start_param.get_value()).reshape(-1, start.shape[-1])
                                      .mean(axis=0))
@@ -228,8 +238,10 @@ class VIFitter(_Fitter):
         info = {
             "iterations_done": done,
             "stopped_early": stopped_early,
-            "final_loss": float(np.nanmean(losses[max(0, done - TRACE_EVERY):done])) if done else None,
-            "loss_trace": _binned_mean(losses[:done], TRACE_EVERY) if done else np.array([]),
+            "final_loss": float(np.nanmean(losses[max(0, done - TRACE_EVERY):done]))
+            if done and self.has_loss else None,
+            "loss_trace": _binned_mean(losses[:done], TRACE_EVERY) if done and self.has_loss
+            else np.array([]),
             "mean_trace": np.array(snapshots),
             "fit_seconds": runtime,
             "flat_start": start if start.ndim == 1 else start.mean(axis=0),
@@ -413,4 +425,8 @@ def make_fitter(settings: FitSettings, n_obs: int):
         return NutsFitter(settings, n_obs)
     if settings.method == "cavi":
         return CaviFitter(settings, n_obs)
+    if settings.method == "pathfinder":
+        from vimodes.pathfinder_fit import PathfinderFitter
+
+        return PathfinderFitter(settings, n_obs)
     raise ValueError(f"method '{settings.method}' is not implemented yet")

@@ -23,54 +23,16 @@ question's code path with every error fixed and must have the same log density (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+
+from vimodes.model_specs import MODEL_NAMES, MODEL_SPECS, ModelSpec  # noqa: F401
 
 N_COMPONENTS = 2
 SLOPE_PRIOR_SD = 2.0
 SIGMA_PRIOR_SD = 1.0
 ORDERED_INITVAL = np.array([-1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a model variant builds its likelihood and priors."""
-
-    name: str
-    description: str
-    question_likelihood: bool  # hand-written likelihood of the question (else pm.NormalMixture)
-    per_observation: bool  # fixes E1
-    correct_normaliser: bool  # fixes E2
-    scale_to_total: bool  # fixes E3
-    sigma_prior: str  # "uniform01" (E4) or "halfnormal"
-    ordered: bool = False
-
-
-MODEL_SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("as_asked", "the question's model, ported faithfully (errors E1-E4)",
-                  True, False, False, False, "uniform01"),
-        ModelSpec("as_asked_fix_mixture", "as asked, but the mixture per observation (fixes E1)",
-                  True, True, False, False, "uniform01"),
-        ModelSpec("as_asked_fix_normaliser", "as asked, but log sigma^2 in the normaliser (fixes E2)",
-                  True, False, True, False, "uniform01"),
-        ModelSpec("as_asked_fix_total_size", "as asked, but rescaled to the data size (fixes E3)",
-                  True, False, False, True, "uniform01"),
-        ModelSpec("as_asked_fix_sigma_prior", "as asked, but sigma ~ HalfNormal(1) (fixes E4)",
-                  True, False, False, False, "halfnormal"),
-        ModelSpec("as_asked_fix_all", "the question's code path with E1-E4 fixed",
-                  True, True, True, True, "halfnormal"),
-        ModelSpec("marginal", "corrected: per-observation pm.NormalMixture, total_size",
-                  False, True, True, True, "halfnormal"),
-        ModelSpec("ordered", "corrected, slopes under the ordered transform (one mode)",
-                  False, True, True, True, "halfnormal", ordered=True),
-    )
-}
-MODEL_NAMES = tuple(MODEL_SPECS)
 
 
 def question_loglike(x, y, weights, slopes, sigma, *, per_observation: bool,

@@ -69,22 +69,35 @@ def default_maxcor(n_params: int) -> int:
     return max(int(np.ceil(3 * np.log(n_params))), 5)
 
 
+def _batched_logp(model, compile_kwargs: dict):
+    """(B, N) flat unconstrained points -> (B,) model logp with Jacobian, one point at a time
+    (pymc-extras' ``get_batched_logp_of_ravel_inputs``, without its scan deprecation warning)."""
+    import pymc as pm
+    from pytensor.graph import clone_replace
+
+    (logp,), single = pm.pytensorf.join_nonshared_inputs(
+        model.initial_point(), [model.logp(jacobian=True)], model.value_vars)
+    batch = pt.matrix("batch", dtype="float64")
+    batched = pytensor.map(fn=lambda row: clone_replace([logp], replace={single: row})[0],
+                           sequences=[batch], return_updates=False)
+    fn = pytensor.function([batch], batched, **compile_kwargs)
+    fn.trust_input = True
+    return fn
+
+
 class _FinalSampler:
     """Stands in for the library's final-sampling function ``(x, g, alpha, s_win, z_win, u) ->
     (phi, logQ, logP, inv_hessian_diag)``, with logP at the first ``n_logp`` draws only."""
 
     def __init__(self, model, n_params: int, maxcor: int, n_logp: int, compile_kwargs: dict):
-        from pymc_extras.inference.pathfinder.pathfinder import (
-            _bfgs_sample_pt,
-            get_batched_logp_of_ravel_inputs,
-        )
+        from pymc_extras.inference.pathfinder.pathfinder import _bfgs_sample_pt
 
         x, g, alpha = (pt.vector(name, dtype="float64") for name in ("x", "g", "alpha"))
         s_win, z_win, u = (pt.matrix(name, dtype="float64") for name in ("s_win", "z_win", "u"))
         phi, log_q, diag = _bfgs_sample_pt(x, g, alpha, s_win, z_win, u, maxcor, n_params)
         self._sample = pytensor.function([x, g, alpha, s_win, z_win, u], [phi, log_q, diag],
                                          **compile_kwargs)
-        self._logp = get_batched_logp_of_ravel_inputs(model, **compile_kwargs) if n_logp else None
+        self._logp = _batched_logp(model, compile_kwargs) if n_logp else None
         self.n_logp = n_logp
 
     def __call__(self, x, g, alpha, s_win, z_win, u):

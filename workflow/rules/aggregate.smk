@@ -11,6 +11,8 @@ rule aggregate:
         "logs/aggregate.log",
     benchmark:
         "logs/benchmarks/aggregate.tsv"
+    conda:
+        "../envs/vimodes.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -24,13 +26,15 @@ rule summary:
         cells="data/tables/cells.parquet",
     output:
         "report/summary.md",
-    params:
-        config_hash=STUDY.config_hash(),
-        study_name=STUDY.config["study_name"],
     log:
         "logs/summary.log",
+    conda:
+        "../envs/vimodes.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        config_hash=STUDY.config_hash(),
+        study_name=STUDY.config["study_name"],
     script:
         "../scripts/summary.py"

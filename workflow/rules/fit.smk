@@ -4,19 +4,21 @@ rule fit_chunk:
         data=chunk_data_files,
     output:
         directory("data/fits/{cell}/chunk-{chunk}"),
-    params:
-        cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
-        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
-        pymc_version=PYMC_VERSION,
-    threads: fit_threads
     log:
         "logs/fit/{cell}/chunk-{chunk}.log",
     benchmark:
         "logs/benchmarks/fit/{cell}/chunk-{chunk}.tsv"
+    retries: 1
+    conda:
+        "../envs/vimodes.yaml"
+    threads: fit_threads
     resources:
         mem_mb=3000,
         runtime=fit_runtime_minutes,
-    retries: 1
+    params:
+        cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
+        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
+        pymc_version=PYMC_VERSION,
     script:
         "../scripts/fit_chunk.py"
 
@@ -27,15 +29,17 @@ rule classify_chunk:
         "data/fits/{cell}/chunk-{chunk}",
     output:
         "data/classified/{cell}/chunk-{chunk}.parquet",
-    params:
-        classifier=STUDY.config["classifier"],
-        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
     log:
         "logs/classify/{cell}/chunk-{chunk}.log",
     benchmark:
         "logs/benchmarks/classify/{cell}/chunk-{chunk}.tsv"
+    conda:
+        "../envs/vimodes.yaml"
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        classifier=STUDY.config["classifier"],
+        seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
     script:
         "../scripts/classify_chunk.py"

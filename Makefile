@@ -1,0 +1,51 @@
+# Set-up and entry points. Every target creates .venv from the exact pins when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export PYTENSOR_FLAGS ?= compile__timeout=1800
+
+.PHONY: run test test-slow test-slurm bench lint format figures report clean-outputs
+
+$(BIN)/snakemake: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==26.0.1"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(BIN)/snakemake
+
+## make run: the default study (config/config.yaml) to report/
+run: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
+
+## make test: unit tests, dry runs, lint, format check and an end-to-end smoke study
+test: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q
+
+## make test-slow: reliability tests that interrupt and resume real studies
+test-slow: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q -m slow -o addopts=""
+
+## make test-slurm: the smoke study on a real single-node SLURM cluster, compared with a local run
+test-slurm: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q -m slurm -o addopts=""
+
+## make bench: performance benchmarks (prints a table; see benchmarks/README.md)
+bench: $(BIN)/snakemake
+	$(BIN)/python benchmarks/run_benchmarks.py
+
+## make figures: rebuild figures and the report from existing fits only
+figures: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES) figures
+
+lint: $(BIN)/snakemake
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: $(BIN)/snakemake
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+clean-outputs:
+	rm -rf data/sim data/fits data/classified data/tables figures/*.png figures/*.svg report/*.md report/*.html .snakemake/incomplete

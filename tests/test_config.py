@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+
+from vimodes.config import ConfigError, build_study, load_study, load_yaml
+
+
+@pytest.fixture
+def smoke(repo):
+    return load_yaml(repo / "config" / "smoke.yaml")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "full.yaml"])
+def test_shipped_configs_are_valid(repo, name):
+    study = load_study(repo / "config" / name)
+    assert study.cells
+    assert len({c.cell_id for c in study.cells}) == len(study.cells)
+
+
+def test_grid_is_the_cartesian_product_of_its_axes(smoke):
+    raw = {"study_name": "t", "grids": [{"name": "g", "models": ["marginal", "ordered"],
+                                         "methods": ["advi", "fullrank_advi"],
+                                         "inits": ["default"], "iterations": [100, 200],
+                                         "seeds": 4}]}
+    study = build_study(raw)
+    assert len(study.cells) == 2 * 2 * 2
+    assert all(c.seeds == (0, 1, 2, 3) for c in study.cells)
+
+
+def test_axes_that_do_not_apply_collapse(smoke):
+    raw = {"study_name": "t", "optimizers": {"a": {"name": "adam"}, "b": {"name": "sgd"}},
+           "grids": [{"name": "g", "models": ["marginal"], "methods": ["nuts", "advi"],
+                      "optimizers": ["a", "b"], "seeds": [5, 7]}]}
+    study = build_study(raw)
+    ids = sorted(c.cell_id for c in study.cells)
+    assert ids == ["marginal__advi__a__it10000__init-default__b128",
+                   "marginal__advi__b__it10000__init-default__b128", "marginal__nuts__c1"]
+
+
+def test_chunks_cover_every_seed_once(smoke):
+    smoke["chunk_size"] = 2
+    smoke["grids"][0]["seeds"] = {"start": 10, "count": 5}
+    study = build_study(smoke)
+    cell = study.cells[0]
+    chunks = study.chunks(cell)
+    assert chunks == [(10, 11), (12, 13), (14,)]
+
+
+def test_defaults_are_filled(smoke):
+    study = build_study(smoke)
+    assert study.config["vi"]["convergence_tolerance"] == 1e-4
+    assert study.config["data_regimes"]["default"]["slopes"] == [3.0, -1.0]
+
+
+def _problems(raw):
+    with pytest.raises(ConfigError) as info:
+        build_study(raw)
+    return info.value.problems, str(info.value)
+
+
+def test_every_error_class_is_reported_at_once(smoke):
+    bad = copy.deepcopy(smoke)
+    bad["chunk_sise"] = 3  # unknown key
+    bad["draws"] = "many"  # wrong type
+    bad["data_regimes"]["default"]["noise_sd"] = -1  # out of range
+    bad["grids"][0]["methods"] = ["advi", "nutz"]  # unknown method
+    problems, message = _problems(bad)
+    assert len(problems) >= 4
+    assert "unknown key 'chunk_sise'; did you mean 'chunk_size'?" in message
+    assert "config.draws: expected type" in message
+    assert "config.data_regimes.default.noise_sd" in message
+    assert "config.grids[0].methods[1]" in message and "'nutz'" in message
+    assert "did you mean 'nuts'" in message
+    assert "Traceback" not in message
+
+
+def test_unknown_model_is_named_with_a_suggestion(smoke):
+    bad = copy.deepcopy(smoke)
+    bad["grids"][0]["models"] = ["marginel"]
+    problems, message = _problems(bad)
+    assert "config.grids[0].models: unknown model 'marginel'" in message
+    assert "did you mean 'marginal'" in message
+
+
+def test_duplicate_cell_is_rejected(smoke):
+    bad = copy.deepcopy(smoke)
+    twin = copy.deepcopy(bad["grids"][0])
+    twin["name"] = "twin"
+    bad["grids"].append(twin)
+    _, message = _problems(bad)
+    assert "duplicate cell" in message and "already declared by grid 'question'" in message
+
+
+def test_empty_seed_list_is_rejected(smoke):
+    bad = copy.deepcopy(smoke)
+    bad["grids"][0]["seeds"] = []
+    _, message = _problems(bad)
+    assert "config.grids[0].seeds" in message
+
+
+def test_weights_must_sum_to_one(smoke):
+    bad = copy.deepcopy(smoke)
+    bad["data_regimes"]["default"]["weights"] = [0.5, 0.6]
+    _, message = _problems(bad)
+    assert "weights summing to 1" in message
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study(tmp_path / "nope.yaml")

@@ -1,0 +1,113 @@
+"""Fitting: chunked fits equal solo fits, factors change what a fit does, failures are data."""
+
+import numpy as np
+import pytest
+
+from vimodes.fitting import FitSettings, fit_rng, make_fitter
+from vimodes.simulate import DataRegime, simulate
+
+N = 2000
+SEED_BASE = 99
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {s: simulate(DataRegime(n_obs=N), seed=s, seed_base=SEED_BASE) for s in (0, 1, 2)}
+
+
+def settings(**overrides):
+    base = dict(model="marginal", method="advi", draws=100, optimizer_name="adam",
+                learning_rate=0.01, iterations=300, init_kind="jitter", batch_size=128,
+                khat_draws=20)
+    return FitSettings(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("method", ["advi", "fullrank_advi", "svgd"])
+def test_chunked_fit_equals_a_fit_done_alone(datasets, method):
+    s = settings(method=method, svgd_particles=10, iterations=100 if method == "svgd" else 300,
+                 batch_size=0 if method == "svgd" else 128)
+    chunk = make_fitter(s, N)
+    in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 1, 2)]
+    alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
+    assert in_chunk[2].status == alone.status == "ok"
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_array_equal(in_chunk[2].draws[name], alone.draws[name])
+    np.testing.assert_array_equal(in_chunk[2].info["loss_trace"], alone.info["loss_trace"])
+    # and the seeds really differ
+    assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+
+
+def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets):
+    fitter = make_fitter(settings(iterations=1), N)
+    starts = []
+    for seed in (0, 1):
+        result = fitter.fit(datasets[seed], SEED_BASE, seed)
+        starts.append(result.info["flat_start"])
+    assert not np.allclose(starts[0], starts[1])
+    names = fitter.flat_names()
+    slope_index = [i for i, n in enumerate(names) if n.startswith("slopes")]
+    for start in starts:
+        assert start[slope_index[0]] != start[slope_index[1]]
+
+
+def test_default_start_is_the_symmetric_initial_point(datasets):
+    fitter = make_fitter(settings(init_kind="default", iterations=1), N)
+    start = fitter.fit(datasets[0], SEED_BASE, 0).info["flat_start"]
+    slope_index = [i for i, n in enumerate(fitter.flat_names()) if n.startswith("slopes")]
+    assert np.all(start[slope_index] == 0.0)
+
+
+def test_prior_start_is_overdispersed(datasets):
+    fitter = make_fitter(settings(init_kind="prior", init_scale=2.0, iterations=1), N)
+    starts = np.array([fitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
+    jitter = make_fitter(settings(init_kind="jitter", init_scale=1.0, iterations=1), N)
+    jittered = np.array([jitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
+    slope_index = [i for i, n in enumerate(fitter.flat_names()) if n.startswith("slopes")]
+    assert starts[:, slope_index].std() > 2 * jittered[:, slope_index].std()
+
+
+def test_optimizer_setting_is_the_one_used(datasets):
+    adam = make_fitter(settings(optimizer_name="adam"), N)
+    default = make_fitter(settings(optimizer_name="adagrad_window", learning_rate=0.001), N)
+    # adam keeps first and second moment accumulators plus a step counter; adagrad_window
+    # keeps a window of squared gradients: the optimiser's state shows which one runs
+    adam_shapes = sorted(np.shape(v) for v in adam.state.values())
+    window_shapes = sorted(np.shape(v) for v in default.state.values())
+    assert adam_shapes != window_shapes
+    assert any(len(shape) == 2 and shape[-1] == 10 for shape in window_shapes)  # n_win = 10
+    a = adam.fit(datasets[0], SEED_BASE, 0)
+    b = default.fit(datasets[0], SEED_BASE, 0)
+    assert not np.allclose(a.draws["slopes"].mean(), b.draws["slopes"].mean())
+
+
+def test_nan_loss_is_a_failed_result_not_a_crash(datasets):
+    fitter = make_fitter(settings(learning_rate=float("nan")), N)
+    result = fitter.fit(datasets[0], SEED_BASE, 0)
+    assert result.status == "failed"
+    assert "NaN" in result.error
+    assert result.draws == {}
+    # the next seed of the chunk is unaffected once the state is reset
+    healthy = make_fitter(settings(), N)
+    assert healthy.fit(datasets[1], SEED_BASE, 1).status == "ok"
+
+
+def test_convergence_callback_can_stop_early(datasets):
+    fitter = make_fitter(settings(convergence_tolerance=10.0, iterations=2000), N)
+    result = fitter.fit(datasets[0], SEED_BASE, 0)
+    assert result.status == "ok" and result.info["stopped_early"]
+    assert result.info["iterations_done"] < 2000
+
+
+def test_cavi_fits_from_the_seeded_start(datasets):
+    fitter = make_fitter(settings(method="cavi", iterations=200), N)
+    a = fitter.fit(datasets[0], SEED_BASE, 0)
+    b = fitter.fit(datasets[0], SEED_BASE, 0)
+    assert a.status == "ok"
+    np.testing.assert_array_equal(a.draws["slopes"], b.draws["slopes"])
+    assert sorted(np.round(a.draws["slopes"].mean(axis=(0, 1)), 1)) == [-1.0, 3.0]
+
+
+def test_fit_streams_are_seeded_from_the_config():
+    a = fit_rng(1, 2).normal(size=3)
+    assert np.array_equal(a, fit_rng(1, 2).normal(size=3))
+    assert not np.array_equal(a, fit_rng(1, 3).normal(size=3))
