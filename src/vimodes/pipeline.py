@@ -72,8 +72,8 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
             raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
         t0 = time.perf_counter()
         result = fitter.fit(data, study.config["seed_base"], seed)
-        khat = None
-        if result.status == "ok" and hasattr(fitter, "khat"):
+        khat = result.info.pop("psis_khat", None)
+        if khat is None and result.status == "ok" and hasattr(fitter, "khat"):
             khat = fitter.khat(data, settings.khat_draws, study.config["seed_base"], seed)
         record = {**base, "seed": seed, "status": result.status, "error": result.error,
                   "wall_seconds": time.perf_counter() - t0, "psis_khat": khat,
@@ -125,6 +125,7 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
             diagnostics = convergence_diagnostics(draws["slopes"], draws["weights"], draws["sigma"])
             diagnostics.pop("chain_permutations", None)
         rows.append({**base, "level": "fit", "chain": -1, "outcome": c.label,
+                     "iterations_to_stabilise": iterations_to_stabilise(record, truth, settings),
                      "outcome_reason": c.reason, "share_mode_A": c.share_mode_A,
                      "share_mode_B": c.share_mode_B, "share_collapsed": c.share_collapsed,
                      **errors, **diagnostics, **_posterior_summary(draws)})
@@ -138,12 +139,31 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
     return frame
 
 
+def iterations_to_stabilise(record: dict, truth, settings) -> float:
+    """First iteration from which the approximation's centre stays in its final class (the
+    centre is snapshotted every TRACE_EVERY iterations); NaN without a trajectory."""
+    from vimodes.classify import classify_draws
+    from vimodes.fitting import TRACE_EVERY
+
+    if not record.get("slopes_trace"):
+        return float("nan")
+    slopes, weights, sigma = (np.asarray(record[f"{n}_trace"], dtype=float)
+                              for n in ("slopes", "weights", "sigma"))
+    labels = [classify_draws(slopes[i][None, None], weights[i][None, None],
+                             sigma[i].reshape(1, 1), truth, settings).label
+              for i in range(len(sigma))]
+    first = len(labels) - 1
+    while first > 0 and labels[first - 1] == labels[-1]:
+        first -= 1
+    return float((first + 1) * TRACE_EVERY)
+
+
 # columns copied from a fit record into the tables
 _RECORD_COLUMNS = (
     "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
     "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
-    "setup_seconds", "psis_khat", "divergences", "max_depth_hits", "gradient_evaluations",
+    "setup_seconds", "psis_khat", "elbo_full", "divergences", "max_depth_hits", "gradient_evaluations",
     "draws_done", "n_obs", "config_hash", "version_pymc",
 )
 
@@ -205,10 +225,33 @@ def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SINGLE_MODE = ("mode_A", "mode_B")
+
+
+def add_reference_sd_ratio(fits: pd.DataFrame) -> pd.DataFrame:
+    """``sd_ratio_vs_nuts``: a single-mode fit's posterior sd of the slopes relative to that of
+    single-chain NUTS on the marginal model for the same data set (VI under-dispersion < 1).
+    The mean of the two slopes' sds is label-invariant within one mode."""
+    fits = fits.copy()
+    if "slopes_0_sd" not in fits:
+        fits["sd_ratio_vs_nuts"] = np.nan
+        return fits
+    slope_sd = (fits["slopes_0_sd"] + fits["slopes_1_sd"]) / 2
+    single = (fits["level"] == "fit") & fits["outcome"].isin(SINGLE_MODE)
+    is_reference = single & (fits["method"] == "nuts") & (fits["model"] == "marginal") & \
+        (fits["chains"] == 1)
+    reference = slope_sd[is_reference].groupby(
+        [fits.loc[is_reference, "data_regime"], fits.loc[is_reference, "seed"]]).mean()
+    keys = list(zip(fits["data_regime"], fits["seed"]))
+    ref = np.array([reference.get(key, np.nan) for key in keys], dtype=float)
+    fits["sd_ratio_vs_nuts"] = np.where(single, slope_sd / ref, np.nan)
+    return fits
+
+
 def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     frames = [pd.read_parquet(p) for p in classified_paths]
     fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
-    fits = fits.reset_index(drop=True)
+    fits = add_reference_sd_ratio(fits.reset_index(drop=True))
     cells = summarise_cells(fits)
     for path in out_fits.values():
         write_table(fits, path)

@@ -1,0 +1,197 @@
+"""Performance benchmarks (`make bench`): prints one table, every row measured in this run on
+this machine, so the ratios compare like with like. Not part of the tests.
+
+Rows:
+  VI (question's setting: marginal model, meanfield ADVI, 10000 iterations, batch 128):
+    naive      one fresh process per fit (import + compile + fit + write), the cost of a
+               one-job-per-fit pipeline;
+    chunked    the pipeline's path: one process fits a chunk of seeds, compiling once;
+    floor      the same number of calls of the compiled step function alone.
+  NUTS (marginal model, one chain, 1000 tune + 1000 draws, N = 100000):
+    pymc       PyMC's own sampler with pm.NormalMixture;
+    pipeline   nutpie with the fused likelihood (the default);
+    floor      gradient evaluations x time of one fused logp+gradient evaluation.
+  Scaling: NUTS seconds versus N.
+Usage: python benchmarks/run_benchmarks.py [--quick] [--chunk 10] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from vimodes.runtime import configure_compile_cache  # noqa: E402
+
+configure_compile_cache()
+
+import numpy as np  # noqa: E402
+
+SEED_BASE = 20180913
+
+
+def _study(n_obs: int, seeds: int, method: str = "advi", chains: int = 1, sampler="nutpie",
+           likelihood="fused"):
+    from vimodes.config import build_study
+
+    return build_study({
+        "study_name": "bench", "seed_base": SEED_BASE, "chunk_size": seeds,
+        "data_regimes": {"default": {"n_obs": n_obs}},
+        "nuts": {"sampler": sampler, "likelihood": likelihood},
+        "grids": [{"name": "bench", "models": ["marginal"], "methods": [method],
+                   "chains": [chains], "seeds": seeds}],
+    })
+
+
+def _write_data(study, folder: Path) -> list[str]:
+    from vimodes.pipeline import simulate_dataset
+
+    paths = []
+    for regime, seed in study.datasets():
+        path = folder / f"seed-{seed}.nc"
+        simulate_dataset(study, regime, seed, path)
+        paths.append(str(path))
+    return paths
+
+
+CHILD = """
+import sys, time, json
+t0 = time.perf_counter()
+sys.path.insert(0, {src!r})
+from vimodes.runtime import configure_compile_cache
+configure_compile_cache()
+from vimodes.config import build_study
+from vimodes.pipeline import fit_chunk
+study = build_study(json.loads({config!r}))
+cell = study.cells[0].cell_id
+fit_chunk(study, cell, {chunk}, {paths!r}, {out!r})
+print(json.dumps({{"seconds": time.perf_counter() - t0}}))
+"""
+
+
+def run_chunk_process(study, chunk: int, paths: list[str], out: Path) -> float:
+    """Wall time of a fresh Python process that fits one chunk, as a Snakemake job would."""
+    code = CHILD.format(src=str(REPO / "src"), config=json.dumps(study.config), chunk=chunk,
+                        paths=paths, out=str(out))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def bench_vi(chunk: int, folder: Path) -> dict:
+    from vimodes.fitting import FitSettings, VIFitter
+
+    study = _study(100_000, chunk)
+    paths = _write_data(study, folder)
+    # warm the compile cache once, so that every path below measures warm-cache costs
+    run_chunk_process(_study(100_000, 1), 0, paths[:1], folder / "warm")
+    naive = [run_chunk_process(_study(100_000, 1), 0, [p], folder / f"naive-{i}")
+             for i, p in enumerate(paths[:3])]
+    chunked = run_chunk_process(study, 0, paths, folder / "chunked")
+
+    settings = FitSettings.from_cell(study.cells[0], study.config)
+    fitter = VIFitter(settings, 100_000)
+    from vimodes.simulate import read_dataset
+
+    fitter.set_data(read_dataset(paths[0]))
+    started = time.perf_counter()
+    for _ in range(settings.iterations):
+        fitter.step()
+    floor = time.perf_counter() - started
+    return {"naive_s_per_fit": float(np.median(naive)), "chunked_s_per_fit": chunked / chunk,
+            "floor_s_per_fit": floor, "chunk_size": chunk}
+
+
+def bench_nuts(n_obs: int, folder: Path, samplers=("pymc", "pipeline")) -> dict:
+    from vimodes.fitting import FitSettings, NutsFitter
+    from vimodes.simulate import read_dataset
+
+    study = _study(n_obs, 1, method="nuts")
+    data = read_dataset(_write_data(study, folder / f"nuts-{n_obs}")[0])
+    out = {}
+    for name in samplers:
+        sampler, likelihood = ("pymc", "pymc") if name == "pymc" else ("nutpie", "fused")
+        settings = FitSettings(model="marginal", method="nuts", chains=1, draws=1000, tune=1000,
+                               sampler=sampler, likelihood=likelihood)
+        started = time.perf_counter()
+        fitter = NutsFitter(settings, n_obs)
+        result = fitter.fit(data, SEED_BASE, 0)
+        out[f"{name}_s"] = time.perf_counter() - started
+        out[f"{name}_status"] = result.status
+        if name == "pipeline":
+            out["gradient_evaluations_draws"] = result.info["gradient_evaluations"]
+    return out
+
+
+def bench_gradient(n_obs: int = 100_000, repeats: int = 200) -> float:
+    import pytensor
+    import pytensor.tensor as pt
+
+    from vimodes.fastlik import mixture_regression_loglike
+    from vimodes.simulate import DataRegime, simulate
+
+    data = simulate(DataRegime(n_obs=n_obs), 0, SEED_BASE)
+    w, s, sg = pt.vector("w"), pt.vector("s"), pt.scalar("sg")
+    logp = mixture_regression_loglike(pt.as_tensor(data.x), pt.as_tensor(data.y), w, s, sg)
+    fn = pytensor.function([w, s, sg], [logp, *pytensor.grad(logp, [w, s, sg])], mode="NUMBA")
+    args = (np.array([0.5, 0.5]), np.array([3.0, -1.0]), np.array(0.1))
+    fn(*args)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn(*args)
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunk", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="skip PyMC's NUTS and the N scan")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        vi = bench_vi(args.chunk, folder)
+        rows += [("VI naive: one process per fit", f"{vi['naive_s_per_fit']:.2f} s/fit"),
+                 (f"VI chunked ({args.chunk} seeds per process)", f"{vi['chunked_s_per_fit']:.2f} s/fit"),
+                 ("VI floor: 10000 step-function calls", f"{vi['floor_s_per_fit']:.2f} s/fit"),
+                 ("VI ratio chunked / floor (target <= 1.5)",
+                  f"{vi['chunked_s_per_fit'] / vi['floor_s_per_fit']:.2f}"),
+                 ("VI ratio naive / chunked (target >= 5)",
+                  f"{vi['naive_s_per_fit'] / vi['chunked_s_per_fit']:.2f}")]
+        grad = bench_gradient()
+        nuts = bench_nuts(100_000, folder, ("pipeline",) if args.quick else ("pymc", "pipeline"))
+        total_evals = nuts["gradient_evaluations_draws"] * 2  # tuning steps ~ sampling steps
+        rows += [("fused logp+grad, N=1e5", f"{grad * 1e3:.2f} ms"),
+                 ("NUTS pipeline (nutpie + fused), 1 chain 1000+1000, N=1e5",
+                  f"{nuts['pipeline_s']:.1f} s ({nuts['pipeline_status']})"),
+                 ("NUTS floor: ~2 x draw-phase gradient evaluations x eval time",
+                  f"{total_evals * grad:.1f} s ({total_evals} evals)")]
+        if not args.quick:
+            rows += [("NUTS PyMC sampler, same", f"{nuts['pymc_s']:.1f} s ({nuts['pymc_status']})"),
+                     ("NUTS ratio PyMC / pipeline (target >= 5)",
+                      f"{nuts['pymc_s'] / nuts['pipeline_s']:.2f}")]
+            for n_obs in (1_000, 10_000):
+                scan = bench_nuts(n_obs, folder, ("pipeline",))
+                rows.append((f"NUTS pipeline, N={n_obs}", f"{scan['pipeline_s']:.1f} s"))
+    width = max(len(r[0]) for r in rows)
+    header = (f"# benchmarks {time.strftime('%Y-%m-%d')} on {platform.node()} "
+              f"({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)")
+    print(header)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
