@@ -213,7 +213,8 @@ class VIFitter(_Fitter):
         done, stopped_early, error = 0, False, None
         try:
             for i in range(s.iterations):
-                loss = self.step() if self.has_loss else None
+                output = self.step()
+                loss = output if self.has_loss else None
                 done = i + 1
                 if loss is not None:
                     losses[i] = loss
