@@ -248,7 +248,31 @@ def add_reference_sd_ratio(fits: pd.DataFrame) -> pd.DataFrame:
     return fits
 
 
-def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+CLASS_METRICS = ("psis_khat", "elbo_full", "final_loss", "fit_seconds", "slope_abs_error",
+                 "weight_abs_error", "sigma_abs_error", "sigma_mean", "sd_ratio_vs_nuts",
+                 "iterations_to_stabilise", "coverage_slopes")
+
+
+def summarise_by_class(fits: pd.DataFrame) -> pd.DataFrame:
+    """Median and quartiles of each metric per (cell, outcome class): e.g. k-hat by class, which
+    shows that k-hat is blind to a missed permutation mode rather than a single-mode detector."""
+    fit_rows = fits[fits["level"] == "fit"]
+    rows = []
+    for (cell_id, outcome), group in fit_rows.groupby(["cell_id", "outcome"], sort=True):
+        row = {"cell_id": cell_id, "outcome": outcome, "n_fits": len(group),
+               "method": group["method"].iloc[0], "model": group["model"].iloc[0]}
+        for metric in CLASS_METRICS:
+            values = pd.to_numeric(group.get(metric), errors="coerce").dropna() \
+                if metric in group else pd.Series(dtype=float)
+            row[f"{metric}_n"] = len(values)
+            for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
+                row[f"{metric}_{name}"] = float(values.quantile(q)) if len(values) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str],
+              out_by_class: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     frames = [pd.read_parquet(p) for p in classified_paths]
     fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
     fits = add_reference_sd_ratio(fits.reset_index(drop=True))
@@ -257,4 +281,7 @@ def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: 
         write_table(fits, path)
     for path in out_cells.values():
         write_table(cells, path)
+    by_class = summarise_by_class(fits)
+    for path in (out_by_class or {}).values():
+        write_table(by_class, path)
     return fits, cells

@@ -7,6 +7,8 @@ rule aggregate:
         fits_parquet="data/tables/fits.parquet",
         cells_csv="data/tables/cells.csv",
         cells_parquet="data/tables/cells.parquet",
+        by_class_csv="data/tables/metrics_by_class.csv",
+        by_class_parquet="data/tables/metrics_by_class.parquet",
     log:
         "logs/aggregate.log",
     benchmark:

@@ -1,0 +1,686 @@
+"""Tables for the figures, and the figures, of the study's report.
+
+Two layers, so that changing a colour never refits anything:
+
+* **figure tables**, built by rules from the fit files (``data/fits/<cell>/chunk-<k>/seed-<s>.*``)
+  and the aggregated tables: ``loss_traces`` (one row per fit and stored loss value),
+  ``representative_draws`` (a subsample of the slope draws of a few fits per (method, outcome)
+  class), ``posterior_grid`` (the corrected model's log posterior density over a (w0, w1) grid
+  for one data set, weights and sigma held at their true values) and ``data_summary`` (that data
+  set's truth and its single-line least-squares fit);
+* **figures**, each drawn from tables ONLY by one function of :data:`FIGURES` and written as PNG
+  and SVG by :func:`make_figure`. The files are byte-identical on rerun: no software or date
+  metadata, a fixed ``svg.hashsalt``, deterministic jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import BoundaryNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from vimodes.records import atomic_path, read_json  # noqa: E402
+
+log = logging.getLogger("vimodes")
+
+# ---------------------------------------------------------------------------------------------
+# Orders, labels and colours (one place: changing them only reruns the figure rules)
+
+OUTCOME_ORDER = ("mode_A", "mode_B", "spanning", "collapsed", "not_converged", "failed")
+RATE_CLASSES = ("single_mode", *OUTCOME_ORDER)
+OUTCOME_COLORS = {
+    "single_mode": "#000000",
+    "mode_A": "#1b9e77",
+    "mode_B": "#7570b3",
+    "spanning": "#e7298a",
+    "collapsed": "#d95f02",
+    "not_converged": "#7f7f7f",
+    "failed": "#b8860b",
+}
+OUTCOME_LABELS = {
+    "single_mode": "single mode (A or B)",
+    "mode_A": "mode A",
+    "mode_B": "mode B",
+    "spanning": "spanning (both modes)",
+    "collapsed": "collapsed (modes averaged)",
+    "not_converged": "not converged",
+    "failed": "failed",
+}
+METHOD_ORDER = ("advi", "fullrank_advi", "svgd", "pathfinder", "cavi", "nuts")
+METHOD_LABELS = {
+    "advi": "meanfield ADVI",
+    "fullrank_advi": "fullrank ADVI",
+    "svgd": "SVGD",
+    "pathfinder": "Pathfinder",
+    "cavi": "CAVI",
+    "nuts": "NUTS",
+}
+METHOD_COLORS = {
+    "advi": "#1f77b4",
+    "fullrank_advi": "#ff7f0e",
+    "svgd": "#2ca02c",
+    "pathfinder": "#9467bd",
+    "cavi": "#8c564b",
+    "nuts": "#d62728",
+}
+# vimodes.models.MODEL_NAMES, in that order (not imported: that would import PyMC)
+MODEL_ORDER = (
+    "as_asked", "as_asked_fix_mixture", "as_asked_fix_normaliser", "as_asked_fix_total_size",
+    "as_asked_fix_sigma_prior", "as_asked_fix_all", "marginal", "ordered",
+)
+FIT_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
+VI_METHODS = ("advi", "fullrank_advi", "svgd")
+TRACE_EVERY = {"cavi": 1}  # iterations per stored loss value; VI default below
+VI_TRACE_EVERY = 100  # vimodes.fitting.TRACE_EVERY (not imported: that would import PyMC)
+KHAT_GOOD, KHAT_OK = 0.5, 0.7  # Pareto k-hat thresholds of Yao et al. (2018)
+
+DPI = 130
+STYLE = {
+    "svg.hashsalt": "vimodes-report",
+    "svg.fonttype": "path",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": DPI,
+    "figure.dpi": DPI,
+}
+# metadata that would change between runs, removed (SVG has its own key names)
+SAVE_METADATA = {
+    ".png": {"Software": None},
+    ".svg": {"Date": None, "Creator": None},
+    ".pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+}
+
+
+def ordered(values: Iterable, order: Sequence) -> list:
+    """The distinct ``values`` in ``order``, unknown ones after them, sorted."""
+    present = {v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    return [v for v in order if v in present] + sorted(v for v in present if v not in order)
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
+    """The per-fit rows (not the per-chain ones) of the fit table."""
+    if "level" in fits:
+        fits = fits[fits["level"] == "fit"]
+    return fits.reset_index(drop=True)
+
+
+def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column not in frame:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[column], errors="coerce").astype(float)
+
+
+def cell_label(row) -> str:
+    """A short readable label of a cell: its id's parts after model and method."""
+    parts = str(row["cell_id"]).split("__")
+    rest = " ".join(parts[2:])
+    return f"{row['model']} · {method_label(row['method'])}" + (f" · {rest}" if rest else "")
+
+
+def jitter(n: int, width: float = 0.25, key: int = 0) -> np.ndarray:
+    """Deterministic horizontal jitter for ``n`` points (same on every run)."""
+    if n == 0:
+        return np.zeros(0)
+    return np.random.default_rng([20180913, key, n]).uniform(-width, width, size=n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure tables, built from the fit files
+
+
+def fit_file_index(fit_dirs: Iterable[str | Path], suffix: str) -> dict[tuple[str, int], Path]:
+    """(cell_id, seed) -> path of ``seed-<s>.<suffix>`` in the chunk folders
+    ``<cell>/chunk-<k>``."""
+    index = {}
+    for folder in fit_dirs:
+        folder = Path(folder)
+        cell_id = folder.parent.name
+        for path in sorted(folder.glob(f"seed-*.{suffix}")):
+            seed = int(path.name[len("seed-"):-len(suffix) - 1])
+            index[(cell_id, seed)] = path
+    return index
+
+
+def _outcomes(fits: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in ("cell_id", "seed", "grid", "model", "method", "optimizer", "iterations",
+                           "init", "batch_size", "outcome") if c in fits]
+    return fit_rows(fits)[columns]
+
+
+def make_loss_traces(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per fit and stored loss value: the fit's axes, its final ``outcome``, the
+    ``iteration`` at the end of the stored bin and the ``loss`` (VI: mean of the bin's minibatch
+    losses, ``vimodes.fitting.TRACE_EVERY`` iterations per bin; CAVI: the negative ELBO per
+    sweep). Fits without a trace (NUTS, Pathfinder) have no rows."""
+    outcomes = _outcomes(fits).set_index(["cell_id", "seed"])
+    frames = []
+    for (cell_id, seed), path in sorted(fit_file_index(fit_dirs, "json").items()):
+        record = read_json(path)
+        trace = np.asarray(record.get("loss_trace") or [], dtype=float)
+        if trace.size == 0:
+            continue
+        every = TRACE_EVERY.get(record.get("method"), VI_TRACE_EVERY)
+        done = record.get("iterations_done") or trace.size * every
+        iteration = np.minimum(np.arange(1, trace.size + 1) * every, max(done, 1))
+        key = (cell_id, int(seed))
+        outcome = outcomes.loc[key, "outcome"] if key in outcomes.index else "unclassified"
+        frames.append(pd.DataFrame({
+            "cell_id": cell_id, "seed": int(seed), "model": record.get("model"),
+            "method": record.get("method"), "optimizer": record.get("optimizer"),
+            "outcome": outcome, "iteration": iteration.astype(int), "loss": trace,
+        }))
+    columns = ["cell_id", "seed", "model", "method", "optimizer", "outcome", "iteration", "loss"]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "loss" else object) for c in columns})
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def select_representatives(fits: pd.DataFrame, available: Iterable[tuple[str, int]],
+                           per_class: int = 3) -> pd.DataFrame:
+    """Up to ``per_class`` fits per (method, outcome) with draws on disk, spread over the models
+    (round robin in model order, then by cell and seed): deterministic."""
+    available = set(available)
+    rows = fit_rows(fits)
+    keep = [(c, int(s)) in available for c, s in zip(rows["cell_id"], rows["seed"])]
+    rows = rows[keep]
+    chosen = []
+    for (method, outcome), group in rows.groupby(["method", "outcome"], sort=True):
+        by_model = {m: g.sort_values(["cell_id", "seed"]) for m, g in group.groupby("model")}
+        queues = [by_model[m] for m in ordered(by_model, MODEL_ORDER)]
+        picked = []
+        for depth in range(max(len(q) for q in queues)):
+            picked += [q.iloc[depth] for q in queues if depth < len(q)]
+        chosen += picked[:per_class]
+    if not chosen:
+        return rows.iloc[:0]
+    return pd.DataFrame(chosen).reset_index(drop=True)
+
+
+def make_representative_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path],
+                              per_class: int = 3, n_draws: int = 200) -> pd.DataFrame:
+    """``n_draws`` evenly spaced draws (all chains pooled) of the slopes, the first weight and
+    sigma of the representative fits of :func:`select_representatives`."""
+    from vimodes.idata import read_posterior
+
+    index = fit_file_index(fit_dirs, "nc")
+    chosen = select_representatives(fits, index, per_class)
+    frames = []
+    for _, row in chosen.iterrows():
+        draws = read_posterior(index[(row["cell_id"], int(row["seed"]))])
+        slopes = np.asarray(draws["slopes"], dtype=float)
+        n_chain, n_draw = slopes.shape[:2]
+        flat = slopes.reshape(n_chain * n_draw, -1)
+        take = np.unique(np.linspace(0, len(flat) - 1, min(n_draws, len(flat))).round().astype(int))
+        weights = np.asarray(draws["weights"], dtype=float).reshape(n_chain * n_draw, -1)
+        sigma = np.asarray(draws["sigma"], dtype=float).reshape(-1)
+        frames.append(pd.DataFrame({
+            "cell_id": row["cell_id"], "seed": int(row["seed"]), "model": row["model"],
+            "method": row["method"], "outcome": row["outcome"], "draw": take,
+            "chain": take // n_draw, "slope_0": flat[take, 0], "slope_1": flat[take, 1],
+            "weight_0": weights[take, 0], "sigma": sigma[take],
+        }))
+    columns = ["cell_id", "seed", "model", "method", "outcome", "draw", "chain", "slope_0",
+               "slope_1", "weight_0", "sigma"]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def profile_log_density(x: np.ndarray, y: np.ndarray, w0: np.ndarray, w1: np.ndarray,
+                        weights=(0.5, 0.5), sigma: float = 0.1, prior_sd: float | None = 2.0,
+                        chunk: int = 20_000) -> np.ndarray:
+    """Log posterior density (up to a constant) of the corrected model at slopes (w0[i], w1[j]),
+    weights and sigma held fixed: ``sum_n log sum_k pi_k N(y_n; x_n w_k, sigma)`` plus the
+    slopes' Normal(0, prior_sd) log prior (none if ``prior_sd`` is None). Shape (len(w0), len(w1)).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    w0, w1 = np.atleast_1d(np.asarray(w0, float)), np.atleast_1d(np.asarray(w1, float))
+    log_w = np.log(np.asarray(weights, float))
+    const = -math.log(sigma) - 0.5 * math.log(2 * math.pi)
+    out = np.zeros((w0.size, w1.size))
+    for start in range(0, x.size, chunk):
+        xs, ys = x[start:start + chunk, None], y[start:start + chunk, None]
+        a = -0.5 * ((ys - xs * w0[None, :]) / sigma) ** 2 + const + log_w[0]  # (n, len(w0))
+        b = -0.5 * ((ys - xs * w1[None, :]) / sigma) ** 2 + const + log_w[1]  # (n, len(w1))
+        for i in range(w0.size):
+            out[i] += np.logaddexp(a[:, i:i + 1], b).sum(axis=0)
+    if prior_sd is not None:
+        def log_prior(w):
+            return -0.5 * (w / prior_sd) ** 2 - math.log(prior_sd) - 0.5 * math.log(2 * math.pi)
+        out += log_prior(w0)[:, None] + log_prior(w1)[None, :]
+    return out
+
+
+def make_posterior_grid(data, low: float, high: float, n_points: int,
+                        prior_sd: float | None = 2.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The profile log density over an ``n_points``^2 grid of [low, high]^2 for one data set
+    (a :class:`vimodes.simulate.Dataset`), weights and sigma at their true values; and a one-row
+    summary of the data set: truth, the least-squares line through the origin fitted to ALL
+    points (the "one line" that a mixture of whole batches finds) and its residual sd.
+
+    ``delta`` is the log density below the best of the grid and the true slopes (>= 0)."""
+    regime = data.regime
+    grid = np.linspace(low, high, n_points)
+    kwargs = dict(weights=regime.weights, sigma=regime.noise_sd, prior_sd=prior_sd)
+    density = profile_log_density(data.x, data.y, grid, grid, **kwargs)
+    truth = np.asarray(regime.slopes, float)
+    at_truth = float(profile_log_density(data.x, data.y, truth[:1], truth[1:], **kwargs)[0, 0])
+    best = max(float(density.max()), at_truth)
+    w0, w1 = np.meshgrid(grid, grid, indexing="ij")
+    table = pd.DataFrame({"w0": w0.ravel(), "w1": w1.ravel(), "log_density": density.ravel(),
+                          "delta": (best - density).ravel()})
+    ols = float(np.dot(data.x, data.y) / np.dot(data.x, data.x))
+    ols_sd = float(np.sqrt(np.mean((data.y - ols * data.x) ** 2)))
+    at_ols = float(profile_log_density(data.x, data.y, [ols], [ols], **kwargs)[0, 0])
+    summary = pd.DataFrame([{
+        "seed": data.seed, "n_obs": regime.n_obs,
+        "true_slope_0": truth[0], "true_slope_1": truth[1],
+        "true_weight_0": regime.weights[0], "true_weight_1": regime.weights[1],
+        "noise_sd": regime.noise_sd, "x_low": regime.x_low, "x_high": regime.x_high,
+        "ols_slope": ols, "ols_residual_sd": ols_sd,
+        "log_density_truth": at_truth, "log_density_one_line": at_ols,
+        "grid_low": low, "grid_high": high, "grid_points": n_points,
+        "slope_prior_sd": prior_sd if prior_sd is not None else np.nan,
+    }])
+    return table, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (tables in, matplotlib Figure out)
+
+
+def _empty(fig: Figure, ax, message: str) -> Figure:
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def _legend_handles(keys, colors, labels, marker="o") -> list:
+    return [Line2D([], [], color=colors.get(k, "#333333"), marker=marker, linestyle="",
+                   label=labels.get(k, k)) for k in keys]
+
+
+def fig_outcome_rates(cells: pd.DataFrame) -> Figure:
+    """Headline: per cell (rows) the rate of every outcome class (panels) with its 95% Wilson
+    interval; single mode = mode A + mode B."""
+    classes = [c for c in RATE_CLASSES if f"rate_{c}" in cells]
+    if cells.empty or not classes:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no cells")
+    order = cells.assign(
+        _g=cells["grid"].astype(str),
+        _m=cells["model"].map(lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else 99),
+        _k=cells["method"].map(lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99),
+    ).sort_values(["_g", "_m", "_k", "cell_id"]).reset_index(drop=True)
+    n = len(order)
+    fig, axes = plt.subplots(1, len(classes), sharey=True, figsize=(4.0 + 1.45 * len(classes),
+                                                                     1.3 + 0.2 * n),
+                             layout="constrained")
+    axes = np.atleast_1d(axes)
+    ypos = np.arange(n)[::-1]
+    labels = [f"[{r['grid']}] {cell_label(r)} (n={int(r['n_fits'])})" for _, r in order.iterrows()]
+    for ax, label in zip(axes, classes):
+        rate = order[f"rate_{label}"].to_numpy(float)
+        low = order[f"rate_{label}_low"].to_numpy(float)
+        high = order[f"rate_{label}_high"].to_numpy(float)
+        color = OUTCOME_COLORS.get(label, "#333333")
+        ax.errorbar(rate, ypos, xerr=[rate - low, high - rate], fmt="o", color=color,
+                    markersize=3.5, elinewidth=1.0, capsize=1.5)
+        ax.set_xlim(-0.04, 1.04)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_title(OUTCOME_LABELS.get(label, label), color=color)
+        ax.grid(axis="x", color="#dddddd", linewidth=0.5)
+        grids = order["grid"].astype(str).to_numpy()
+        for i in range(1, n):
+            if grids[i] != grids[i - 1]:
+                ax.axhline(ypos[i] + 0.5, color="#999999", linewidth=0.6)
+    axes[0].set_yticks(ypos, labels)
+    axes[0].set_ylim(-0.7, n - 0.3)
+    fig.supxlabel("share of fits in the cell (95% Wilson interval)")
+    return fig
+
+
+def fit_labels(draws: pd.DataFrame) -> dict[tuple[str, int], str]:
+    """Short legend labels of the representative fits: the model, the parts of the cell id that
+    differ between the fits of the same method (e.g. the optimiser, or NUTS's chains), the seed."""
+    labels = {}
+    for method, group in draws.groupby("method", sort=False):
+        cells = sorted(group["cell_id"].unique())
+        parts = {c: c.split("__")[2:] for c in cells}
+        width = max((len(v) for v in parts.values()), default=0)
+        varying = [i for i in range(width)
+                   if len({p[i] if i < len(p) else "" for p in parts.values()}) > 1]
+        for (cell_id, seed), fit in group.groupby(["cell_id", "seed"], sort=True):
+            extra = " ".join(parts[cell_id][i] for i in varying if i < len(parts[cell_id]))
+            labels[(cell_id, int(seed))] = " ".join(
+                x for x in (str(fit["model"].iloc[0]), extra, f"seed {int(seed)}") if x)
+    return labels
+
+
+def fig_slope_draws(representative_draws: pd.DataFrame, posterior_grid: pd.DataFrame,
+                    data_summary: pd.DataFrame) -> Figure:
+    """Slope draws of representative fits (rows: method, columns: outcome class) over the
+    corrected model's profile log density, drawn as log10(1 + distance below its maximum)."""
+    draws = representative_draws
+    if draws.empty or posterior_grid.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no representative draws")
+    methods = ordered(draws["method"], METHOD_ORDER)
+    outcomes = ordered(draws["outcome"], OUTCOME_ORDER)
+    labels = fit_labels(draws)
+    grid = np.sort(posterior_grid["w0"].unique())
+    z = (posterior_grid.sort_values(["w0", "w1"])["delta"].to_numpy(float)
+         .reshape(grid.size, -1))
+    z = np.log10(1.0 + np.maximum(z, 0.0))
+    top = max(1.0, math.ceil(float(z.max()) * 2) / 2)
+    levels = np.arange(0.0, top + 0.25, 0.5)
+    cmap = plt.get_cmap("bone")
+    norm = BoundaryNorm(levels, cmap.N)
+    summary = data_summary.iloc[0] if not data_summary.empty else None
+    fig, axes = plt.subplots(len(methods), len(outcomes), squeeze=False, sharex=True, sharey=True,
+                             figsize=(1.2 + 2.6 * len(outcomes), 0.8 + 2.5 * len(methods)),
+                             layout="constrained")
+    mappable = None
+    for i, method in enumerate(methods):
+        for j, outcome in enumerate(outcomes):
+            ax = axes[i, j]
+            # z[a, b] is at (w0=grid[a], w1=grid[b]); contourf wants z[y, x] with x = w0
+            mappable = ax.contourf(grid, grid, z.T, levels=levels, cmap=cmap, norm=norm,
+                                   zorder=0)
+            ax.contour(grid, grid, z.T, levels=levels[::2], colors="#ffffff", linewidths=0.25,
+                       alpha=0.5, zorder=1)
+            if summary is not None:
+                t0, t1 = summary["true_slope_0"], summary["true_slope_1"]
+                ax.plot([t0, t1], [t1, t0], "x", color="#ffd700", markersize=7, mew=1.0,
+                        zorder=2)
+                ax.plot([summary["ols_slope"]], [summary["ols_slope"]], "+", color="#ffd700",
+                        markersize=8, mew=1.0, zorder=2)
+            sub = draws[(draws["method"] == method) & (draws["outcome"] == outcome)]
+            handles = []
+            for k, ((cell_id, seed), fit) in enumerate(sub.groupby(["cell_id", "seed"], sort=True)):
+                color = FIT_COLORS[k % len(FIT_COLORS)]
+                ax.scatter(fit["slope_0"], fit["slope_1"], s=5, color=color, alpha=0.7,
+                           linewidths=0, zorder=3)
+                handles.append(Line2D([], [], color=color, marker="o", linestyle="",
+                                      markersize=4, label=labels[(cell_id, int(seed))]))
+            if handles:
+                ax.legend(handles=handles, loc="upper right", fontsize=5.5, framealpha=0.85,
+                          handletextpad=0.2, borderpad=0.3, labelspacing=0.2)
+            else:
+                ax.text(0.5, 0.06, "no fit", transform=ax.transAxes, ha="center",
+                        color="#ffffff")
+            ax.set_xlim(grid[0], grid[-1])
+            ax.set_ylim(grid[0], grid[-1])
+            ax.set_aspect("equal")
+            if i == 0:
+                ax.set_title(OUTCOME_LABELS.get(outcome, outcome),
+                             color=OUTCOME_COLORS.get(outcome, "#333333"))
+            if j == 0:
+                ax.set_ylabel(f"{method_label(method)}\nslope w1")
+            if i == len(methods) - 1:
+                ax.set_xlabel("slope w0")
+    if mappable is not None:
+        fig.colorbar(mappable, ax=axes, shrink=0.6, ticks=levels[::2],
+                     label="log10(1 + log density below its maximum)")
+    return fig
+
+
+def fig_loss_traces(loss_traces: pd.DataFrame) -> Figure:
+    """Loss per stored bin against iteration, one line per fit, coloured by the fit's final
+    outcome class; one panel per (model, method)."""
+    loss_traces = loss_traces[np.isfinite(numeric(loss_traces, "loss"))]
+    if loss_traces.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no finite loss traces")
+    pairs = (loss_traces[["model", "method"]].drop_duplicates()
+             .assign(_m=lambda d: d["model"].map(lambda m: MODEL_ORDER.index(m)
+                                                 if m in MODEL_ORDER else 99),
+                     _k=lambda d: d["method"].map(lambda m: METHOD_ORDER.index(m)
+                                                  if m in METHOD_ORDER else 99))
+             .sort_values(["_m", "model", "_k", "method"]))
+    pairs = list(zip(pairs["model"], pairs["method"]))
+    ncols = min(4, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(0.5 + 3.2 * ncols,
+                                                                  0.9 + 2.4 * nrows),
+                             layout="constrained")
+    for ax, (model, method) in zip(axes.flat, pairs):
+        sub = loss_traces[(loss_traces["model"] == model) & (loss_traces["method"] == method)]
+        for (_, _, outcome), fit in sub.groupby(["cell_id", "seed", "outcome"], sort=True):
+            # rasterized (also inside the SVG): a large study has thousands of long traces
+            ax.plot(fit["iteration"], fit["loss"], color=OUTCOME_COLORS.get(outcome, "#333333"),
+                    linewidth=0.8, alpha=0.7, rasterized=True)
+        ax.set_yscale("symlog", linthresh=10.0)
+        ax.set_title(f"{model} · {method_label(method)}")
+        ax.set_xlabel("iteration" if method != "cavi" else "sweep")
+        ax.set_ylabel("loss (-ELBO)")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    present = ordered(loss_traces["outcome"], OUTCOME_ORDER)
+    fig.legend(handles=_legend_handles(present, OUTCOME_COLORS, OUTCOME_LABELS, marker="s"),
+               loc="outside lower center", ncols=len(present), title="final outcome")
+    return fig
+
+
+def _strip(ax, frame: pd.DataFrame, category: str, categories: Sequence, value: str,
+           color_by: str, colors: dict) -> None:
+    for x, cat in enumerate(categories):
+        sub = frame[frame[category] == cat]
+        for key, group in sub.groupby(color_by, sort=True):
+            y = numeric(group, value).to_numpy()
+            ok = np.isfinite(y)
+            offset = jitter(int(ok.sum()), key=x * 97 + (list(colors).index(key)
+                                                        if key in colors else 50))
+            ax.scatter(x + offset, y[ok], s=12, color=colors.get(key, "#333333"), alpha=0.75,
+                       linewidths=0)
+        values = numeric(sub, value).dropna()
+        if len(values):
+            ax.plot([x - 0.35, x + 0.35], [values.median()] * 2, color="#000000", linewidth=1.2)
+    ax.set_xticks(range(len(categories)),
+                  [OUTCOME_LABELS.get(c, METHOD_LABELS.get(c, c)).split(" (")[0]
+                   for c in categories], rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(categories) - 0.4)
+
+
+def fig_errors_by_class(fits: pd.DataFrame) -> Figure:
+    """Absolute errors (after relabelling to the nearest permutation) of sigma, the slopes and
+    the weights, by outcome class; colour: method; bar: median."""
+    rows = fit_rows(fits)
+    columns = [c for c in ("sigma_abs_error", "slope_abs_error", "weight_abs_error") if c in rows]
+    rows = rows[rows[columns].notna().any(axis=1)] if columns else rows.iloc[:0]
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no fits with errors")
+    outcomes = ordered(rows["outcome"], OUTCOME_ORDER)
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, axes = plt.subplots(1, len(columns), squeeze=False,
+                             figsize=(1.0 + 3.2 * len(columns), 3.4), layout="constrained")
+    for ax, column in zip(axes.flat, columns):
+        _strip(ax, rows, "outcome", outcomes, column, "method", METHOD_COLORS)
+        ax.set_yscale("log")
+        ax.set_title(column.replace("_abs_error", "").replace("slope", "slopes")
+                     .replace("weight", "weights") + ": absolute error")
+    fig.legend(handles=_legend_handles(methods, METHOD_COLORS, METHOD_LABELS),
+               loc="outside lower center", ncols=len(methods))
+    return fig
+
+
+def fig_khat_by_class(fits: pd.DataFrame) -> Figure:
+    """PSIS k-hat of the approximations by outcome class, with the 0.5 and 0.7 thresholds."""
+    rows = fit_rows(fits)
+    rows = rows[numeric(rows, "psis_khat").notna()]
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no fit has a PSIS k-hat")
+    outcomes = ordered(rows["outcome"], OUTCOME_ORDER)
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(outcomes), 3.4), layout="constrained")
+    _strip(ax, rows, "outcome", outcomes, "psis_khat", "method", METHOD_COLORS)
+    if (numeric(rows, "psis_khat") > 0).all():
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=1.0)
+    for level, style in ((KHAT_GOOD, ":"), (KHAT_OK, "--")):
+        ax.axhline(level, color="#444444", linestyle=style, linewidth=0.8)
+        ax.annotate(f"{level:g}", (1.0, level), xycoords=("axes fraction", "data"),
+                    xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    ax.set_ylabel("PSIS k-hat")
+    ax.legend(handles=_legend_handles(methods, METHOD_COLORS, METHOD_LABELS), loc="upper left",
+              bbox_to_anchor=(1.06, 1.0))
+    return fig
+
+
+def fig_runtime(fits: pd.DataFrame) -> Figure:
+    """Fit time (excluding compilation) per method, every successful fit a point; bar:
+    median."""
+    rows = fit_rows(fits)
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    rows = rows[numeric(rows, "fit_seconds") > 0]
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no fit times")
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(methods), 3.2), layout="constrained")
+    _strip(ax, rows, "method", methods, "fit_seconds", "method", METHOD_COLORS)
+    ax.set_yscale("log")
+    ax.set_ylabel("fit time per fit (s)")
+    return fig
+
+
+def question_comparison_rows(fits: pd.DataFrame) -> pd.DataFrame:
+    """Fits of the question's model, its ablations and the corrected ``marginal`` model, in the
+    VI settings (method, optimizer, iterations, init, batch size, data) where ``as_asked`` was
+    run."""
+    rows = fit_rows(fits)
+    keys = ["method", "optimizer", "iterations", "init", "batch_size", "data_regime"]
+    keys = [k for k in keys if k in rows]
+    asked = rows[rows["model"] == "as_asked"]
+    if asked.empty:
+        return rows.iloc[:0]
+    settings = asked[keys].drop_duplicates()
+    wanted = rows[rows["model"].str.startswith("as_asked") | (rows["model"] == "marginal")]
+    return wanted.merge(settings, on=keys, how="inner")
+
+
+def fig_question_model(fits: pd.DataFrame, data_summary: pd.DataFrame) -> Figure:
+    """The question's model next to its one-error ablations and the corrected model, in the same
+    VI settings: posterior mean sigma, posterior mean slopes, and the single-mode rate."""
+    rows = question_comparison_rows(fits)
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no as_asked cells in this study")
+    models = ordered(rows["model"], MODEL_ORDER)
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, axes = plt.subplots(1, 3, figsize=(3.0 + 1.6 * len(models), 3.8), layout="constrained")
+    summary = data_summary.iloc[0] if not data_summary.empty else None
+    ok = rows[numeric(rows, "sigma_mean").notna()]
+    # (a) sigma
+    _strip(axes[0], ok, "model", models, "sigma_mean", "method", METHOD_COLORS)
+    axes[0].set_yscale("log")
+    axes[0].axhline(1.0, color="#b22222", linestyle="--", linewidth=0.8)
+    axes[0].text(len(models) - 0.5, 1.0, "Uniform(0, 1) cap", color="#b22222", ha="right",
+                 va="bottom", fontsize=6)
+    if summary is not None:
+        axes[0].axhline(summary["noise_sd"], color="#228b22", linestyle=":", linewidth=0.8)
+        axes[0].axhline(summary["ols_residual_sd"], color="#555555", linestyle="-.",
+                        linewidth=0.8)
+    axes[0].set_title("posterior mean of sigma")
+    # (b) slopes: both components of every fit
+    both = pd.concat([ok.assign(slope=numeric(ok, "slopes_0_mean")),
+                      ok.assign(slope=numeric(ok, "slopes_1_mean"))], ignore_index=True)
+    _strip(axes[1], both, "model", models, "slope", "method", METHOD_COLORS)
+    if summary is not None:
+        for value in (summary["true_slope_0"], summary["true_slope_1"]):
+            axes[1].axhline(value, color="#228b22", linestyle=":", linewidth=0.8)
+        axes[1].axhline(summary["ols_slope"], color="#555555", linestyle="-.", linewidth=0.8)
+    axes[1].set_title("posterior means of both slopes")
+    # (c) single-mode rate pooled over the matched settings, per model and method
+    from vimodes.metrics import wilson_interval
+
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        for x, model in enumerate(models):
+            sub = rows[(rows["model"] == model) & (rows["method"] == method)]
+            if sub.empty:
+                continue
+            n = len(sub)
+            hits = int(sub["outcome"].isin(["mode_A", "mode_B"]).sum())
+            low, high = wilson_interval(hits, n)
+            pos = x - 0.4 + width * (k + 0.5)
+            axes[2].errorbar([pos], [hits / n], yerr=[[hits / n - low], [high - hits / n]],
+                             fmt="o", color=METHOD_COLORS.get(method, "#333333"), markersize=4,
+                             capsize=2)
+    axes[2].set_xticks(range(len(models)), models, rotation=30, ha="right")
+    axes[2].set_xlim(-0.6, len(models) - 0.4)
+    axes[2].set_ylim(-0.04, 1.04)
+    axes[2].set_title("single-mode rate (95% Wilson)")
+    handles = _legend_handles(methods, METHOD_COLORS, METHOD_LABELS)
+    handles += [Line2D([], [], color="#228b22", linestyle=":", label="truth"),
+                Line2D([], [], color="#555555", linestyle="-.",
+                       label="one line through all points")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig
+
+
+FIGURES: dict[str, Callable[..., Figure]] = {
+    "outcome_rates": fig_outcome_rates,
+    "slope_draws": fig_slope_draws,
+    "loss_traces": fig_loss_traces,
+    "errors_by_class": fig_errors_by_class,
+    "khat_by_class": fig_khat_by_class,
+    "runtime": fig_runtime,
+    "question_model": fig_question_model,
+}
+
+
+def save_figure(fig: Figure, paths: Iterable[str | Path]) -> None:
+    """Write ``fig`` to every path (format from the suffix) without run-dependent metadata."""
+    for path in paths:
+        path = Path(path)
+        suffix = path.suffix.lower()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=suffix[1:], metadata=SAVE_METADATA[suffix], dpi=DPI)
+            os.chmod(tmp, 0o644)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+def make_figure(name: str, inputs: dict[str, str | Path], outputs: Iterable[str | Path]) -> None:
+    """Draw figure ``name`` of :data:`FIGURES` from the named input tables and save it."""
+    function = FIGURES[name]
+    outputs = list(outputs)
+    tables = {key: read_table(path) for key, path in inputs.items()}
+    with plt.rc_context(STYLE):
+        fig = function(**tables)
+        try:
+            save_figure(fig, outputs)
+        finally:
+            plt.close(fig)
+    log.info("figure %s written to %s", name, ", ".join(map(str, outputs)))

@@ -1,0 +1,860 @@
+"""The study's report (``report/report.html``, ``report/report.md``) from the tables and figures.
+
+Every number in the report is read from a table -- the per-cell table (``cells``), the per-fit
+table (``fits``) and the data summary of the figure tables (``data_summary``) -- or computed
+from their counts (pooled rates and their Wilson intervals); the text around them only names
+what the numbers are. A part of the study that was not run (no ablation cells, no SVGD ...) is
+reported as absent instead of failing.
+
+:func:`build_context` gathers the sections (paragraphs, tables, figures) that both templates in
+``workflow/report/`` render; :func:`write_report` renders them; the HTML embeds every figure as a
+base64 PNG so that it opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import math
+import os
+import platform
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from vimodes.metrics import wilson_interval
+from vimodes.plots import (
+    KHAT_GOOD,
+    KHAT_OK,
+    METHOD_ORDER,
+    MODEL_ORDER,
+    OUTCOME_LABELS,
+    OUTCOME_ORDER,
+    fit_rows,
+    method_label,
+    numeric,
+    ordered,
+    question_comparison_rows,
+)
+from vimodes.records import atomic_path, package_versions
+
+ADVI_METHODS = ("advi", "fullrank_advi")
+OTHER_METHODS = ("svgd", "pathfinder", "cavi")
+SINGLE = ("mode_A", "mode_B")
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def is_missing(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def num(value, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits; "n/a" when missing."""
+    if is_missing(value):
+        return "n/a"
+    value = float(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def integer(value) -> str:
+    return "n/a" if is_missing(value) else str(int(value))
+
+
+def pct(value) -> str:
+    return "n/a" if is_missing(value) else f"{100 * float(value):.0f}%"
+
+
+def rate_text(k: int, n: int, low=None, high=None) -> str:
+    """``k/n (p%, 95% CI l%-h%)``; the interval is Wilson's, computed here if not given."""
+    if n == 0:
+        return "0/0"
+    if low is None or high is None:
+        low, high = wilson_interval(int(k), int(n))
+    return f"{int(k)}/{int(n)} ({pct(k / n)}, 95% CI {pct(low)}–{pct(high)})"
+
+
+def cell_rate(row, label: str) -> str:
+    """The rate of class ``label`` of one cell, as stored in the cell table."""
+    return rate_text(int(row[f"n_{label}"]), int(row["n_fits"]), row[f"rate_{label}_low"],
+                     row[f"rate_{label}_high"])
+
+
+def setting_text(row) -> str:
+    """The settings part of a cell (optimizer, iterations, init, batch, chains)."""
+    parts = str(row["cell_id"]).split("__")[2:]
+    return " ".join(parts) if parts else "-"
+
+
+def code(text) -> str:
+    return f"`{text}`"
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)  # a bullet list after the paragraphs
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # paragraphs after tables and figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+
+
+@dataclass(frozen=True)
+class Pooled:
+    k: int
+    n: int
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.k, self.n) if self.n else (float("nan"), float("nan"))
+
+    def text(self) -> str:
+        low, high = self.interval
+        return rate_text(self.k, self.n, low, high)
+
+
+def pooled_cells(cells: pd.DataFrame, label: str) -> Pooled:
+    """Counts of class ``label`` summed over cells (their fits pooled)."""
+    if cells.empty:
+        return Pooled(0, 0)
+    return Pooled(int(cells[f"n_{label}"].sum()), int(cells["n_fits"].sum()))
+
+
+def pooled_fits(rows: pd.DataFrame, labels: Sequence[str]) -> Pooled:
+    """Fits (per-fit rows) whose outcome is in ``labels``."""
+    return Pooled(int(rows["outcome"].isin(list(labels)).sum()), len(rows))
+
+
+def median_of(rows: pd.DataFrame, column: str) -> float:
+    values = numeric(rows, column).dropna()
+    return float(values.median()) if len(values) else float("nan")
+
+
+def sort_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    def rank(order):
+        return lambda v: order.index(v) if v in order else len(order)
+
+    return (cells.assign(_m=cells["model"].map(rank(MODEL_ORDER)),
+                         _k=cells["method"].map(rank(METHOD_ORDER)))
+            .sort_values(["_m", "model", "_k", "method", "cell_id"])
+            .drop(columns=["_m", "_k"]).reset_index(drop=True))
+
+
+def corrected_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The cells of the corrected exchangeable model (``marginal``), or of the other non-question
+    models when it is absent; with a name for the text."""
+    if (cells["model"] == "marginal").any():
+        return cells[cells["model"] == "marginal"], "the corrected model (`marginal`)"
+    others = cells[~cells["model"].astype(str).str.startswith("as_asked")]
+    names = ", ".join(code(m) for m in ordered(others["model"], MODEL_ORDER))
+    return others, f"the models {names}" if names else "no corrected model"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def headline_table(cells: pd.DataFrame) -> Table:
+    """How often meanfield and fullrank ADVI land on a single mode, per model and setting."""
+    vi = sort_cells(cells[cells["method"].isin(ADVI_METHODS)])
+    rows = []
+    for _, row in vi.iterrows():
+        rows.append([code(row["model"]), method_label(row["method"]), setting_text(row),
+                     integer(row["n_fits"]), cell_rate(row, "single_mode"),
+                     f"{integer(row['n_mode_A'])} / {integer(row['n_mode_B'])}",
+                     integer(row["n_spanning"]), integer(row["n_collapsed"]),
+                     integer(row["n_not_converged"]), integer(row["n_failed"]),
+                     num(row.get("median_sigma"))])
+    return Table(["model", "method", "setting", "fits", "single mode (95% CI)", "A / B",
+                  "spanning", "collapsed", "not converged", "failed", "median sigma"], rows,
+                 "Per cell: fits landing on one permutation mode (mode A or B), Wilson 95% "
+                 "intervals; the other columns are counts of the other outcome classes.")
+
+
+def headline_section(cells: pd.DataFrame) -> Section:
+    section = Section("headline", "How often does ADVI land on a single mode?",
+                      figures=["outcome_rates"])
+    vi = cells[cells["method"].isin(ADVI_METHODS)]
+    if vi.empty:
+        section.paragraphs.append("This study has no meanfield or fullrank ADVI cells.")
+        return section
+    corrected, name = corrected_cells(vi)
+    if corrected.empty:
+        corrected, name = vi, "all models"
+    parts = []
+    for method in ordered(corrected["method"], ADVI_METHODS):
+        sub = corrected[corrected["method"] == method]
+        parts.append(f"{method_label(method)} in {pooled_cells(sub, 'single_mode').text()} "
+                     f"of its fits")
+    low = corrected.loc[corrected["rate_single_mode"].idxmin()]
+    high = corrected.loc[corrected["rate_single_mode"].idxmax()]
+    text = (f"Over all {len(corrected)} settings of {name} with ADVI, "
+            f"{' and '.join(parts)} landed on a single posterior mode.")
+    if len(corrected) > 1:
+        text += (f" Per setting the single-mode rate ranged from {pct(low['rate_single_mode'])} "
+                 f"({code(low['cell_id'])}, {integer(low['n_fits'])} fits) to "
+                 f"{pct(high['rate_single_mode'])} ({code(high['cell_id'])}, "
+                 f"{integer(high['n_fits'])} fits).")
+    others = [f"{OUTCOME_LABELS[label]} {pooled_cells(corrected, label).text()}"
+              for label in ("spanning", "collapsed", "not_converged", "failed")
+              if pooled_cells(corrected, label).k]
+    if others:
+        text += " The rest: " + "; ".join(others) + "."
+    section.paragraphs.append(text)
+    asked = vi[vi["model"] == "as_asked"]
+    if not asked.empty:
+        section.paragraphs.append(
+            f"The question's model as asked (`as_asked`) landed on a single mode in "
+            f"{pooled_cells(asked, 'single_mode').text()} of its ADVI fits.")
+    section.tables.append(headline_table(cells))
+    return section
+
+
+@dataclass(frozen=True)
+class ModelError:
+    id: str
+    model: str | None  # the ablation that fixes only this error
+    title: str
+    what: str
+
+
+MODEL_ERRORS = (
+    ModelError("E1", "as_asked_fix_mixture", "the mixture is over whole batches",
+               "`logp_normal` sums over the batch and `logsumexp` is taken over the two "
+               "components' batch totals: the model says the whole batch comes from ONE line, "
+               "which one is unknown, instead of a mixture per observation."),
+    ModelError("E2", "as_asked_fix_normaliser", "a wrong Gaussian normaliser",
+               "the normaliser has `log(sigma)` once per batch where `log(sigma^2)` belongs per "
+               "observation, so large sigma costs almost nothing."),
+    ModelError("E3", "as_asked_fix_total_size", "the minibatch is not rescaled",
+               "`pm.Minibatch` without `total_size`: the likelihood of one minibatch is weighed "
+               "as if it were all the data, so the prior is far too strong."),
+    ModelError("E4", "as_asked_fix_sigma_prior", "sigma is capped at 1",
+               "`sigma ~ Uniform(0, 1)` puts a hard upper bound of 1 on the noise sd."),
+    ModelError("E5", None, "two unaligned minibatch streams",
+               "separate `pm.Minibatch(x)` and `pm.Minibatch(y)` stay aligned in PyMC3 but not "
+               "in PyMC 5."),
+)
+
+
+def model_summary(rows: pd.DataFrame) -> dict:
+    slope_sd = (numeric(rows, "slopes_0_sd") + numeric(rows, "slopes_1_sd")) / 2
+    return {
+        "fits": len(rows),
+        "single": pooled_fits(rows, SINGLE),
+        "sigma": median_of(rows, "sigma_mean"),
+        "sigma_min": float(numeric(rows, "sigma_mean").min()) if len(rows) else float("nan"),
+        "sigma_max": float(numeric(rows, "sigma_mean").max()) if len(rows) else float("nan"),
+        "slope_error": median_of(rows, "slope_abs_error"),
+        "slope_sd": float(slope_sd.dropna().median()) if slope_sd.notna().any() else float("nan"),
+        "weight_error": median_of(rows, "weight_abs_error"),
+        "settings": int(rows["cell_id"].nunique()) if len(rows) else 0,
+    }
+
+
+def question_section(fits: pd.DataFrame, data_summary: pd.DataFrame) -> Section:
+    section = Section("question", "The question: is the model specified wrong, and what else?",
+                      figures=["question_model"])
+    rows = question_comparison_rows(fits)
+    summary = data_summary.iloc[0] if not data_summary.empty else None
+    by_model = {m: model_summary(rows[rows["model"] == m]) for m in ordered(rows["model"],
+                                                                             MODEL_ORDER)}
+    asked = by_model.get("as_asked")
+    if asked is None:
+        section.paragraphs.append(
+            "The question's model (`as_asked`) was not fitted in this study, so the effect of its "
+            "errors is not measured here; the errors are listed below.")
+    else:
+        truth = slopes = ""
+        if summary is not None:
+            truth = f" against a true noise sd of {num(summary['noise_sd'])}"
+            slopes = (f" (true slopes {num(summary['true_slope_0'])} and "
+                      f"{num(summary['true_slope_1'])})")
+        section.paragraphs.append(
+            f"Yes, the model is specified wrong. As asked (`as_asked`, {asked['fits']} fits in "
+            f"{asked['settings']} VI settings), the posterior mean of sigma had median "
+            f"{num(asked['sigma'])} (range {num(asked['sigma_min'])}–{num(asked['sigma_max'])})"
+            f"{truth}, the slopes had median absolute error {num(asked['slope_error'])} after "
+            f"relabelling{slopes}, and {asked['single'].text()} fits landed on a single mode: "
+            f"the question's symptom.")
+        marginal = by_model.get("marginal")
+        if marginal is not None:
+            section.paragraphs.append(
+                f"In the same settings the corrected model (`marginal`) gives median sigma "
+                f"{num(marginal['sigma'])}, median slope error {num(marginal['slope_error'])} "
+                f"and a single mode in {marginal['single'].text()} fits.")
+
+    for error in MODEL_ERRORS:
+        effect = _error_effect(error, by_model, rows, summary)
+        section.items.append(f"**{error.id}: {error.title}.** {error.what} {effect}".strip())
+    if "as_asked_fix_all" in by_model:
+        fixed = by_model["as_asked_fix_all"]
+        section.notes.append(
+            f"With E1–E4 all fixed (`as_asked_fix_all`, the question's code path): median sigma "
+            f"{num(fixed['sigma'])}, median slope error {num(fixed['slope_error'])}, single mode "
+            f"in {fixed['single'].text()} fits.")
+    section.notes.append(
+        "Anything else: even the corrected model has two exact permutation modes (exchangeable "
+        "priors), and ADVI does not avoid label switching -- it has no notion of it. Which mode, "
+        "or none, a fit lands on depends on the optimiser, the iteration budget and the "
+        "initialisation (next section). The question's `CheckParametersConvergence` callback is "
+        "not a model error, but with noisy minibatch gradients it rarely stops a run early"
+        + _stopped_early_text(fits) + ".")
+    section.tables.append(_question_table(by_model))
+    return section
+
+
+def _stopped_early_text(fits: pd.DataFrame) -> str:
+    rows = fit_rows(fits)
+    rows = rows[rows["method"].isin(ADVI_METHODS)]
+    if rows.empty or "stopped_early" not in rows:
+        return ""
+    stopped = rows["stopped_early"].map(lambda v: bool(v) if not is_missing(v) else False)
+    return f" (here {int(stopped.sum())} of {len(rows)} ADVI fits stopped early)"
+
+
+def _compare(fix: dict, asked: dict | None) -> str:
+    base = (f"median sigma {num(fix['sigma'])}, median slope error {num(fix['slope_error'])}, "
+            f"median slope posterior sd {num(fix['slope_sd'])}, single mode in "
+            f"{fix['single'].text()} fits")
+    if asked is None:
+        return base
+    return (base + f" (as asked: {num(asked['sigma'])}, {num(asked['slope_error'])}, "
+            f"{num(asked['slope_sd'])}, {asked['single'].k}/{asked['single'].n})")
+
+
+def _error_effect(error: ModelError, by_model: dict, rows: pd.DataFrame, summary) -> str:
+    asked = by_model.get("as_asked")
+    text = ""
+    if error.id == "E1" and summary is not None:
+        text = (f"The best single line through all {integer(summary['n_obs'])} points of data "
+                f"set {integer(summary['seed'])} has slope {num(summary['ols_slope'])} and "
+                f"residual sd {num(summary['ols_residual_sd'])}; neither true slope "
+                f"({num(summary['true_slope_0'])}, {num(summary['true_slope_1'])}) is "
+                f"identifiable from it.")
+    elif error.id == "E3":
+        asked_rows = rows[rows["model"] == "as_asked"]
+        batch = numeric(asked_rows, "batch_size")
+        n_obs = numeric(asked_rows, "n_obs")
+        ok = (batch > 0) & n_obs.notna()
+        if ok.any():
+            ratio = (n_obs[ok] / batch[ok]).median()
+            text = (f"With N = {integer(n_obs[ok].median())} and batches of "
+                    f"{integer(batch[ok].median())}, the data are weighed {num(ratio)} times too "
+                    f"little against the prior (posterior sds about {num(math.sqrt(ratio))} "
+                    f"times too wide).")
+    elif error.id == "E4" and summary is not None:
+        text = (f"The single-line residual sd {num(summary['ols_residual_sd'])} (E1) is above "
+                f"the cap, so the cap, not the data, sets sigma.")
+    elif error.id == "E5":
+        return ("Not reproduced: every minibatch model in this study uses one joint, aligned "
+                "`pm.Minibatch(x, y)`, as a faithful PyMC 5 port must.")
+    if error.model is None:
+        return text
+    if error.model in by_model:
+        text += (f" Fixing {error.id} alone (`{error.model}`): "
+                 f"{_compare(by_model[error.model], asked)}.")
+    else:
+        text += f" (No `{error.model}` cells in this study: the effect of fixing {error.id} " \
+                f"alone is not measured.)"
+    return text.strip()
+
+
+def _question_table(by_model: dict) -> Table:
+    fixes = {e.model: e.id for e in MODEL_ERRORS if e.model}
+    fixes.update({"as_asked": "none (E1–E4)", "as_asked_fix_all": "E1–E4",
+                  "marginal": "corrected (NormalMixture)"})
+    rows = [[code(model), fixes.get(model, ""), str(s["fits"]), s["single"].text(),
+             num(s["sigma"]), num(s["slope_error"]), num(s["slope_sd"]), num(s["weight_error"])]
+            for model, s in by_model.items()]
+    return Table(["model", "fixes", "fits", "single mode (95% CI)", "median sigma",
+                  "median slope error", "median slope sd", "median weight error"], rows,
+                 "The question's model, each one-error ablation and the corrected model, pooled "
+                 "over the VI settings in which `as_asked` was run.")
+
+
+FACTORS = (("optimizer", "optimiser"), ("iterations", "iteration budget"),
+           ("init", "initialisation"), ("batch_size", "batch size"))
+
+
+def _level_text(factor: str, level, labels: dict) -> str:
+    if factor == "batch_size":
+        return "full batch" if level == 0 else integer(level)
+    if factor == "iterations":
+        return integer(level)
+    return labels.get(level, str(level))
+
+
+def optimizer_labels(fits: pd.DataFrame) -> dict:
+    rows = fit_rows(fits)
+    labels = {}
+    if {"optimizer", "optimizer_name", "learning_rate"} <= set(rows):
+        for (opt, name, lr), _ in rows.groupby(["optimizer", "optimizer_name", "learning_rate"]):
+            labels[opt] = f"{opt} ({name}, learning rate {num(lr)})"
+    return labels
+
+
+def factor_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
+    section = Section("factors", "Dependence on optimiser, iterations and initialisation",
+                      figures=["loss_traces", "slope_draws"])
+    vi = cells[cells["method"].isin((*ADVI_METHODS, "svgd"))]
+    labels = optimizer_labels(fits)
+    rows = []
+    for factor, name in FACTORS:
+        if factor not in vi or vi[factor].nunique(dropna=True) < 2:
+            continue
+        levels = sorted(vi[factor].dropna().unique(), key=lambda v: (str(type(v)), v))
+        corrected, model_name = corrected_cells(vi)
+        per_method = []
+        for method in ordered(corrected["method"], METHOD_ORDER):
+            sub = corrected[corrected["method"] == method]
+            if sub[factor].nunique(dropna=True) < 2:
+                continue
+            per_level = [f"{_level_text(factor, level, labels)} "
+                         f"{pooled_cells(sub[sub[factor] == level], 'single_mode').text()}"
+                         for level in levels if (sub[factor] == level).any()]
+            per_method.append(f"{method_label(method)}: " + ", ".join(per_level))
+        if per_method:
+            section.paragraphs.append(
+                f"By {name}, for {model_name} (other settings pooled), single mode in "
+                + "; ".join(per_method) + ".")
+        for (model, method), group in sort_cells(vi).groupby(["model", "method"], sort=False):
+            if group[factor].nunique(dropna=True) < 2:
+                continue
+            for level in levels:
+                sub = group[group[factor] == level]
+                if sub.empty:
+                    continue
+                rows.append([name, code(model), method_label(method),
+                             _level_text(factor, level, labels), str(len(sub)),
+                             pooled_cells(sub, "single_mode").text(),
+                             pooled_cells(sub, "collapsed").text(),
+                             pooled_cells(sub, "not_converged").text(),
+                             pooled_cells(sub, "failed").text()])
+    if not rows:
+        section.paragraphs.append("No VI factor (optimiser, iterations, initialisation, batch "
+                                  "size) has more than one level in this study.")
+    else:
+        section.tables.append(Table(
+            ["factor", "model", "method", "level", "cells", "single mode (95% CI)", "collapsed",
+             "not converged", "failed"], rows,
+            "Per model and method, fits pooled over the cells at each level of one factor "
+            "(other factors pooled)."))
+    section.notes.append(
+        "The loss trajectories show where each fit ended (colour: final outcome class); the "
+        "slope draws of representative fits are drawn over the corrected model's log posterior "
+        "density (weights and sigma at their true values) for one simulated data set.")
+    return section
+
+
+def reference_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
+    section = Section("references", "References: NUTS with one and several chains, and the "
+                      "ordered model")
+    nuts = sort_cells(cells[cells["method"] == "nuts"])
+    rows_all = fit_rows(fits)
+    chains_rows = fits[fits["level"] == "chain"] if "level" in fits else fits.iloc[:0]
+    table = []
+    if nuts.empty:
+        section.paragraphs.append("NUTS was not run in this study.")
+    for model, group in nuts.groupby("model", sort=False):
+        texts = []
+        for _, row in group.sort_values("chains").iterrows():
+            chains = int(row["chains"]) if not is_missing(row["chains"]) else 1
+            fit_sub = rows_all[rows_all["cell_id"] == row["cell_id"]]
+            text = (f"with {chains} chain{'s' if chains > 1 else ''}, a single mode in "
+                    f"{cell_rate(row, 'single_mode')} fits (A {integer(row['n_mode_A'])}, "
+                    f"B {integer(row['n_mode_B'])})")
+            if chains > 1:
+                text += (f", chains in different modes (spanning) in "
+                         f"{cell_rate(row, 'spanning')} fits, median raw R-hat "
+                         f"{num(median_of(fit_sub, 'rhat_max_raw'))} (after relabelling "
+                         f"{num(median_of(fit_sub, 'rhat_max_relabelled'))})")
+            texts.append(text)
+            chain_sub = chains_rows[chains_rows["cell_id"] == row["cell_id"]]
+            chain_single = pooled_fits(chain_sub, SINGLE) if len(chain_sub) else None
+            table.append([code(model), integer(chains), integer(row["n_fits"]),
+                          cell_rate(row, "single_mode"),
+                          f"{integer(row['n_mode_A'])} / {integer(row['n_mode_B'])}",
+                          integer(row["n_spanning"]),
+                          chain_single.text() if chain_single else "-",
+                          num(median_of(fit_sub, "rhat_max_raw")),
+                          num(median_of(fit_sub, "rhat_max_relabelled")),
+                          integer(numeric(fit_sub, "divergences").sum())])
+        section.paragraphs.append(f"NUTS on `{model}`: " + "; ".join(texts) + ".")
+    if not nuts.empty:
+        section.paragraphs.append(
+            "A single chain stays in one permutation mode and its diagnostics cannot show the "
+            "other; several chains reveal the second mode as chains in different modes "
+            "(a large raw R-hat that disappears after relabelling each chain).")
+        section.tables.append(Table(
+            ["model", "chains", "fits", "single mode (95% CI)", "A / B", "spanning",
+             "chains in a single mode", "median raw R-hat", "median relabelled R-hat",
+             "divergences"], table, "NUTS references; R-hat is the largest over parameters."))
+    ordered_cells = sort_cells(cells[cells["model"] == "ordered"])
+    if ordered_cells.empty:
+        section.notes.append("The ordered-slopes model was not run in this study.")
+    else:
+        texts = [f"{method_label(m)} {pooled_cells(g, 'single_mode').text()}"
+                 for m, g in ordered_cells.groupby("method", sort=False)]
+        section.notes.append(
+            "The ordered model (slopes under the ordered transform) has one mode; fits in that "
+            "mode count as single mode: " + "; ".join(texts) + ".")
+    return section
+
+
+def other_methods_section(cells: pd.DataFrame) -> Section:
+    section = Section("other_methods", "SVGD, Pathfinder and CAVI")
+    other = sort_cells(cells[cells["method"].isin(OTHER_METHODS)])
+    for method in OTHER_METHODS:
+        sub = other[other["method"] == method]
+        if sub.empty:
+            section.paragraphs.append(f"{method_label(method)} was not run in this study.")
+            continue
+        extra = "; ".join(f"{OUTCOME_LABELS[label]} {pooled_cells(sub, label).text()}"
+                          for label in ("spanning", "collapsed", "not_converged", "failed")
+                          if pooled_cells(sub, label).k)
+        section.paragraphs.append(
+            f"{method_label(method)} ({len(sub)} cell{'s' if len(sub) > 1 else ''}): single mode "
+            f"in {pooled_cells(sub, 'single_mode').text()} fits" + (f"; {extra}" if extra else "")
+            + ".")
+    if not other.empty:
+        section.tables.append(Table(
+            ["model", "method", "setting", "fits", "single mode (95% CI)", "A / B", "spanning",
+             "collapsed", "not converged", "failed"],
+            [[code(r["model"]), method_label(r["method"]), setting_text(r), integer(r["n_fits"]),
+              cell_rate(r, "single_mode"), f"{integer(r['n_mode_A'])} / {integer(r['n_mode_B'])}",
+              integer(r["n_spanning"]), integer(r["n_collapsed"]), integer(r["n_not_converged"]),
+              integer(r["n_failed"])] for _, r in other.iterrows()],
+            "Other approximations, per cell."))
+    return section
+
+
+def diagnostics_section(fits: pd.DataFrame) -> Section:
+    section = Section("diagnostics", "Diagnostics by outcome class",
+                      figures=["khat_by_class", "errors_by_class"])
+    rows = fit_rows(fits)
+    with_khat = rows[numeric(rows, "psis_khat").notna()]
+    table = []
+    for outcome in ordered(rows["outcome"], OUTCOME_ORDER):
+        sub = rows[rows["outcome"] == outcome]
+        khat = numeric(sub, "psis_khat").dropna()
+        table.append([OUTCOME_LABELS.get(outcome, outcome), str(len(sub)), str(len(khat)),
+                      num(khat.median()) if len(khat) else "n/a",
+                      Pooled(int((khat <= KHAT_OK).sum()), len(khat)).text() if len(khat)
+                      else "n/a",
+                      num(median_of(sub, "sigma_abs_error")),
+                      num(median_of(sub, "slope_abs_error"))])
+    if with_khat.empty:
+        section.paragraphs.append("No fit in this study has a PSIS k-hat.")
+    else:
+        single = with_khat[with_khat["outcome"].isin(SINGLE)]
+        good = Pooled(int((numeric(single, "psis_khat") <= KHAT_OK).sum()), len(single))
+        text = (f"PSIS k-hat compares the approximation with the posterior only where the "
+                f"approximation puts its draws: it is local and cannot see a missed permutation "
+                f"mode. Of the {len(single)} single-mode fits with a k-hat, {good.text()} had "
+                f"k-hat at or below {num(KHAT_OK)} although each misses the other mode")
+        others = with_khat[~with_khat["outcome"].isin(SINGLE)]
+        if len(others):
+            bad = Pooled(int((numeric(others, "psis_khat") <= KHAT_OK).sum()), len(others))
+            text += f"; of the {len(others)} other fits with a k-hat, {bad.text()}"
+        section.paragraphs.append(text + ".")
+    section.tables.append(Table(
+        ["outcome", "fits", "with k-hat", "median k-hat", f"k-hat ≤ {num(KHAT_OK)}",
+         "median sigma error", "median slope error"], table,
+        "Per outcome class over all methods; errors after relabelling to the nearest "
+        "permutation."))
+    return section
+
+
+def runtime_section(fits: pd.DataFrame) -> Section:
+    section = Section("runtime", "Runtime per method", figures=["runtime"])
+    rows = fit_rows(fits)
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    table = []
+    for method in ordered(rows["method"], METHOD_ORDER):
+        sub = rows[rows["method"] == method]
+        table.append([method_label(method), str(len(sub)), num(median_of(sub, "fit_seconds")),
+                      num(numeric(sub, "fit_seconds").max()), num(median_of(sub, "setup_seconds"))])
+    section.tables.append(Table(["method", "successful fits", "median fit s", "max fit s",
+                                 "median compile s"], table,
+                                "Successful fits; fit time excludes the model compilation (once "
+                                "per chunk of seeds). Times depend on the machine (below)."))
+    return section
+
+
+def seed_ranges(seeds: Iterable[int]) -> str:
+    seeds = sorted({int(s) for s in seeds})
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(f"{start}" if start == s else f"{start}–{s}")
+            start = None
+    return ", ".join(parts)
+
+
+def reproduce_section(fits: pd.DataFrame, provenance: dict) -> Section:
+    section = Section("reproduce", "How to reproduce")
+    rows = fit_rows(fits)
+    hashes = sorted(rows["config_hash"].dropna().astype(str).unique()) if "config_hash" in rows \
+        else []
+    current = provenance.get("config_hash")
+    items = [f"Command: `{provenance.get('command', 'snakemake --cores N')}`",
+             f"Figures and report only, from the existing tables: "
+             f"`{provenance.get('figures_command', 'snakemake --cores 1 figures')}`",
+             f"Study `{provenance.get('study_name', '?')}`, config hash `{current}`"
+             + ("" if not hashes or hashes == [current] else
+                f" (the fits were made with config hash(es) {', '.join(code(h) for h in hashes)})"),
+             f"Seed base {provenance.get('seed_base', '?')}; seeds per grid: "
+             + "; ".join(f"{grid} {seed_ranges(g['seed'])}"
+                         for grid, g in rows.groupby("grid", sort=True))]
+    if "version_pymc" in rows:
+        items.append("PyMC version of the fits: "
+                     + ", ".join(sorted(rows["version_pymc"].dropna().astype(str).unique())))
+    versions = provenance.get("versions") or package_versions()
+    items.append("Packages (report): " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    items.append(f"Machine: {provenance.get('platform', platform.platform())}, "
+                 f"{provenance.get('cpus', os.cpu_count())} CPUs")
+    items.append(f"Report written: {provenance.get('date', '?')}")
+    section.items = items
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the Snakemake rules (workflow/rules/report.smk)
+
+GRID_MARGIN = 2.5  # the log-density grid spans the true slopes +- this ...
+GRID_STEP = 0.1  # ... in steps of this (so that the true slopes are grid points)
+
+
+def report_dataset(study) -> tuple[str, int]:
+    """The data set of the log-density grid: the smallest fitted seed (0 when fitted) of the
+    question's regime ``default``, or of the first regime in use."""
+    datasets = study.datasets()
+    regimes = [regime for regime, _ in datasets]
+    regime = "default" if "default" in regimes else regimes[0]
+    return regime, min(seed for r, seed in datasets if r == regime)
+
+
+def grid_limits(true_slopes, margin: float = GRID_MARGIN,
+                step: float = GRID_STEP) -> tuple[float, float, int]:
+    low, high = min(true_slopes) - margin, max(true_slopes) + margin
+    return float(low), float(high), int(round((high - low) / step)) + 1
+
+
+def study_command(config_files: Iterable = (), target: str = "") -> str:
+    """The command line of a study; targets come before ``--configfile`` (which takes several)."""
+    files = "".join(f" --configfile {os.path.relpath(f) if os.path.isabs(f) else f}"
+                    for f in config_files)
+    return f"snakemake{' ' + target if target else ''} --cores N{files}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Context and rendering
+
+FIGURE_INFO = {
+    "outcome_rates": ("Outcome classes per cell",
+                      "Share of fits in each outcome class per cell, with 95% Wilson intervals; "
+                      "single mode = mode A + mode B."),
+    "question_model": ("The question's model next to the corrected one",
+                       "Posterior mean sigma and slopes of every fit, and the single-mode rate, "
+                       "for `as_asked`, its one-error ablations and `marginal` in the same VI "
+                       "settings; dotted: truth, dash-dotted: one line through all points."),
+    "loss_traces": ("Loss trajectories",
+                    "Loss (negative ELBO; minibatch VI: mean per stored bin) against iteration, "
+                    "coloured by the fit's final outcome class."),
+    "slope_draws": ("Slope draws of representative fits",
+                    "Draws of (w0, w1) of a few fits per method and outcome class over the "
+                    "corrected model's profile log density (weights and sigma at their true "
+                    "values); crosses: the two permutation modes, plus: one line through all "
+                    "points."),
+    "khat_by_class": ("PSIS k-hat by outcome class",
+                      "Pareto k-hat of the approximations; dotted and dashed lines at the usual "
+                      f"{KHAT_GOOD:g} and {KHAT_OK:g} thresholds (Yao et al. 2018)."),
+    "errors_by_class": ("Errors by outcome class",
+                        "Absolute errors of sigma, the slopes and the weights after relabelling; "
+                        "bar: median."),
+    "runtime": ("Runtime per method",
+                "Fit time of every successful fit (compilation excluded); bar: median."),
+}
+
+
+def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.DataFrame,
+                  provenance: dict) -> dict:
+    sections = [
+        headline_section(cells),
+        question_section(fits, data_summary),
+        factor_section(cells, fits),
+        reference_section(cells, fits),
+        other_methods_section(cells),
+        diagnostics_section(fits),
+        runtime_section(fits),
+        reproduce_section(fits, provenance),
+    ]
+    n_fits = int(cells["n_fits"].sum()) if len(cells) else 0
+    return {
+        "title": f"Where does VI land? Study {provenance.get('study_name', '')}".strip(),
+        "subtitle": (f"{n_fits} fits in {len(cells)} cells; a 2-component mixture of linear "
+                     f"regressions, posterior modes counted per fit."),
+        "sections": sections,
+        "figure_info": FIGURE_INFO,
+        "provenance": provenance,
+    }
+
+
+def inline_html(text: str) -> str:
+    """Escape, then render `code` and **bold** (the only markup the report's text uses)."""
+    escaped = html.escape(str(text), quote=False)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
+def md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def figure_data_uri(path: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def render(context: dict, template_dir: str | Path, template: str) -> str:
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        autoescape=lambda name: bool(name) and name.endswith(".html.j2"),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True)
+    env.filters["inline"] = lambda text: Markup(inline_html(text))
+    env.filters["md_cell"] = md_cell
+    return env.get_template(template).render(**context)
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o644)
+
+
+def default_provenance(study_name: str = "", config_hash: str = "", seed_base=None,
+                       command: str = "", figures_command: str = "") -> dict:
+    return {
+        "study_name": study_name, "config_hash": config_hash, "seed_base": seed_base,
+        "command": command, "figures_command": figures_command,
+        "versions": package_versions(),
+        "platform": f"{platform.platform()} ({platform.machine()})",
+        "cpus": os.cpu_count(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def report_tables(cells: pd.DataFrame, fits: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Machine-readable companions of the report's main tables (numbers, not text)."""
+    vi = sort_cells(cells[cells["method"].isin(ADVI_METHODS)])
+    keep = [c for c in ("cell_id", "model", "method", "optimizer", "iterations", "init",
+                        "batch_size", "n_fits", "n_single_mode", "rate_single_mode",
+                        "rate_single_mode_low", "rate_single_mode_high", "n_mode_A", "n_mode_B",
+                        "n_spanning", "n_collapsed", "n_not_converged", "n_failed",
+                        "median_sigma", "median_fit_seconds") if c in vi]
+    rows = question_comparison_rows(fits)
+    question = []
+    for model in ordered(rows["model"], MODEL_ORDER):
+        s = model_summary(rows[rows["model"] == model])
+        low, high = s["single"].interval
+        question.append({"model": model, "n_fits": s["fits"], "n_single_mode": s["single"].k,
+                         "rate_single_mode": s["single"].rate, "rate_single_mode_low": low,
+                         "rate_single_mode_high": high, "median_sigma": s["sigma"],
+                         "median_slope_abs_error": s["slope_error"],
+                         "median_slope_sd": s["slope_sd"],
+                         "median_weight_abs_error": s["weight_error"]})
+    return {"headline": vi[keep],
+            "question": pd.DataFrame(question, columns=[
+                "model", "n_fits", "n_single_mode", "rate_single_mode", "rate_single_mode_low",
+                "rate_single_mode_high", "median_sigma", "median_slope_abs_error",
+                "median_slope_sd", "median_weight_abs_error"])}
+
+
+def write_report(cells_path, fits_path, data_summary_path, figures: dict[str, str | Path],
+                 template_dir: str | Path, html_path, md_path, provenance: dict,
+                 table_paths: dict[str, str | Path] | None = None) -> dict:
+    """Render report.html (figures embedded) and report.md (figures linked) from the tables."""
+    cells = pd.read_parquet(cells_path)
+    fits = pd.read_parquet(fits_path)
+    data_summary = pd.read_parquet(data_summary_path)
+    context = build_context(cells, fits, data_summary, provenance)
+    md_dir = Path(md_path).resolve().parent
+    context["figures"] = {
+        name: {"uri": figure_data_uri(path),
+               "link": os.path.relpath(Path(path).resolve(), md_dir),
+               "svg_link": os.path.relpath(Path(path).resolve().with_suffix(".svg"), md_dir)}
+        for name, path in figures.items()}
+    for section in context["sections"]:
+        section.figures = [f for f in section.figures if f in figures]
+    _write_text(html_path, render(context, template_dir, "report.html.j2"))
+    _write_text(md_path, render(context, template_dir, "report.md.j2"))
+    for name, path in (table_paths or {}).items():
+        frame = report_tables(cells, fits)[name]
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+            os.chmod(tmp, 0o644)
+    return context
+
+
+def headline_console(cells_csv: str | Path, report_path: str | Path | None = None) -> str:
+    """The headline table for the terminal (printed by the Snakefile's ``onsuccess``)."""
+    cells_csv = Path(cells_csv)
+    if not cells_csv.is_file():
+        return f"(no {cells_csv}: no cell table yet)"
+    cells = sort_cells(pd.read_csv(cells_csv))
+    width = max([len("cell")] + [len(str(c)) for c in cells["cell_id"]])
+    lines = [f"{'cell':<{width}}  {'fits':>4}  single mode (95% CI)                 "
+             "collapsed  not conv.  failed"]
+    for _, row in cells.iterrows():
+        lines.append(f"{row['cell_id']:<{width}}  {int(row['n_fits']):>4}  "
+                     f"{cell_rate(row, 'single_mode'):<36} {int(row['n_collapsed']):>9}  "
+                     f"{int(row['n_not_converged']):>9}  {int(row['n_failed']):>6}")
+    if report_path is not None:
+        path = Path(report_path)
+        lines.append(f"Report: {path.resolve()}" if path.is_file()
+                     else f"Report: {path} (not built by this run)")
+    return "\n".join(lines)
+

@@ -1,0 +1,435 @@
+"""Figures and report from small constructed tables: numbers come from the tables, figures are
+byte-identical on rerun, the HTML embeds every figure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vimodes import plots, report
+from vimodes.metrics import wilson_interval
+from vimodes.pipeline import summarise_cells
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO / "workflow" / "report"
+
+# (model, method, optimizer, outcomes of the fits)
+CELLS = [
+    ("as_asked", "advi", "default", ["not_converged"] * 4),
+    ("as_asked", "fullrank_advi", "default", ["not_converged"] * 3 + ["failed"]),
+    ("as_asked_fix_mixture", "advi", "default", ["mode_A", "collapsed", "collapsed", "mode_B"]),
+    ("marginal", "advi", "default", ["collapsed", "collapsed", "mode_A", "not_converged"]),
+    ("marginal", "advi", "adam", ["mode_A", "mode_B", "mode_B", "mode_A"]),
+    ("marginal", "fullrank_advi", "adam", ["mode_A", "spanning", "not_converged", "failed"]),
+    ("ordered", "advi", "adam", ["mode_B", "mode_B", "mode_B", "failed"]),
+    ("marginal", "cavi", "none", ["mode_A", "mode_B", "mode_A", "mode_A"]),
+]
+SIGMA = {"as_asked": 0.93, "as_asked_fix_mixture": 0.35, "marginal": 0.1, "ordered": 0.1}
+
+
+def _fit_row(model, method, optimizer, seed, outcome):
+    vi = method in ("advi", "fullrank_advi")
+    cell_id = "__".join([model, method] + ([optimizer, "it1000", "init-jitter", "b128"] if vi
+                                           else ["it200", "init-jitter"]))
+    ok = outcome != "failed"
+    sigma = SIGMA[model] * (1 + 0.1 * seed) if ok else np.nan
+    return {
+        "cell_id": cell_id, "grid": "question" if model.startswith("as_asked") else "main",
+        "model": model, "method": method, "optimizer": optimizer,
+        "optimizer_name": {"default": "adagrad_window", "adam": "adam"}.get(optimizer),
+        "learning_rate": {"default": 0.001, "adam": 0.01}.get(optimizer, np.nan),
+        "iterations": 1000.0 if vi else 200.0, "init": "jitter",
+        "batch_size": 128.0 if vi else np.nan, "chains": np.nan, "data_regime": "default",
+        "seed": seed, "status": "ok" if ok else "failed", "level": "fit", "chain": -1,
+        "outcome": outcome, "fit_seconds": 0.5 + seed, "setup_seconds": 3.0,
+        "psis_khat": (0.4 + seed) if vi and ok else np.nan, "sigma_mean": sigma,
+        "sigma_abs_error": abs(sigma - 0.1) if ok else np.nan,
+        "slope_abs_error": (0.01 if outcome in ("mode_A", "mode_B") else 2.0) if ok else np.nan,
+        "weight_abs_error": 0.02 if ok else np.nan,
+        "slopes_0_mean": 3.0 if ok else np.nan, "slopes_1_mean": -1.0 if ok else np.nan,
+        "slopes_0_sd": 0.01 * (seed + 1) if ok else np.nan,
+        "slopes_1_sd": 0.01 * (seed + 1) if ok else np.nan,
+        "n_obs": 100000, "config_hash": "abc123", "version_pymc": "5.28.5",
+        "stopped_early": False, "divergences": np.nan, "rhat_max_raw": np.nan,
+        "rhat_max_relabelled": np.nan,
+    }
+
+
+def _nuts_rows():
+    rows = []
+    for chains, labels in ((1, [["mode_A"], ["mode_B"]]), (2, [["mode_A", "mode_B"],
+                                                               ["mode_B", "mode_B"]])):
+        for seed, chain_labels in enumerate(labels):
+            base = _fit_row("marginal", "cavi", "none", seed, "mode_A")
+            base.update(cell_id=f"marginal__nuts__c{chains}", grid="nuts", method="nuts",
+                        iterations=np.nan, init="none", chains=float(chains),
+                        outcome="spanning" if len(set(chain_labels)) > 1 else chain_labels[0],
+                        divergences=float(seed), rhat_max_raw=1.8 if chains > 1 else np.nan,
+                        rhat_max_relabelled=1.01 if chains > 1 else np.nan)
+            rows.append(base)
+            if chains > 1:
+                rows += [{**base, "level": "chain", "chain": c, "outcome": label}
+                         for c, label in enumerate(chain_labels)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fits() -> pd.DataFrame:
+    rows = [_fit_row(model, method, opt, seed, outcome)
+            for model, method, opt, outcomes in CELLS for seed, outcome in enumerate(outcomes)]
+    return pd.DataFrame(rows + _nuts_rows())
+
+
+@pytest.fixture(scope="module")
+def cells(fits) -> pd.DataFrame:
+    return summarise_cells(fits)
+
+
+@pytest.fixture(scope="module")
+def data_summary() -> pd.DataFrame:
+    return pd.DataFrame([{
+        "seed": 0, "n_obs": 100000, "true_slope_0": 3.0, "true_slope_1": -1.0,
+        "true_weight_0": 0.5, "true_weight_1": 0.5, "noise_sd": 0.1, "x_low": -1.0,
+        "x_high": 1.0, "ols_slope": 0.9967, "ols_residual_sd": 1.1569,
+        "log_density_truth": 0.0, "log_density_one_line": -1e6, "grid_low": -3.5,
+        "grid_high": 5.5, "grid_points": 10, "slope_prior_sd": 2.0}])
+
+
+@pytest.fixture(scope="module")
+def figure_tables(fits, cells, data_summary) -> dict[str, pd.DataFrame]:
+    grid = np.linspace(-3.5, 5.5, 10)
+    w0, w1 = np.meshgrid(grid, grid, indexing="ij")
+    delta = (w0 - 3) ** 2 * (w1 + 1) ** 2 * 100
+    traces = pd.DataFrame({"cell_id": "marginal__advi__adam__it1000__init-jitter__b128",
+                           "seed": np.repeat([0, 1], 5), "model": "marginal", "method": "advi",
+                           "optimizer": "adam", "outcome": np.repeat(["mode_A", "mode_B"], 5),
+                           "iteration": np.tile(np.arange(1, 6) * 100, 2),
+                           "loss": np.tile([500.0, 100.0, 10.0, -5.0, -20.0], 2)})
+    draws = pd.DataFrame({"cell_id": "marginal__advi__adam__it1000__init-jitter__b128",
+                          "seed": 0, "model": "marginal", "method": "advi", "outcome": "mode_A",
+                          "draw": np.arange(20), "chain": 0,
+                          "slope_0": 3 + 0.01 * np.arange(20), "slope_1": -1.0,
+                          "weight_0": 0.5, "sigma": 0.1})
+    return {"cells": cells, "fits": fits, "data_summary": data_summary,
+            "loss_traces": traces, "representative_draws": draws,
+            "posterior_grid": pd.DataFrame({"w0": w0.ravel(), "w1": w1.ravel(),
+                                            "log_density": -delta.ravel(),
+                                            "delta": delta.ravel()})}
+
+
+def _inputs(tmp_path: Path, tables: dict[str, pd.DataFrame], name: str) -> dict[str, Path]:
+    import inspect
+
+    out = {}
+    for arg in inspect.signature(plots.FIGURES[name]).parameters:
+        path = tmp_path / f"{arg}.parquet"
+        if not path.exists():
+            tables[arg].to_parquet(path)
+        out[arg] = path
+    return out
+
+
+# --- report numbers ----------------------------------------------------------------------------
+
+
+def test_headline_table_numbers_equal_cell_table(cells):
+    table = report.headline_table(cells)
+    vi = cells[cells["method"].isin(["advi", "fullrank_advi"])]
+    assert len(table.rows) == len(vi)
+    rate_column = table.columns.index("single mode (95% CI)")
+    for row in table.rows:
+        model = row[0].strip("`")
+        setting = row[2]
+        match = vi[(vi["model"] == model) & (vi["cell_id"].str.endswith(setting.replace(" ", "__")))
+                   & (vi["method"].map(plots.method_label) == row[1])]
+        assert len(match) == 1
+        cell = match.iloc[0]
+        k, n = int(cell["n_single_mode"]), int(cell["n_fits"])
+        expected = (f"{k}/{n} ({100 * cell['rate_single_mode']:.0f}%, 95% CI "
+                    f"{100 * cell['rate_single_mode_low']:.0f}%–"
+                    f"{100 * cell['rate_single_mode_high']:.0f}%)")
+        assert row[rate_column] == expected
+        assert row[table.columns.index("fits")] == str(n)
+        assert row[table.columns.index("collapsed")] == str(int(cell["n_collapsed"]))
+
+
+def test_headline_sentence_pools_the_cell_counts(cells):
+    section = report.headline_section(cells)
+    text = section.paragraphs[0]
+    for method in ("advi", "fullrank_advi"):
+        sub = cells[(cells["model"] == "marginal") & (cells["method"] == method)]
+        k, n = int(sub["n_single_mode"].sum()), int(sub["n_fits"].sum())
+        low, high = wilson_interval(k, n)
+        assert f"{k}/{n} ({100 * k / n:.0f}%, 95% CI {100 * low:.0f}%–{100 * high:.0f}%)" in text
+    # the range over settings names the extreme cells with their stored rates
+    corrected = cells[(cells["model"] == "marginal") & cells["method"].isin(["advi",
+                                                                             "fullrank_advi"])]
+    best = corrected.loc[corrected["rate_single_mode"].idxmax()]
+    assert f"{100 * best['rate_single_mode']:.0f}% (`{best['cell_id']}`" in text
+    asked = cells[cells["model"] == "as_asked"]
+    assert f"{int(asked['n_single_mode'].sum())}/{int(asked['n_fits'].sum())}" in \
+        section.paragraphs[1]
+
+
+def test_question_section_reads_the_ablation_cells(fits, data_summary):
+    section = report.question_section(fits, data_summary)
+    rows = plots.question_comparison_rows(fits)
+    asked = rows[rows["model"] == "as_asked"]
+    fix = rows[rows["model"] == "as_asked_fix_mixture"]
+    assert report.num(asked["sigma_mean"].median()) in section.paragraphs[0]
+    e1 = next(item for item in section.items if item.startswith("**E1"))
+    assert f"median sigma {report.num(fix['sigma_mean'].median())}" in e1
+    assert report.num(data_summary["ols_residual_sd"].iloc[0]) in e1
+    # an ablation that was not run is reported as absent, not invented
+    e2 = next(item for item in section.items if item.startswith("**E2"))
+    assert "not measured" in e2
+    e3 = next(item for item in section.items if item.startswith("**E3"))
+    assert report.num(100000 / 128) in e3
+    e5 = next(item for item in section.items if item.startswith("**E5"))
+    assert "Not reproduced" in e5
+    # only the as_asked settings are compared: the adam cells of marginal are left out
+    assert set(rows["optimizer"]) == {"default"}
+
+
+def test_reference_and_other_sections(cells, fits):
+    refs = report.reference_section(cells, fits)
+    c2 = cells[cells["cell_id"] == "marginal__nuts__c2"].iloc[0]
+    assert report.cell_rate(c2, "spanning") in " ".join(refs.paragraphs)
+    assert "chains in a single mode" in refs.tables[0].columns
+    other = report.other_methods_section(cells)
+    cavi = cells[cells["method"] == "cavi"]
+    assert f"{int(cavi['n_single_mode'].sum())}/{int(cavi['n_fits'].sum())}" in \
+        " ".join(other.paragraphs)
+    assert any("SVGD was not run" in p for p in other.paragraphs)
+
+
+def test_diagnostics_counts_khat_per_class(fits):
+    section = report.diagnostics_section(fits)
+    rows = plots.fit_rows(fits)
+    single = rows[rows["outcome"].isin(["mode_A", "mode_B"]) & rows["psis_khat"].notna()]
+    good = int((single["psis_khat"] <= plots.KHAT_OK).sum())
+    assert f"{good}/{len(single)}" in section.paragraphs[0]
+
+
+def test_context_degrades_gracefully_without_vi_or_question(cells, fits, data_summary):
+    only_nuts = cells[cells["method"] == "nuts"]
+    nuts_fits = fits[fits["method"] == "nuts"]
+    context = report.build_context(only_nuts, nuts_fits, data_summary.iloc[:0],
+                                   report.default_provenance("t", "abc123", 1))
+    text = " ".join(" ".join(s.paragraphs + s.items + s.notes) for s in context["sections"])
+    assert "no meanfield or fullrank ADVI cells" in text
+    assert "was not fitted in this study" in text
+
+
+def test_headline_console(tmp_path, cells):
+    path = tmp_path / "cells.csv"
+    cells.to_csv(path, index=False)
+    text = report.headline_console(path, tmp_path / "missing.html")
+    for _, row in cells.iterrows():
+        assert row["cell_id"] in text
+    assert "not built by this run" in text
+    assert "no cell table" in report.headline_console(tmp_path / "absent.csv")
+
+
+def test_study_command_puts_targets_before_configfile():
+    assert report.study_command(["config/smoke.yaml"], "figures") == \
+        "snakemake figures --cores N --configfile config/smoke.yaml"
+
+
+def test_seed_ranges():
+    assert report.seed_ranges([0, 1, 2, 5, 7, 8]) == "0–2, 5, 7–8"
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def test_headline_plot_writes_png_and_svg(tmp_path, figure_tables):
+    outputs = [tmp_path / "outcome_rates.png", tmp_path / "outcome_rates.svg"]
+    plots.make_figure("outcome_rates", _inputs(tmp_path, figure_tables, "outcome_rates"), outputs)
+    assert outputs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = outputs[1].read_text()
+    assert svg.lstrip().startswith("<?xml") and "<dc:date>" not in svg
+    assert b"Software" not in outputs[0].read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_every_figure_draws_from_tables(tmp_path, figure_tables, name):
+    out = tmp_path / f"{name}.png"
+    plots.make_figure(name, _inputs(tmp_path, figure_tables, name), [out])
+    assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_every_figure_survives_empty_tables(tmp_path, figure_tables, name):
+    empty = {key: frame.iloc[:0] for key, frame in figure_tables.items()}
+    out = tmp_path / f"{name}.png"
+    plots.make_figure(name, _inputs(tmp_path, empty, name), [out])
+    assert out.exists()
+
+
+def _sha(paths):
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def test_figure_bytes_identical_when_written_twice(tmp_path, figure_tables):
+    inputs = _inputs(tmp_path, figure_tables, "slope_draws")
+    first = [tmp_path / "a.png", tmp_path / "a.svg"]
+    plots.make_figure("slope_draws", inputs, first)
+    second = [tmp_path / "b.png", tmp_path / "b.svg"]
+    plots.make_figure("slope_draws", inputs, second)
+    assert _sha(first) == _sha(second)
+    # and in a fresh process (SVG ids come from svg.hashsalt, not from the process)
+    third = [tmp_path / "c.png", tmp_path / "c.svg"]
+    code = ("import json, sys; from vimodes.plots import make_figure; "
+            "make_figure('slope_draws', json.loads(sys.argv[1]), sys.argv[2:])")
+    subprocess.run([sys.executable, "-c", code, json.dumps({k: str(v) for k, v in inputs.items()}),
+                    *map(str, third)], check=True)
+    assert _sha(first) == _sha(third)
+
+
+# --- figure tables -----------------------------------------------------------------------------
+
+
+def test_profile_log_density_matches_direct_sum():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 50)
+    y = np.where(rng.random(50) < 0.5, 3 * x, -x) + 0.1 * rng.standard_normal(50)
+    w = np.array([-1.0, 0.5, 3.0])
+    got = plots.profile_log_density(x, y, w, w, weights=(0.3, 0.7), sigma=0.2, prior_sd=2.0,
+                                    chunk=7)
+    for i, a in enumerate(w):
+        for j, b in enumerate(w):
+            like = np.log(0.3 * stats.norm.pdf(y, x * a, 0.2) + 0.7 * stats.norm.pdf(y, x * b, 0.2))
+            prior = stats.norm.logpdf(a, 0, 2) + stats.norm.logpdf(b, 0, 2)
+            assert got[i, j] == pytest.approx(like.sum() + prior, rel=1e-10)
+
+
+def test_posterior_grid_peaks_at_the_modes():
+    from vimodes.simulate import DataRegime, simulate
+
+    data = simulate(DataRegime(n_obs=500), 0, 20180913)
+    low, high, points = report.grid_limits(data.regime.slopes)
+    grid, summary = plots.make_posterior_grid(data, low, high, points)
+    assert len(grid) == points ** 2 and (grid["delta"] >= 0).all()
+    best = grid.loc[grid["delta"].idxmin()]
+    assert {round(best["w0"], 6), round(best["w1"], 6)} == {3.0, -1.0}
+    assert summary["ols_slope"].iloc[0] == pytest.approx(1.0, abs=0.15)
+
+
+def _write_fit(folder: Path, cell_id: str, seed: int, method: str, outcome_draws: np.ndarray,
+               trace):
+    from vimodes.idata import write_posterior
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"cell_id": cell_id, "seed": seed, "method": method, "model": "marginal",
+              "optimizer": "adam", "iterations_done": 100 * len(trace), "loss_trace": trace}
+    (folder / f"seed-{seed}.json").write_text(json.dumps(record))
+    n_chain, n_draw = outcome_draws.shape[:2]
+    draws = {"slopes": outcome_draws, "weights": np.full((n_chain, n_draw, 2), 0.5),
+             "sigma": np.full((n_chain, n_draw), 0.1)}
+    write_posterior(folder / f"seed-{seed}.nc", SimpleNamespace(draws=draws, sample_stats={}),
+                    record)
+
+
+def test_loss_traces_and_representative_draws_from_fit_files(tmp_path):
+    cell = "marginal__advi__adam__it1000__init-jitter__b128"
+    folder = tmp_path / cell / "chunk-0"
+    mode_a = np.tile([3.0, -1.0], (1, 500, 1))
+    for seed in range(4):
+        _write_fit(folder, cell, seed, "advi", mode_a, [10.0 - seed, 5.0, 1.0])
+    fits = pd.DataFrame([{**_fit_row("marginal", "advi", "adam", s, "mode_A"),
+                          "cell_id": cell} for s in range(4)])
+    traces = plots.make_loss_traces(fits, [folder])
+    assert len(traces) == 12
+    assert traces[traces["seed"] == 0]["iteration"].tolist() == [100, 200, 300]
+    assert set(traces["outcome"]) == {"mode_A"}
+    draws = plots.make_representative_draws(fits, [folder], per_class=3, n_draws=50)
+    assert draws.groupby(["cell_id", "seed"]).ngroups == 3
+    assert draws.groupby("seed").size().max() == 50
+    assert np.allclose(draws["slope_0"], 3.0)
+
+
+# --- the rendered report -----------------------------------------------------------------------
+
+
+def test_html_embeds_every_figure_and_md_links_them(tmp_path, figure_tables, fits, cells,
+                                                     data_summary):
+    figures = {}
+    for name in plots.FIGURES:
+        png, svg = tmp_path / "figures" / f"{name}.png", tmp_path / "figures" / f"{name}.svg"
+        plots.make_figure(name, _inputs(tmp_path, figure_tables, name), [png, svg])
+        figures[name] = png
+    html_path, md_path = tmp_path / "report" / "report.html", tmp_path / "report" / "report.md"
+    paths = {}
+    for key, frame in (("cells", cells), ("fits", fits), ("data_summary", data_summary)):
+        paths[key] = tmp_path / f"{key}.parquet"
+        frame.to_parquet(paths[key])
+    report.write_report(paths["cells"], paths["fits"], paths["data_summary"], figures,
+                        TEMPLATES, html_path, md_path,
+                        report.default_provenance("test", "abc123", 1, "snakemake --cores N",
+                                                  "snakemake figures --cores N"),
+                        table_paths={"headline": tmp_path / "report" / "headline.csv"})
+    html = html_path.read_text()
+    sources = re.findall(r'<img[^>]*\bsrc="([^"]*)"', html)
+    assert len(sources) == len(plots.FIGURES)
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'<(script|link|iframe)\b[^>]*\b(src|href)=', html)
+    assert not re.search(r'url\((?!data:)', html)
+    md = md_path.read_text()
+    for name in plots.FIGURES:
+        assert f"](../figures/{name}.png)" in md
+    # the headline CSV holds the cell table's numbers
+    headline = pd.read_csv(tmp_path / "report" / "headline.csv")
+    merged = headline.merge(cells, on="cell_id", suffixes=("", "_cells"))
+    assert len(merged) == len(headline) > 0
+    assert np.allclose(merged["rate_single_mode"], merged["rate_single_mode_cells"])
+
+
+def test_report_renders_in_headless_chromium(tmp_path, figure_tables, fits, cells, data_summary):
+    """tests/check_report_render.sh on a report built here; skipped without chromium."""
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    figures = {}
+    for name in plots.FIGURES:
+        png = tmp_path / "figures" / f"{name}.png"
+        plots.make_figure(name, _inputs(tmp_path, figure_tables, name),
+                          [png, png.with_suffix(".svg")])
+        figures[name] = png
+    paths = {}
+    for key, frame in (("cells", cells), ("fits", fits), ("data_summary", data_summary)):
+        paths[key] = tmp_path / f"{key}.parquet"
+        frame.to_parquet(paths[key])
+    html = tmp_path / "report" / "report.html"
+    report.write_report(paths["cells"], paths["fits"], paths["data_summary"], figures, TEMPLATES,
+                        html, tmp_path / "report" / "report.md",
+                        report.default_provenance("test", "abc123", 1))
+    result = subprocess.run([str(REPO / "tests" / "check_report_render.sh"), str(html),
+                             str(tmp_path / "shot.png")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK: {len(plots.FIGURES)} embedded images" in result.stdout
+    assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_factor_sentence_reads_the_corrected_cells(cells, fits):
+    section = report.factor_section(cells, fits)
+    text = " ".join(section.paragraphs)
+    for optimizer in ("adam", "default"):
+        sub = cells[(cells["model"] == "marginal") & (cells["method"] == "advi")
+                    & (cells["optimizer"] == optimizer)]
+        k, n = int(sub["n_single_mode"].sum()), int(sub["n_fits"].sum())
+        assert f"{k}/{n} (" in text
+    assert "learning rate 0.01" in text  # the optimiser's settings, from the fit table
