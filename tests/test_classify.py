@@ -193,6 +193,23 @@ def test_collapsed_at_symmetric_point():
     assert c.chain_labels == ("collapsed",)
 
 
+def test_wide_approximation_centred_on_the_symmetric_point_is_collapsed():
+    # what PyMC's default optimiser leaves after 10000 minibatch steps (measured in the study):
+    # centre (1, 1), slope sd ~0.53, sigma ~1.16: only ~80% of draws have a gap below 1
+    rng = np.random.default_rng(7)
+    s = rng.normal(1.0, 0.53, size=(1, 1000, 2))
+    w = np.full_like(s, 0.5)
+    sg = np.full((1, 1000), 1.16)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert 0.5 <= c.share_collapsed < 0.9
+    assert c.label == "collapsed" and "symmetric point" in c.reason
+    # the same spread with sigma near the truth is not mode averaging
+    assert classify_draws(s, w, np.full((1, 1000), 0.12), TRUTH).label == "not_converged"
+    # nor is a spread so wide that most draws are outside the collapse band
+    wide = rng.normal(1.0, 3.0, size=(1, 1000, 2))
+    assert classify_draws(wide, w, sg, TRUTH).label == "not_converged"
+
+
 def test_collapse_gap_edge():
     gap = SETTINGS.collapse_gap_fraction * 4.0  # 1.0
     assert classify((1.0 + gap / 2, 1.0 - gap / 2), sigma=1.16, draws=1).label == "collapsed"

@@ -62,12 +62,20 @@ Rule 5 (collapsed)
     the same value, for the study about 1, with sigma far above the truth, about 1.16; the median
     sigma is reported in the reason but not required).
 
+Rule 5b (collapsed, wide)
+    A wide approximation centred on the symmetric point is mode averaging too: when fewer than
+    ``span_min_share`` of the draws are in either basin, at least half are collapsed, the median
+    slope gap is within the collapse tolerance and the median sigma is at least
+    ``sigma_ratio_max`` times the truth (the data are explained by one line), the label is
+    ``collapsed``. This is PyMC's default optimiser after 10000 minibatch steps: centre at the
+    symmetric point, sigma ~1.16, slope sds ~0.5, so only ~80% of draws have a gap below 1.
+
 Rule 6 (not_converged)
     Anything else: draws in no basin (far-off points, one slope at its prior, half-way between a
     mode and the symmetric point), or mixtures of basins that meet neither rule 3, 4 nor 5
     (e.g. 80% in A and 20% collapsed).
 
-The rules are applied in the order 0, 3, 4, 5, 6. Each chain is ALSO classified on its own with
+The rules are applied in the order 0, 3, 4, 5, 5b, 6. Each chain is ALSO classified on its own with
 the same rules (``chain_labels``, in chain order); the fit label is from the pooled draws, so two
 chains in different modes give ``spanning`` with chain_labels ("mode_A", "mode_B"). For a failed
 fit, chains without non-finite draws still get their own label.
@@ -363,6 +371,19 @@ def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
             shares,
             f"slopes nearly equal (mean {_fmt(slopes.reshape(-1, 2)[sel].mean(axis=0))}), "
             f"median sigma {float(np.median(sg[sel])):.4g}; {share_txt}",
+        )
+    # Rule 5b: collapsed but wide -- a wide approximation centred on the symmetric point
+    flat = slopes.reshape(-1, 2)
+    centre_gap = abs(float(np.median(flat[:, 0] - flat[:, 1])))
+    gap_tolerance = settings.collapse_gap_fraction * abs(truth.slopes[0] - truth.slopes[1])
+    median_sigma = float(np.median(sg))
+    if (share_a < s and share_b < s and share_c >= 0.5 and centre_gap <= gap_tolerance
+            and median_sigma >= settings.sigma_ratio_max * truth.noise_sd):
+        return (
+            "collapsed",
+            shares,
+            f"centred on the symmetric point (median slope gap {centre_gap:.3g}, median sigma "
+            f"{median_sigma:.4g}) with a wide spread; {share_txt}",
         )
     # Rule 6
     return "not_converged", shares, f"no rule met; {share_txt}"
