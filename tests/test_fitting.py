@@ -37,8 +37,9 @@ def test_chunked_fit_equals_a_fit_done_alone(datasets, method):
     assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
 
 
-def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets):
-    fitter = make_fitter(settings(iterations=1), N)
+@pytest.mark.parametrize("method", ["advi", "fullrank_advi"])
+def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets, method):
+    fitter = make_fitter(settings(iterations=1, method=method), N)
     starts = []
     for seed in (0, 1):
         result = fitter.fit(datasets[seed], SEED_BASE, seed)
@@ -48,6 +49,10 @@ def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets):
     slope_index = [i for i, n in enumerate(names) if n.startswith("slopes")]
     for start in starts:
         assert start[slope_index[0]] != start[slope_index[1]]
+    # the start is the approximation's mean (for full rank not its Cholesky factor)
+    assert len(starts[0]) == len(names) == fitter.group.ddim
+    mean_after_one_step = fitter.group.shared_params["mu"].get_value()
+    assert np.abs(mean_after_one_step - starts[1]).max() < 0.05
 
 
 def test_default_start_is_the_symmetric_initial_point(datasets):

@@ -148,7 +148,9 @@ class VIFitter(_Fitter):
         data_vars = {self.x_data, self.y_data}
         self.state = {v: v.get_value(borrow=False) for v in shared
                       if v not in data_vars and v not in self.rngs}
-        self.start_param = self.approx.params[0]  # mu (ADVI) or histogram (SVGD)
+        # where a fit starts: the mean of the Gaussian (ADVI, full-rank ADVI; not params[0],
+        # which is the Cholesky factor for full-rank) or the particles (SVGD)
+        self.start_param = self.group.shared_params["histogram" if s.method == "svgd" else "mu"]
         self.default_start = self.start_param.get_value()
         self.initial_point = self._flatten(self.model.initial_point())
         self._compile_readers()
