@@ -3,9 +3,6 @@
 # Figures and report only, from the existing tables: see `rule figures` (workflow/rules/report.smk)
 
 
-configfile: "config/config.yaml"
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/fit.smk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -30,17 +31,36 @@ def package_versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; move it into place only on success."""
+    """Yield a temporary path in the target's folder; move it into place only on success.
+
+    The final path therefore only ever holds a complete file: a write that raises, is
+    interrupted or killed leaves the previous file (or none) there. A killed write can leave its
+    hidden temporary file (``.<name>.<random>.tmp``) behind; the start-up check
+    (:func:`integrity_check`) removes those. The data are flushed to disk before the rename, so
+    a crash of the machine cannot leave an empty file under the final name either.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(value: Any) -> Any:
@@ -71,3 +91,255 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise OSError(f"record '{path}' is unreadable or truncated: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up integrity check (called from workflow/rules/common.smk before Snakemake plans jobs).
+#
+# Outputs are written atomically, so a damaged file at a final path means damage from outside
+# the pipeline (a full disk, a truncated copy or sync, a crash with an old writer, a manual
+# edit). Snakemake only looks at file existence and mtimes, so it would happily reuse such a
+# file. Deleting it is not enough either: Snakemake does not regenerate a missing intermediate
+# file whose downstream outputs exist and are up to date (it treats it like a removed temp()
+# file). So the check names each damaged output and marks it *incomplete* in Snakemake's own
+# records, exactly as if the job writing it had been killed: `--rerun-incomplete` (set in
+# workflow/profiles/default) then deletes it, reruns its job and everything downstream of it;
+# without that flag Snakemake stops and lists it. A damaged fit file marks its whole chunk
+# directory (Snakemake's unit of output). The check reads at most a few hundred bytes per
+# NetCDF/parquet file and parses the small JSON records: well under a second for thousands of
+# outputs.
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+PARQUET_MAGIC = b"PAR1"
+
+
+def _hdf5_end_of_file(head: bytes) -> int | None:
+    """The absolute end-of-file address recorded in an HDF5 superblock (None if unreadable)."""
+    if len(head) < 9:
+        return None
+    version = head[8]
+    if version in (0, 1):
+        size_of_offsets = head[13] if len(head) > 13 else 0
+        base_at = 24 if version == 0 else 28
+    elif version in (2, 3):
+        size_of_offsets = head[9]
+        base_at = 12
+    else:
+        return None
+    if size_of_offsets not in (2, 4, 8):
+        return None
+    eof_at = base_at + 2 * size_of_offsets
+    if len(head) < eof_at + size_of_offsets:
+        return None
+    base = int.from_bytes(head[base_at:base_at + size_of_offsets], "little")
+    return base + int.from_bytes(head[eof_at:eof_at + size_of_offsets], "little")
+
+
+def netcdf_problem(path: str | Path) -> str | None:
+    """Why a NetCDF-4 (HDF5) file is damaged, or None: the signature and the file size against
+    the end-of-file address the HDF5 library wrote into the superblock when it closed the file.
+    Catches empty, truncated and foreign files without opening them with HDF5."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(96)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if size == 0:
+        return "empty (0 bytes)"
+    if not head.startswith(HDF5_SIGNATURE):
+        return "not an HDF5/NetCDF-4 file (no HDF5 signature)"
+    end = _hdf5_end_of_file(head)
+    if end is None:
+        return "truncated or damaged HDF5 superblock"
+    if size < end:
+        return f"truncated ({size} of {end} bytes)"
+    return None
+
+
+def parquet_problem(path: str | Path) -> str | None:
+    """Why a parquet file is damaged, or None: magic bytes at both ends and the footer length."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(max(0, size - 8))
+            tail = handle.read(8)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if size < 12 or head != PARQUET_MAGIC or tail[4:] != PARQUET_MAGIC:
+        return f"truncated or not a parquet file ({size} bytes)"
+    if int.from_bytes(tail[:4], "little") + 12 > size:
+        return "truncated (footer longer than the file)"
+    return None
+
+
+def record_problem(path: str | Path, seed: int) -> tuple[str | None, dict | None]:
+    """Why a fit record is damaged (or None) and the record itself."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError as err:
+        return f"unreadable ({err.strerror})", None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"truncated or not valid JSON ({err})", None
+    if not isinstance(record, dict) or "status" not in record:
+        return "not a fit record (no 'status')", None
+    if record.get("seed") != seed:
+        return f"holds seed {record.get('seed')!r}, expected {seed}", None
+    return None, record
+
+
+def chunk_problems(chunk_dir: str | Path, seeds) -> list[tuple[str, str]]:
+    """``(file, why)`` for every damaged or missing file of a finished fit chunk directory.
+
+    A chunk written for another chunk layout (its records list other ``chunk_seeds``, e.g.
+    after a change of ``chunk_size``) is not damaged: Snakemake's params trigger refits it.
+    """
+    chunk_dir = Path(chunk_dir)
+    try:
+        present = set(os.listdir(chunk_dir))
+    except OSError as err:
+        return [(str(chunk_dir), f"unreadable ({err.strerror})")]
+    seeds = list(seeds)
+    problems, records = [], {}
+    for seed in seeds:
+        json_path = chunk_dir / f"seed-{seed}.json"
+        if json_path.name not in present:
+            problems.append((str(json_path), "missing (the chunk is incomplete)"))
+            continue
+        why, record = record_problem(json_path, seed)
+        if why:
+            problems.append((str(json_path), why))
+        elif record.get("chunk_seeds", seeds) != seeds:
+            return []
+        else:
+            records[seed] = record
+    for seed, record in records.items():
+        nc_path = chunk_dir / f"seed-{seed}.nc"
+        if record["status"] == "ok":  # an ok fit always has draws; a failed one never does
+            if nc_path.name not in present:
+                problems.append((str(nc_path), "missing (its record says status 'ok')"))
+            elif why := netcdf_problem(nc_path):
+                problems.append((str(nc_path), why))
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    path: str  # the damaged file
+    reason: str
+    output: str  # the Snakemake output it belongs to: the file itself or its chunk directory
+
+    def __str__(self) -> str:
+        where = "" if self.output == self.path else f" [output {self.output}]"
+        return f"{self.path}: {self.reason}{where}"
+
+
+def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
+                skip=frozenset()) -> list[Damage]:
+    """Damaged outputs among those that exist; outputs in `skip` (already marked incomplete:
+    `--rerun-incomplete` handles them) are not looked at."""
+    damage = []
+    for path in data_files:
+        if path not in skip and os.path.exists(path) and (why := netcdf_problem(path)):
+            damage.append(Damage(str(path), why, str(path)))
+    for chunk_dir, seeds in (chunk_dirs or {}).items():
+        if chunk_dir in skip or not os.path.isdir(chunk_dir):
+            continue
+        for path, why in chunk_problems(chunk_dir, seeds):
+            damage.append(Damage(path, why, str(chunk_dir)))
+    for path in parquet_files:
+        if path not in skip and os.path.exists(path) and (why := parquet_problem(path)):
+            damage.append(Damage(str(path), why, str(path)))
+    return damage
+
+
+def stale_temporary_files(folders) -> list[Path]:
+    """Temporary files of killed atomic writes (``.<name>.<random>.tmp``) under `folders`."""
+    found = []
+    for folder in folders:
+        if os.path.isdir(folder):
+            found += [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    return sorted(found)
+
+
+# Snakemake 9's file persistence (snakemake/persistence/file.py): `.snakemake/locks/*` exist while
+# a run holds the directory; an output marked incomplete has a record under
+# `.snakemake/incomplete` named by the urlsafe base64 of its path, cut into folder names of at
+# most NAME_MAX - 1 characters (all but the last '@'-prefixed), holding {"external_jobid": null}.
+_SNAKEMAKE_DIR = ".snakemake"
+
+
+def _incomplete_record(workdir: Path, output: str) -> Path:
+    import base64
+
+    root = workdir / _SNAKEMAKE_DIR / "incomplete"
+    root.mkdir(parents=True, exist_ok=True)
+    max_len = os.pathconf(root, "PC_NAME_MAX") or 255
+    b64 = base64.urlsafe_b64encode(output.encode()).decode()
+    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    return root.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
+
+
+def snakemake_state(workdir: str | Path = ".") -> tuple[bool, set[str]]:
+    """(is the working directory locked by a Snakemake run, outputs marked incomplete)."""
+    import base64
+
+    state = Path(workdir) / _SNAKEMAKE_DIR
+    locks = state / "locks"
+    locked = locks.is_dir() and any(locks.iterdir())
+    incomplete = set()
+    root = state / "incomplete"
+    if root.is_dir():
+        for dirpath, _, filenames in os.walk(root):
+            parts = [p.lstrip("@") for p in Path(dirpath).relative_to(root).parts]
+            for name in filenames:
+                if name == "migration_underway":
+                    continue
+                try:
+                    incomplete.add(base64.urlsafe_b64decode("".join([*parts, name])).decode())
+                except (ValueError, UnicodeDecodeError):
+                    continue
+    return locked, incomplete
+
+
+def mark_incomplete(output: str, workdir: str | Path = ".") -> None:
+    """Mark `output` (a path relative to the working directory) incomplete, as Snakemake does
+    for the outputs of a job that is running or was killed."""
+    record = _incomplete_record(Path(workdir), output)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"external_jobid": None}))
+    os.chmod(record, 0o660)
+
+
+def integrity_check(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
+                    temp_folders=(), workdir: str | Path = ".", log=print) -> list[Damage]:
+    """Find damaged outputs, name each through `log` and mark it incomplete so that the run
+    regenerates it (with everything downstream); remove stale temporary files of killed writes.
+
+    Paths are relative to `workdir`, Snakemake's working directory. While a Snakemake run holds
+    the directory (``.snakemake/locks``), only report.
+    """
+    locked, incomplete = snakemake_state(workdir)
+    damage = find_damage(data_files, chunk_dirs, parquet_files, skip=incomplete)
+    stale = [] if locked else stale_temporary_files(temp_folders)
+    if damage:
+        outputs = sorted({d.output for d in damage})
+        if locked:
+            action = ("the directory is locked by a running Snakemake, so nothing is changed "
+                      "(if none is running: `snakemake --unlock`, then rerun)")
+        else:
+            action = (f"marked {len(outputs)} output(s) incomplete: run with "
+                      "--rerun-incomplete (as workflow/profiles/default does) to delete and "
+                      "regenerate them and everything downstream")
+            for output in outputs:
+                mark_incomplete(output, workdir)
+        lines = [f"Integrity check: {len(damage)} damaged output file(s); {action}:"]
+        lines += [f"  - {d}" for d in damage]
+        log("\n".join(lines))
+    if stale:
+        log(f"Integrity check: removed {len(stale)} temporary file(s) of interrupted writes "
+            f"({', '.join(str(p) for p in stale[:5])}{', ...' if len(stale) > 5 else ''})")
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return damage

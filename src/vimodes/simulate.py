@@ -69,9 +69,12 @@ def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
 
 
 def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
+    """Write atomically; the file is read back and checked before it is moved into place."""
     with atomic_path(path) as tmp:
         to_xarray(data, provenance).to_netcdf(tmp, engine="h5netcdf")
-    read_dataset(path)  # fail now, not in a fit, if the file cannot be read back
+        back = read_dataset(tmp)  # fail now, not in a fit, if the file cannot be read back
+        if back.seed != data.seed or not np.array_equal(back.y, data.y):
+            raise CorruptDataError(f"data file '{path}' does not read back as written")
 
 
 class CorruptDataError(OSError):

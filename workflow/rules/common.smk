@@ -9,7 +9,12 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from vimodes.config import ConfigError, build_study
+from vimodes.config import ConfigError, build_study, load_yaml
+
+# The default study, unless a --configfile gave one. (A `configfile:` directive would be merged
+# with every --configfile, so nested keys of config.yaml would leak into other studies.)
+if "grids" not in config:
+    config.update({**load_yaml(Path(workflow.basedir) / "config" / "config.yaml"), **config})
 
 try:
     STUDY = build_study(config, source="the configuration")
@@ -25,6 +30,26 @@ wildcard_constraints:
     chunk=r"\d+",
     seed=r"\d+",
     regime="[A-Za-z0-9_]+",
+
+
+# Cheap rules (seconds, one core) run on the submit host under a cluster executor (e.g. the SLURM
+# profile, workflow/profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
+localrules:
+    simulate,
+    classify_chunk,
+    aggregate,
+    summary,
+    loss_traces,
+    representative_draws,
+    posterior_grid,
+    plot_outcome_rates,
+    plot_question_model,
+    plot_loss_traces,
+    plot_slope_draws,
+    plot_khat_by_class,
+    plot_errors_by_class,
+    plot_runtime,
+    write_report,
 
 
 def data_file(regime, seed):
@@ -62,3 +87,28 @@ def fit_runtime_minutes(wildcards):
 
 def all_chunk_outputs(pattern):
     return [pattern.format(cell=c, chunk=k) for c, k in STUDY.fit_chunks()]
+
+
+def check_outputs():
+    """Start-up check (main process only): name damaged outputs -- a truncated data set, or a
+    fit chunk with a truncated, missing or foreign file -- and mark them incomplete, so that
+    --rerun-incomplete regenerates them and all downstream (tests/RELIABILITY.md)."""
+    from snakemake.logging import logger
+
+    from vimodes.records import integrity_check
+
+    chunk_dirs = {
+        f"data/fits/{cell}/chunk-{chunk}": STUDY.chunk_seeds(cell, chunk)
+        for cell, chunk in STUDY.fit_chunks()
+    }
+    integrity_check(
+        [data_file(regime, seed) for regime, seed in STUDY.datasets()],
+        chunk_dirs,
+        all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
+        temp_folders=["data/sim", "data/classified", "data/tables"],
+        log=logger.warning,
+    )
+
+
+if workflow.is_main_process:
+    check_outputs()

@@ -11,10 +11,17 @@ rule fit_chunk:
     retries: 1
     conda:
         "../envs/vimodes.yaml"
-    threads: fit_threads
+    # under a cluster executor --cores is unset (fit_threads fails): one core per NUTS chain
+    threads:
+        lambda wc: (
+            fit_threads(wc)
+            if workflow.resource_settings.cores
+            else (STUDY.cell_by_id[wc.cell].chains or 1)
+        )
     resources:
         mem_mb=3000,
-        runtime=fit_runtime_minutes,
+        # a retry (e.g. after SLURM's TIMEOUT) gets a longer time limit
+        runtime=lambda wildcards, attempt: attempt * fit_runtime_minutes(wildcards),
     params:
         cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
         seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),

@@ -1,0 +1,603 @@
+"""Reliability of the pipeline (tests/RELIABILITY.md): failures as data, atomic outputs, resume
+after SIGINT and SIGKILL, exact reruns, bad input, damaged files and parallel cold compiles.
+
+Fast tests run in the default suite; the `slow` ones (whole studies run, interrupted, resumed and
+compared by canonical hash) run with `make test-slow`. Every study is config/tiny.yaml (or a
+subset of it) in a temporary copy of the workflow; the compile cache is the caller's (set
+PYTENSOR_FLAGS=base_compiledir=... to isolate it) except in the cold-cache test.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import copy_workflow
+from vimodes.canonical import diff_hashes, study_hashes
+from vimodes.config import load_study
+from vimodes.records import (find_damage, integrity_check, netcdf_problem, parquet_problem,
+                             snakemake_state, stale_temporary_files)
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+TINY = "config/tiny.yaml"
+RUN_TIMEOUT_S = 1800  # one study on a busy 2-core machine takes 2-5 minutes
+EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
+CAVI_CELL = "marginal__cavi__it50__init-jitter"
+
+
+def snakemake(*args, cwd, check=True, env=None, timeout=RUN_TIMEOUT_S):
+    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
+                            env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def job_count(output: str, rule: str) -> int:
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+
+def tiny_subset(work: Path, name: str, **changes) -> str:
+    """A config file derived from tiny.yaml in the copy `work`; returns its relative path."""
+    raw = yaml.safe_load((work / TINY).read_text())
+    for key, value in changes.items():
+        raw[key] = value
+    path = work / "config" / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return f"config/{name}"
+
+
+def chunk_dir(work: Path, cell: str, chunk: int) -> Path:
+    return work / "data" / "fits" / cell / f"chunk-{chunk}"
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Failure as data (default suite)
+
+@pytest.fixture(scope="module")
+def failing_study(tmp_path_factory):
+    """tiny.yaml cut to the exploding ADVI cell and the CAVI cell, two seeds each (one chunk
+    each), run up to the tables and the summary: about a minute."""
+    work = copy_workflow(tmp_path_factory.mktemp("failing"))
+    raw = yaml.safe_load((work / TINY).read_text())
+    grids = copy.deepcopy(raw["grids"])
+    grids[0]["optimizers"] = ["explode"]
+    for grid in grids:
+        grid["seeds"] = 2
+    config = tiny_subset(work, "tiny_failing.yaml", grids=grids)
+    started = time.perf_counter()
+    result = snakemake("data/tables/cells.csv", "report/summary.md", "--cores", "2",
+                       "--configfile", config, cwd=work)
+    return work, config, result, time.perf_counter() - started
+
+
+def test_numerical_failure_is_recorded_and_the_study_completes(failing_study):
+    work, config, result, _ = failing_study
+    study = load_study(work / config)
+    assert {c.cell_id for c in study.cells} == {EXPLODE_CELL, CAVI_CELL}
+    for seed in (0, 1):
+        record = json.loads((chunk_dir(work, EXPLODE_CELL, 0) / f"seed-{seed}.json").read_text())
+        assert record["status"] == "failed"
+        assert record["error"].startswith("NumericalFailure: ")
+        assert "loss at iteration" in record["error"]
+        assert not (chunk_dir(work, EXPLODE_CELL, 0) / f"seed-{seed}.nc").exists()
+        ok = json.loads((chunk_dir(work, CAVI_CELL, 0) / f"seed-{seed}.json").read_text())
+        assert ok["status"] == "ok" and (chunk_dir(work, CAVI_CELL, 0) / f"seed-{seed}.nc").exists()
+    fits = pd.read_parquet(work / "data" / "tables" / "fits.parquet")
+    failed = fits[(fits["cell_id"] == EXPLODE_CELL) & (fits["level"] == "fit")]
+    assert list(failed["outcome"]) == ["failed", "failed"]
+    assert failed["error"].str.startswith("NumericalFailure").all()
+    cells = pd.read_csv(work / "data" / "tables" / "cells.csv").set_index("cell_id")
+    assert cells.loc[EXPLODE_CELL, "n_fits"] == 2 and cells.loc[EXPLODE_CELL, "n_failed"] == 2
+    assert cells.loc[CAVI_CELL, "n_failed"] == 0 and cells.loc[CAVI_CELL, "n_fits"] == 2
+    summary = (work / "report" / "summary.md").read_text()
+    assert f"`{EXPLODE_CELL}`" in summary
+    assert "Error in rule" not in result.stdout + result.stderr  # no job failed, none retried
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Atomic outputs: a killed write never leaves a file at the final path (default suite)
+
+KILLED_WRITER = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    import numpy as np
+
+    target, scenario = sys.argv[1], sys.argv[2]
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    rng = np.random.default_rng(0)
+    result = SimpleNamespace(
+        draws={"slopes": rng.normal(size=(1, 200, 2)), "weights": rng.random((1, 200, 2)),
+               "sigma": rng.random((1, 200))},
+        sample_stats={"diverging": np.zeros((1, 200), bool)})
+    if scenario.startswith("posterior"):
+        import xarray as xr
+        from vimodes import idata
+        if scenario == "posterior_overwrite":
+            idata.write_posterior(target, result, {"seed": 1})  # complete; then rewritten
+        original = xr.Dataset.to_netcdf
+
+        def partial(self, *args, **kwargs):  # InferenceData.to_netcdf writes group by group
+            if str(kwargs.get("group", "")).endswith("sample_stats"):
+                die()  # the posterior group is in the file, sample_stats is not
+            return original(self, *args, **kwargs)
+
+        if scenario == "posterior_before_rename":
+            idata.check_posterior_file = die  # the file is complete, not yet moved into place
+        else:
+            xr.Dataset.to_netcdf = partial
+        result.draws["sigma"] = result.draws["sigma"] + 1.0
+        idata.write_posterior(target, result, {"seed": 1})
+    elif scenario == "dataset":
+        from vimodes import simulate
+        simulate.read_dataset = die  # written, killed while reading it back
+        data = simulate.simulate(simulate.DataRegime(n_obs=500), 1, 7)
+        simulate.write_dataset(data, target, {})
+    elif scenario == "json":
+        from vimodes import records
+        write_text = Path.write_text
+        Path.write_text = lambda self, text: (write_text(self, text[: len(text) // 2]), die())
+        records.write_json({"status": "ok", "values": list(range(5000))}, target)
+    print("not killed", flush=True)
+''')
+
+
+@pytest.mark.parametrize("scenario, name", [
+    ("posterior_mid_write", "seed-1.nc"),
+    ("posterior_before_rename", "seed-1.nc"),
+    ("posterior_overwrite", "seed-1.nc"),
+    ("dataset", "seed-1.nc"),
+    ("json", "seed-1.json"),
+])
+def test_killed_write_leaves_no_file_at_the_final_path(tmp_path, scenario, name):
+    target = tmp_path / "out" / name
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target), scenario],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert "not killed" not in proc.stdout
+    if scenario == "posterior_overwrite":
+        # the first, complete write stands untouched: a rewrite replaces it only when complete
+        assert target.exists() and netcdf_problem(target) is None
+        from vimodes.idata import read_posterior
+        assert read_posterior(target)["sigma"].max() < 1.0  # the old draws, not the new ones
+    else:
+        assert not target.exists()
+    leftovers = stale_temporary_files([tmp_path / "out"])
+    assert leftovers and all(p.name.startswith(f".{name}.") for p in leftovers)
+    integrity_check(temp_folders=[tmp_path / "out"], workdir=tmp_path, log=lambda _: None)
+    assert not stale_temporary_files([tmp_path / "out"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Canonical NetCDF: byte-identical across processes and hash seeds (default suite)
+
+CANONICAL_WRITER = textwrap.dedent('''
+    import sys, time
+    from types import SimpleNamespace
+    import numpy as np
+    from vimodes.idata import write_posterior
+    from vimodes.simulate import DataRegime, simulate, write_dataset
+
+    out = sys.argv[1]
+    rng = np.random.default_rng(3)
+    result = SimpleNamespace(
+        draws={"weights": rng.random((2, 50, 2)), "slopes": rng.normal(size=(2, 50, 2)),
+               "sigma": rng.random((2, 50))},
+        sample_stats={"step_size": rng.random((2, 50)), "diverging": np.zeros((2, 50), bool)})
+    record = {"zeta": 1, "alpha": {"b": 2, "a": [1.5, None]}, "fit_seconds": time.time()}
+    write_posterior(f"{out}/posterior.nc", result, record)
+    write_dataset(simulate(DataRegime(n_obs=300), 4, 11), f"{out}/data.nc", {"config_hash": "x"})
+''')
+
+
+def test_netcdf_files_are_byte_identical_across_processes(tmp_path):
+    digests = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        out.mkdir()
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        subprocess.run([sys.executable, "-c", CANONICAL_WRITER, str(out)], check=True, env=env,
+                       timeout=300)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(out.glob("*.nc"))})
+        time.sleep(1.1)  # HDF5 object timestamps, if any were written, would now differ
+    assert digests[0] == digests[1] and len(digests[0]) == 2
+
+
+def test_canonical_hashes_ignore_timings_only(tmp_path):
+    from vimodes.canonical import output_sha256
+
+    record = {"seed": 1, "status": "ok", "fit_seconds": 1.0, "setup_seconds": 2.0, "x": [0.5]}
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    (tmp_path / "b.json").write_text(json.dumps({**record, "fit_seconds": 9.0,
+                                                 "setup_seconds": 3.0}, indent=2))
+    (tmp_path / "c.json").write_text(json.dumps({**record, "x": [0.5000000000000001]}))
+    assert output_sha256(tmp_path / "a.json") == output_sha256(tmp_path / "b.json")
+    assert output_sha256(tmp_path / "a.json") != output_sha256(tmp_path / "c.json")
+    table = pd.DataFrame({"cell": ["a"], "fit_seconds_q25": [1.0], "median_fit_seconds": [2.0],
+                          "sigma": [0.1]})
+    table.to_parquet(tmp_path / "a.parquet")
+    table.assign(fit_seconds_q25=5.0, median_fit_seconds=7.0).to_parquet(tmp_path / "b.parquet")
+    table.assign(sigma=0.1 + 1e-16).to_parquet(tmp_path / "c.parquet")
+    assert output_sha256(tmp_path / "a.parquet") == output_sha256(tmp_path / "b.parquet")
+    assert output_sha256(tmp_path / "a.parquet") != output_sha256(tmp_path / "c.parquet")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Bad input: every error class named by its path, no traceback (default suite)
+
+def _schema_errors(raw):
+    raw["chunk_sise"] = 2  # unknown key
+    raw["draws"] = "many"  # wrong type
+    raw["data_regimes"]["default"]["noise_sd"] = -1  # out of range
+    raw["grids"][0]["methods"] = ["advi", "nutz"]  # unknown method
+    raw["grids"][1]["seeds"] = []  # empty seed list
+
+
+def _unknown_model(raw):
+    raw["grids"][0]["models"] = ["marginel"]
+
+
+def _duplicate_cell(raw):
+    raw["grids"].append({**copy.deepcopy(raw["grids"][0]), "name": "twin"})
+
+
+# Validation reports every schema error at once; cross-references are checked once the schema
+# passes and duplicate cells once the references resolve: three configs, three dry runs.
+BAD_INPUTS = {
+    "schema": (_schema_errors, [
+        "config: unknown key 'chunk_sise'; did you mean 'chunk_size'?",
+        "config.draws: expected type integer, found 'many'",
+        "config.data_regimes.default.noise_sd: expected exclusiveMinimum 0, found -1",
+        "config.grids[0].methods[1]: expected one of", "found 'nutz'; did you mean 'nuts'?",
+        "config.grids[1].seeds: [] is not valid"]),
+    "reference": (_unknown_model, [
+        "config.grids[0].models: unknown model 'marginel'", "did you mean 'marginal'?"]),
+    "duplicate": (_duplicate_cell, [
+        "config.grids[2] ('twin'): duplicate cell "
+        "'marginal__advi__adam__it1000__init-jitter__fullbatch', already declared by grid 'tiny'",
+        "duplicate cell 'marginal__advi__explode__it1000__init-jitter__fullbatch'"]),
+}
+
+
+def test_bad_inputs_are_named_by_path_without_traceback(tmp_path):
+    work = copy_workflow(tmp_path / "wf")
+    configs = {}
+    for name, (spoil, _) in BAD_INPUTS.items():
+        raw = yaml.safe_load((work / TINY).read_text())
+        spoil(raw)
+        (work / "config" / f"bad_{name}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        configs[name] = f"config/bad_{name}.yaml"
+    with ThreadPoolExecutor(len(configs)) as pool:  # three dry runs at once
+        results = dict(zip(configs, pool.map(
+            lambda c: snakemake("-n", "--configfile", c, cwd=work, check=False),
+            configs.values())))
+    for name, (_, expected) in BAD_INPUTS.items():
+        output = results[name].stdout + results[name].stderr
+        assert results[name].returncode != 0, output
+        assert "problem(s) in the configuration:" in output, output
+        for text in expected:
+            assert text in output, f"{name}: {text!r} missing from\n{output[-3000:]}"
+        assert "Traceback" not in output, output
+    assert not (work / "data").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Damaged files: detected, named and regenerated
+
+def _write_outputs(folder: Path):
+    """One good data file, fit chunk (ok + failed record) and parquet file."""
+    from vimodes.records import write_json
+    from vimodes.simulate import DataRegime, simulate, write_dataset
+
+    data = folder / "data" / "sim" / "default" / "seed-0.nc"
+    write_dataset(simulate(DataRegime(n_obs=200), 0, 1), data, {})
+    chunk = folder / "data" / "fits" / "cell" / "chunk-0"
+    chunk.mkdir(parents=True)
+    shutil.copy(data, chunk / "seed-0.nc")  # any complete NetCDF file does for these checks
+    write_json({"seed": 0, "status": "ok"}, chunk / "seed-0.json")
+    write_json({"seed": 1, "status": "failed", "error": "NumericalFailure: x"},
+               chunk / "seed-1.json")
+    table = folder / "data" / "classified" / "cell" / "chunk-0.parquet"
+    table.parent.mkdir(parents=True)
+    pd.DataFrame({"a": range(100)}).to_parquet(table)
+    return data, chunk, table
+
+
+def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Snakemake's paths are relative to its working directory
+    data, chunk, table = (p.relative_to(tmp_path) for p in _write_outputs(tmp_path))
+    chunks = {str(chunk): (0, 1)}
+    assert find_damage([str(data)], chunks, [str(table)]) == []
+
+    size = data.stat().st_size
+    with open(data, "r+b") as handle:
+        handle.truncate(size // 2)
+    (chunk / "seed-0.nc").write_bytes(b"")
+    with open(table, "r+b") as handle:
+        handle.truncate(table.stat().st_size - 5)
+    damage = {d.path: d for d in find_damage([str(data)], chunks, [str(table)])}
+    assert damage[str(data)].reason == f"truncated ({size // 2} of {size} bytes)"
+    assert damage[str(chunk / "seed-0.nc")].reason == "empty (0 bytes)"
+    assert damage[str(chunk / "seed-0.nc")].output == str(chunk)
+    assert "truncated" in damage[str(table)].reason
+
+    (chunk / "seed-0.nc").unlink()
+    (chunk / "seed-1.json").write_text('{"seed": 1, "status": "fai')
+    problems = {d.path: d.reason for d in find_damage([], chunks)}
+    assert problems[str(chunk / "seed-0.nc")] == "missing (its record says status 'ok')"
+    assert problems[str(chunk / "seed-1.json")].startswith("truncated or not valid JSON")
+    (chunk / "seed-1.json").write_text('{"seed": 7, "status": "ok"}')
+    reasons = {d.path: d.reason for d in find_damage([], chunks)}
+    assert reasons[str(chunk / "seed-1.json")] == "holds seed 7, expected 1"
+    (chunk / "seed-1.json").unlink()
+    reasons = {d.path: d.reason for d in find_damage([], chunks)}
+    assert reasons[str(chunk / "seed-1.json")] == "missing (the chunk is incomplete)"
+    # a chunk of another layout (chunk_size changed) is left to Snakemake's params trigger
+    (chunk / "seed-0.json").write_text('{"seed": 0, "status": "ok", "chunk_seeds": [0, 1, 2]}')
+    assert find_damage([], chunks) == []
+    (chunk / "seed-0.json").write_text('{"seed": 0, "status": "ok", "chunk_seeds": [0, 1]}')
+    (tmp_path / "foreign.nc").write_text("not hdf5")
+    assert "no HDF5 signature" in netcdf_problem(tmp_path / "foreign.nc")
+    assert parquet_problem(tmp_path / "foreign.nc").startswith("truncated or not a parquet")
+
+    # a locked directory (a Snakemake run in progress): report, change nothing
+    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "locks" / "0.input.lock").write_text("")
+    messages = []
+    integrity_check([str(data)], chunks, [str(table)], log=messages.append)
+    assert "locked" in messages[0] and snakemake_state(".")[1] == set()
+    # unlocked: every damaged output is named and marked incomplete, in Snakemake's format
+    shutil.rmtree(tmp_path / ".snakemake" / "locks")
+    messages.clear()
+    found = integrity_check([str(data)], chunks, [str(table)], log=messages.append)
+    assert {d.output for d in found} == {str(data), str(chunk), str(table)}
+    for path in (data, chunk / "seed-0.nc", table):
+        assert str(path) in messages[0]
+    assert snakemake_state(".") == (False, {str(data), str(chunk), str(table)})
+    # marked outputs are left to --rerun-incomplete: not reported twice
+    messages.clear()
+    assert integrity_check([str(data)], chunks, [str(table)], log=messages.append) == []
+    assert messages == []
+
+
+def test_integrity_check_is_fast_for_thousands_of_outputs(tmp_path):
+    """4000 fit chunks (8000 records, 4000 posterior files) and 100 data sets."""
+    data, chunk, table = _write_outputs(tmp_path)
+    record = json.dumps({"seed": 0, "status": "ok", "loss_trace": list(range(100))})
+    chunks = {}
+    for k in range(4000):
+        folder = tmp_path / "many" / f"chunk-{k}"
+        folder.mkdir(parents=True)
+        os.link(chunk / "seed-0.nc", folder / "seed-0.nc")
+        (folder / "seed-0.json").write_text(record)
+        (folder / "seed-1.json").write_text(record.replace('"seed": 0', '"seed": 1')
+                                            .replace('"ok"', '"failed"'))
+        chunks[str(folder)] = (0, 1)
+    data_files = []
+    for s in range(100):
+        data_files.append(str(tmp_path / f"data-{s}.nc"))
+        os.link(data, data_files[-1])
+    started = time.perf_counter()
+    assert find_damage(data_files, chunks, [str(table)] * 100) == []
+    elapsed = time.perf_counter() - started
+    print(f"integrity check of 12,200 files: {elapsed:.2f} s")
+    assert elapsed < 10  # about 0.5 s on an idle 2-core machine
+
+
+def test_damaged_outputs_are_named_and_planned_for_regeneration(failing_study, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(failing_study[0], work, symlinks=True)  # keeps mtimes and .snakemake
+    config = failing_study[1]
+    data = work / "data" / "sim" / "default" / "seed-1.nc"
+    with open(data, "r+b") as handle:
+        handle.truncate(1000)
+    fit_nc = chunk_dir(work, CAVI_CELL, 0) / "seed-0.nc"
+    with open(fit_nc, "r+b") as handle:
+        handle.truncate(fit_nc.stat().st_size - 100)
+    fit_json = chunk_dir(work, EXPLODE_CELL, 0) / "seed-1.json"
+    fit_json.write_text(fit_json.read_text()[:200])
+    (data.parent / ".seed-0.nc.x1y2.tmp").write_bytes(b"\x89HDF")  # a killed write's leftover
+
+    out = snakemake("data/tables/cells.csv", "report/summary.md", "-n", "--rerun-incomplete",
+                    "--configfile", config, cwd=work)
+    text = out.stdout + out.stderr
+    assert "Integrity check: 3 damaged output file(s)" in text
+    assert "data/sim/default/seed-1.nc: truncated (1000 of" in text
+    assert f"data/fits/{CAVI_CELL}/chunk-0/seed-0.nc: truncated" in text
+    assert f"data/fits/{EXPLODE_CELL}/chunk-0/seed-1.json: truncated or not valid JSON" in text
+    assert "removed 1 temporary file(s)" in text
+    # the damaged data set, both chunks that read it (and so everything downstream) rerun
+    assert job_count(text, "simulate") == 1
+    assert job_count(text, "fit_chunk") == 2
+    assert job_count(text, "aggregate") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: whole studies (make test-slow)
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    """The workflow sources copied once, so that every run of a comparison uses the same
+    sources even if the repository changes meanwhile (tiny.yaml extends config/config.yaml)."""
+    return copy_workflow(tmp_path_factory.mktemp("snapshot"))
+
+
+def from_snapshot(snapshot: Path, target: Path) -> Path:
+    shutil.copytree(snapshot, target, symlinks=True)
+    return target
+
+
+def run_tiny(work: Path, *extra, cores=2, env=None):
+    return snakemake("--cores", str(cores), "--configfile", TINY, *extra, cwd=work, env=env)
+
+
+@pytest.fixture(scope="module")
+def baseline(snapshot, tmp_path_factory):
+    """The uninterrupted tiny study (--cores 2) and the canonical hashes of its outputs."""
+    work = from_snapshot(snapshot, tmp_path_factory.mktemp("baseline") / "wf")
+    started = time.perf_counter()
+    run_tiny(work)
+    hashes = study_hashes(work)
+    print(f"baseline: {len(hashes)} outputs in {time.perf_counter() - started:.0f} s")
+    return work, hashes
+
+
+def _assert_same_study(expected: dict, work: Path):
+    found = study_hashes(work)
+    assert not diff_hashes(expected, found), "\n".join(diff_hashes(expected, found))
+
+
+def _fit_outputs(hashes: dict) -> int:
+    return sum(1 for k in hashes if k.startswith("data/fits/"))
+
+
+@pytest.mark.slow
+def test_rerun_with_one_core_is_identical(snapshot, baseline, tmp_path):
+    """Same config, a second run, --cores 1 instead of 2: identical NetCDF bytes, records (less
+    timings) and tables (less timings)."""
+    work = from_snapshot(snapshot, tmp_path / "wf")
+    run_tiny(work, cores=1)
+    _assert_same_study(baseline[1], work)
+    assert _fit_outputs(baseline[1]) == 9 + 6  # 9 records, 6 posterior files (3 fits failed)
+
+
+def _group_alive(pgid: int) -> list[str]:
+    ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True,
+                        text=True).stdout
+    return [line for line in ps.splitlines() if line.split()[1][0] != "Z"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGINT-group", "SIGKILL-group"])
+def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_path, how):
+    """Interrupt the study as soon as a fit chunk of two seeds has written its first seed, then
+    resume with the documented recipe and compare every output with the uninterrupted run.
+
+    SIGINT: to the Snakemake process only (`kill -INT <pid>`; it stops its own jobs).
+    SIGINT-group: to the whole process group, as Ctrl-C in a terminal does (jobs get it too).
+    SIGKILL-group: `kill -9` of the whole process group (`os.killpg`), as an OOM kill of the
+    session's cgroup, a lost node or a closed terminal with `kill -9 -<pgid>` does. A SIGKILL of
+    Snakemake alone would orphan its running jobs, which keep writing; see RELIABILITY.md.
+    """
+    work = from_snapshot(snapshot, tmp_path / "wf")
+    log = open(tmp_path / "interrupted.log", "w")
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY], cwd=work,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not list((work / "data" / "fits").glob("*/chunk-0/seed-0.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "study ended before the kill"
+        time.sleep(0.05)
+    mid_chunk = not list((work / "data" / "fits").glob("*/chunk-0/seed-1.json"))
+    sig = signal.SIGKILL if how.startswith("SIGKILL") else signal.SIGINT
+    if how.endswith("-group"):
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=300)
+    time.sleep(2)
+    assert _group_alive(proc.pid) == [], "jobs survived the interrupted Snakemake"
+    assert not (work / "data" / "tables" / "cells.parquet").exists()  # interrupted mid-study
+    locked, incomplete = snakemake_state(work)
+    print(f"{how}: mid-chunk={mid_chunk}, locked={locked}, incomplete={sorted(incomplete)}")
+
+    # the recipe (tests/RELIABILITY.md): --unlock if the directory is still locked, then
+    # --rerun-incomplete
+    if locked:
+        snakemake("--unlock", "--configfile", TINY, cwd=work)
+    resumed = run_tiny(work, "--rerun-incomplete")
+    assert "Error in rule" not in resumed.stdout + resumed.stderr
+    _assert_same_study(baseline[1], work)
+
+
+@pytest.mark.slow
+def test_damaged_files_are_regenerated(baseline, tmp_path):
+    """Truncate a data set, a posterior file and a fit record of a finished study: the next run
+    names them (and refuses to reuse them), the recipe regenerates the identical study."""
+    work = tmp_path / "copy"
+    shutil.copytree(baseline[0], work, symlinks=True)
+    data = work / "data" / "sim" / "default" / "seed-2.nc"
+    with open(data, "r+b") as handle:
+        handle.truncate(4096)
+    adam = "marginal__advi__adam__it1000__init-jitter__fullbatch"
+    fit_nc = chunk_dir(work, adam, 0) / "seed-1.nc"
+    with open(fit_nc, "r+b") as handle:
+        handle.truncate(fit_nc.stat().st_size // 2)
+    fit_json = chunk_dir(work, CAVI_CELL, 0) / "seed-0.json"
+    fit_json.write_text(fit_json.read_text()[:-20])
+
+    refused = snakemake("--cores", "2", "--configfile", TINY, cwd=work, check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "IncompleteFilesException" in text
+    for path in (data, fit_nc, fit_json):
+        assert str(path.relative_to(work)) in text
+    run_tiny(work, "--rerun-incomplete")
+    _assert_same_study(baseline[1], work)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Parallel fits on a cold compile cache
+
+def test_compile_cache_flags(monkeypatch):
+    """fit_chunk.py calls configure_compile_cache() before importing pytensor: a long lock
+    timeout unless one is given, and VIMODES_COMPILEDIR moves the cache."""
+    from vimodes.runtime import COMPILE_LOCK_TIMEOUT_S, configure_compile_cache
+
+    monkeypatch.setenv("PYTENSOR_FLAGS", "base_compiledir=/tmp/x")
+    monkeypatch.delenv("VIMODES_COMPILEDIR", raising=False)
+    configure_compile_cache()
+    assert os.environ["PYTENSOR_FLAGS"] == (f"base_compiledir=/tmp/x,"
+                                            f"compile__timeout={COMPILE_LOCK_TIMEOUT_S}")
+    monkeypatch.setenv("PYTENSOR_FLAGS", "compile__timeout=5")
+    monkeypatch.setenv("VIMODES_COMPILEDIR", "/tmp/y")
+    configure_compile_cache()
+    assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,base_compiledir=/tmp/y"
+
+
+@pytest.mark.slow
+def test_parallel_fits_on_a_cold_compile_cache_all_succeed(tmp_path):
+    """Six fit jobs at once (--cores 6 on any machine) on an empty base_compiledir with no
+    compile__timeout given: runtime.configure_compile_cache raises the lock timeout, so jobs
+    queued behind the compile lock wait instead of crashing (pymc#6818)."""
+    work = copy_workflow(tmp_path / "wf")
+    compiledir = tmp_path / "pytensor-cold"
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}")
+    study = load_study(work / TINY)
+    targets = [f"data/fits/{cell}/chunk-{chunk}" for cell, chunk in study.fit_chunks()]
+    started = time.perf_counter()
+    snakemake(*targets, "--cores", "6", "--configfile", TINY, cwd=work, env=env)
+    elapsed = time.perf_counter() - started
+    setup = []
+    for cell, chunk in study.fit_chunks():
+        for seed in study.chunk_seeds(cell, chunk):
+            record = json.loads((chunk_dir(work, cell, chunk) / f"seed-{seed}.json").read_text())
+            expected = "failed" if cell == EXPLODE_CELL else "ok"
+            assert record["status"] == expected, record["error"]
+            setup.append(record["setup_seconds"])
+    logs = " ".join(p.read_text() for p in (work / "logs" / "fit").rglob("*.log"))
+    assert "Timeout" not in logs and "filelock" not in logs
+    assert any(compiledir.rglob("*.so"))  # the cache was built by these jobs
+    print(f"cold parallel fits: {len(targets)} jobs in {elapsed:.0f} s, "
+          f"setup {min(setup):.0f}-{max(setup):.0f} s")

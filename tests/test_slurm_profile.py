@@ -1,0 +1,116 @@
+"""The SLURM profile (workflow/profiles/slurm) without a cluster: a dry run of the default study
+through the profile plans every job, submits only fits to SLURM, and gives every fit job the
+resources sbatch needs. The real run on a local cluster is tests/test_slurm.py (`make test-slurm`)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_workflow
+from vimodes.config import load_study
+
+BIN = Path(sys.executable).parent
+PROFILE = "workflow/profiles/slurm"
+SUBMITTED_RULES = {"fit_chunk"}  # every other rule is a localrule (workflow/rules/common.smk)
+
+
+def parse_dry_run(output: str) -> list[dict]:
+    """The jobs of a (non-quiet) dry run: rule, local or not, wildcards and resources."""
+    jobs = []
+    for line in output.splitlines():
+        match = re.match(r"^(localrule|rule) (\w+):$", line)
+        if match:
+            jobs.append({"local": match.group(1) == "localrule", "rule": match.group(2),
+                         "resources": {}, "wildcards": {}})
+        elif jobs and line.startswith("    resources: "):
+            jobs[-1]["resources"] = dict(item.split("=", 1) for item in
+                                         line[len("    resources: "):].split(", "))
+        elif jobs and line.startswith("    wildcards: "):
+            jobs[-1]["wildcards"] = dict(item.split("=", 1) for item in
+                                         line[len("    wildcards: "):].split(", "))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def slurm_dry_run(tmp_path_factory):
+    work = copy_workflow(tmp_path_factory.mktemp("slurm-profile"))
+    # no cluster: a dry run must not call sbatch/sacct/squeue
+    env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
+    result = subprocess.run([str(BIN / "snakemake"), "--profile", PROFILE, "-n",
+                             "--configfile", "config/config.yaml"],
+                            cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "localrules directive specifies rules that are not" not in result.stderr
+    return work, parse_dry_run(result.stdout)
+
+
+def test_profile_has_the_cluster_settings(repo):
+    profile = yaml.safe_load((repo / PROFILE / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["jobs"] >= 1 and profile["retries"] >= 1 and profile["rerun-incomplete"]
+    assert profile["slurm-init-seconds-before-status-checks"] > 0
+    resources = profile["default-resources"]
+    assert {"slurm_account", "slurm_partition", "mem_mb", "runtime"} <= set(resources)
+    # placeholders the user must replace (the SLURM plugin refuses an unknown account)
+    assert "FILL_IN" in resources["slurm_account"] and "FILL_IN" in resources["slurm_partition"]
+    # the node-local compile cache and HDF5 setting, sourced on the node before each job
+    sourced = profile["precommand"].split()
+    assert sourced[0] == "." and (repo / sourced[1]).is_file()
+    script = (repo / sourced[1]).read_text()
+    assert "export VIMODES_COMPILEDIR" in script and "HDF5_USE_FILE_LOCKING=FALSE" in script
+
+
+def test_job_environment_script_is_node_local(tmp_path, repo):
+    """jobenv.sh, sourced by /bin/sh as SLURM runs it, points the compile cache at node tmp."""
+    script = repo / PROFILE / "jobenv.sh"
+    env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)}
+    out = subprocess.run(["sh", "-c", f'. "{script}" && echo "$VIMODES_COMPILEDIR" && '
+                          'echo "$HDF5_USE_FILE_LOCKING"'], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    assert out == [f"{tmp_path}/vimodes-pytensor-{user}", "FALSE"]
+
+
+def test_slurm_dry_run_plans_every_job(slurm_dry_run):
+    work, jobs = slurm_dry_run
+    study = load_study(work / "config" / "config.yaml")
+    fits = [j for j in jobs if j["rule"] == "fit_chunk"]
+    assert {(j["wildcards"]["cell"], int(j["wildcards"]["chunk"])) for j in fits} == \
+        set(study.fit_chunks())
+    assert len(fits) == len(study.fit_chunks())
+    assert sum(j["rule"] == "simulate" for j in jobs) == len(study.datasets())
+    assert sum(j["rule"] == "classify_chunk" for j in jobs) == len(study.fit_chunks())
+    assert any(j["rule"] == "write_report" for j in jobs)
+
+
+def localrules(common_smk: str) -> set[str]:
+    """The rule names of the `localrules:` directive."""
+    block = re.search(r"^localrules:\n((?:    \w+,?\n)+)", common_smk, re.MULTILINE)
+    assert block, "no localrules: directive in workflow/rules/common.smk"
+    return {name.strip(" ,") for name in block.group(1).splitlines()}
+
+
+def test_only_fits_are_submitted_to_slurm(slurm_dry_run):
+    """(A dry run prints every job as `rule`, so the localrules directive is read; the real
+    submissions are checked by tests/test_slurm.py.)"""
+    work, jobs = slurm_dry_run
+    local = localrules((work / "workflow" / "rules" / "common.smk").read_text())
+    planned = {j["rule"] for j in jobs}
+    assert local <= planned  # no typo: every named rule exists and runs in the default study
+    assert planned - local - {"all"} == SUBMITTED_RULES
+
+
+def test_every_fit_job_has_slurm_resources(slurm_dry_run):
+    _, jobs = slurm_dry_run
+    fits = [j for j in jobs if j["rule"] == "fit_chunk"]
+    assert fits
+    for job in fits:
+        res = job["resources"]
+        assert int(res["mem_mb"]) >= 1000, job
+        assert int(res["runtime"]) >= 5, job
+        assert res["slurm_account"] and res["slurm_partition"], job
