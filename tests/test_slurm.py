@@ -5,7 +5,7 @@ posterior draws, and the fits table the same outcomes.
 
 `make test-slurm` (pytest -m slurm -o addopts=""). Needs root on Debian 12: the cluster is
 installed (apt, skipped when installed) and started if it is not up, and stopped afterwards only
-if this module started it. Takes about 25 minutes on a busy 2-core machine (see
+if this module started it. Takes 15-25 minutes on a busy 2-core machine (see
 tests/slurm/RUNNING_ON_SLURM.md); the timings are printed."""
 
 import getpass

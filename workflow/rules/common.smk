@@ -14,7 +14,9 @@ from vimodes.config import ConfigError, build_study, load_yaml
 # The default study, unless a --configfile gave one. (A `configfile:` directive would be merged
 # with every --configfile, so nested keys of config.yaml would leak into other studies.)
 if "grids" not in config:
-    config.update({**load_yaml(Path(workflow.basedir) / "config" / "config.yaml"), **config})
+    config.update(
+        {**load_yaml(Path(workflow.basedir) / "config" / "config.yaml"), **config}
+    )
 
 try:
     STUDY = build_study(config, source="the configuration")
