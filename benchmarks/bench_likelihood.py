@@ -40,23 +40,9 @@ def simulate(n, slopes=(3.0, -1.0), sigma=0.1, weights=(0.5, 0.5), seed=0):
 
 
 def build_model(x, y, fused, k=2):
-    import pymc as pm
+    from vimodes.fastlik import comparison_model
 
-    from vimodes.fastlik import add_fused_likelihood
-
-    with pm.Model() as model:
-        xd = pm.Data("x", x)
-        yd = pm.Data("y", y)
-        w = pm.Dirichlet("w", a=np.ones(k))
-        slopes = pm.Normal("slopes", 0.0, 5.0, shape=k)
-        sigma = pm.HalfNormal("sigma", 1.0)
-        if fused:
-            add_fused_likelihood("lik", xd, yd, w, slopes, sigma)
-        else:
-            pm.NormalMixture(
-                "obs", w=w, mu=xd[:, None] * slopes[None, :], sigma=sigma, observed=yd
-            )
-    return model
+    return comparison_model(x, y, fused, n_components=k)
 
 
 def time_call(fn, min_time=1.0, min_reps=10, max_reps=2000):

@@ -47,19 +47,9 @@ def numpy_loglike(x, y, weights, slopes, sigma):
 
 
 def build_model(x, y, fused, k=2):
-    with pm.Model() as model:
-        xd = pm.Data("x", x)
-        yd = pm.Data("y", y)
-        w = pm.Dirichlet("w", a=np.ones(k))
-        slopes = pm.Normal("slopes", 0.0, 5.0, shape=k)
-        sigma = pm.HalfNormal("sigma", 1.0)
-        if fused:
-            add_fused_likelihood("lik", xd, yd, w, slopes, sigma)
-        else:
-            pm.NormalMixture(
-                "obs", w=w, mu=xd[:, None] * slopes[None, :], sigma=sigma, observed=yd
-            )
-    return model
+    from vimodes.fastlik import comparison_model
+
+    return comparison_model(x, y, fused, n_components=k)
 
 
 def random_points(n_points, seed=123):

@@ -485,3 +485,22 @@ def add_fused_likelihood(name, x, y, weights, slopes, sigma, *, log_weights=Fals
         return pm.Potential(
             name, mixture_regression_loglike(x, y, weights, slopes, sigma, log_weights=log_weights)
         )
+
+
+def comparison_model(x, y, fused: bool, n_components: int = 2):
+    """A small model with either the fused likelihood or ``pm.NormalMixture`` and otherwise
+    identical priors: what the equality tests and the likelihood benchmark compare."""
+    import pymc as pm
+
+    with pm.Model() as model:
+        x_data = pm.Data("x", x)
+        y_data = pm.Data("y", y)
+        weights = pm.Dirichlet("w", a=np.ones(n_components))
+        slopes = pm.Normal("slopes", 0.0, 5.0, shape=n_components)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        if fused:
+            add_fused_likelihood("lik", x_data, y_data, weights, slopes, sigma)
+        else:
+            pm.NormalMixture("obs", w=weights, mu=x_data[:, None] * slopes[None, :],
+                             sigma=sigma, observed=y_data)
+    return model
