@@ -38,12 +38,13 @@ import numpy as np  # noqa: E402
 SEED_BASE = 20180913
 
 
-def _study(n_obs: int, seeds: int, method: str = "advi", chains: int = 1, sampler="nutpie",
-           likelihood="fused"):
+def _study(n_obs: int, seeds: int | list[int], method: str = "advi", chains: int = 1,
+           sampler="nutpie", likelihood="fused"):
     from vimodes.config import build_study
 
     return build_study({
-        "study_name": "bench", "seed_base": SEED_BASE, "chunk_size": seeds,
+        "study_name": "bench", "seed_base": SEED_BASE,
+        "chunk_size": seeds if isinstance(seeds, int) else len(seeds),
         "data_regimes": {"default": {"n_obs": n_obs}},
         "nuts": {"sampler": sampler, "likelihood": likelihood},
         "grids": [{"name": "bench", "models": ["marginal"], "methods": [method],
@@ -93,7 +94,7 @@ def bench_vi(chunk: int, folder: Path) -> dict:
     paths = _write_data(study, folder)
     # warm the compile cache once, so that every path below measures warm-cache costs
     run_chunk_process(_study(100_000, 1), 0, paths[:1], folder / "warm")
-    naive = [run_chunk_process(_study(100_000, 1), 0, [p], folder / f"naive-{i}")
+    naive = [run_chunk_process(_study(100_000, [i]), 0, [p], folder / f"naive-{i}")
              for i, p in enumerate(paths[:3])]
     chunked = run_chunk_process(study, 0, paths, folder / "chunked")
 

@@ -108,3 +108,11 @@ def test_weights_must_sum_to_one(smoke):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_study(tmp_path / "nope.yaml")
+
+
+def test_classifier_defaults_are_the_documented_ones(smoke):
+    """The schema's defaults must be those justified in vimodes.classify.ClassifierSettings."""
+    from vimodes.classify import ClassifierSettings
+
+    smoke.pop("classifier", None)
+    assert ClassifierSettings(**build_study(smoke).config["classifier"]) == ClassifierSettings()
