@@ -87,6 +87,26 @@ def fit_runtime_minutes(wildcards):
     return int(5 + 3 * n_seeds * per_fit)
 
 
+def fit_settings(wildcards):
+    """Every config value a fit of this cell depends on beyond its axes (a params: entry, so
+    that changing e.g. `draws`, `nuts.tune` or an init's scale reruns exactly those fits).
+    """
+    cell = STUDY.cell_by_id[wildcards.cell]
+    settings = {
+        "seed_base": STUDY.config["seed_base"],
+        "draws": STUDY.config["draws"],
+        "data_regime": STUDY.config["data_regimes"][cell.data_regime],
+        "init": STUDY.config["inits"].get(cell.init),
+    }
+    if cell.method == "nuts":
+        settings["nuts"] = STUDY.config["nuts"]
+    else:
+        settings["vi"] = STUDY.config["vi"]
+        if cell.method == "pathfinder":
+            settings["likelihood"] = STUDY.config["nuts"]["likelihood"]
+    return settings
+
+
 def all_chunk_outputs(pattern):
     return [pattern.format(cell=c, chunk=k) for c, k in STUDY.fit_chunks()]
 

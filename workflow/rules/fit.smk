@@ -25,6 +25,7 @@ rule fit_chunk:
     params:
         cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
         seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
+        settings=fit_settings,
         pymc_version=PYMC_VERSION,
     script:
         "../scripts/fit_chunk.py"
