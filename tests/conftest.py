@@ -1,10 +1,15 @@
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+RUN_TIMEOUT_S = 1800  # one study on a busy 2-core machine takes 2-5 minutes
 
 # A private compile cache per test session keeps parallel developers/CI from contending, while
 # reusing compiled code across the tests of one session.
@@ -24,3 +29,22 @@ def copy_workflow(target: Path) -> Path:
         shutil.copytree(REPO / folder, target / folder, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+def snakemake(*args, cwd, check=True, env=None, timeout=RUN_TIMEOUT_S):
+    """Run the venv's snakemake in `cwd`; with `check`, fail with the tail of its output."""
+    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
+                            env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+def job_count(dry_run_output: str, rule: str) -> int:
+    """The count of `rule` in the job-stats table of a dry run."""
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
+            return int(parts[1])
+    return 0

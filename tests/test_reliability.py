@@ -24,35 +24,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_workflow
+from conftest import RUN_TIMEOUT_S, SNAKEMAKE, copy_workflow, job_count, snakemake
 from vimodes.canonical import diff_hashes, study_hashes
 from vimodes.config import load_study
 from vimodes.records import (find_damage, integrity_check, netcdf_problem, parquet_problem,
                              snakemake_state, stale_temporary_files)
 
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
 TINY = "config/tiny.yaml"
-RUN_TIMEOUT_S = 1800  # one study on a busy 2-core machine takes 2-5 minutes
 EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
 CAVI_CELL = "marginal__cavi__it50__init-jitter"
-
-
-def snakemake(*args, cwd, check=True, env=None, timeout=RUN_TIMEOUT_S):
-    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
-                            env=env, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
-
-
-def job_count(output: str, rule: str) -> int:
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
-            return int(parts[1])
-    return 0
 
 
 def tiny_subset(work: Path, name: str, **changes) -> str:

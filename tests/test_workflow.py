@@ -3,35 +3,12 @@ end-to-end run of the smoke study whose outputs are checked."""
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import copy_workflow
+from conftest import BIN, copy_workflow, job_count, snakemake
 from vimodes.config import load_study
-
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-
-
-def snakemake(*args, cwd, check=True):
-    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
-
-
-def job_count(dry_run_output: str, rule: str) -> int:
-    """The count of `rule` in the job-stats table of a dry run."""
-    for line in dry_run_output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
-            return int(parts[1])
-    return 0
-
 
 @pytest.mark.parametrize("config", ["config.yaml", "smoke.yaml", "full.yaml"])
 def test_dry_run_plans_the_whole_grid(repo, tmp_path, config):

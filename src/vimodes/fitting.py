@@ -20,8 +20,6 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
-from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.traversal import ancestors
 from pytensor.tensor.random.type import RandomGeneratorType
 
 from vimodes.models import MODEL_SPECS, build_model
@@ -141,9 +139,7 @@ class VIFitter(_Fitter):
         self.has_loss = s.method != "svgd"
         self.step = self.inference.objective.step_function(
             obj_optimizer=_optimizer(s.optimizer_name, s.learning_rate), score=self.has_loss)
-        shared = [v for v in ancestors(self.step.maker.fgraph.outputs)
-                  if isinstance(v, SharedVariable)]
-        shared += [v for v in self.step.get_shared() if v not in shared]
+        shared = list(self.step.get_shared())
         self.rngs = [v for v in shared if isinstance(v.type, RandomGeneratorType)]
         data_vars = {self.x_data, self.y_data}
         self.state = {v: v.get_value(borrow=False) for v in shared
