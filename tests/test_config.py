@@ -46,6 +46,15 @@ def test_chunks_cover_every_seed_once(smoke):
     assert chunks == [(10, 11), (12, 13), (14,)]
 
 
+def test_nuts_cells_use_their_own_chunk_size(smoke):
+    smoke["chunk_size"], smoke["nuts_chunk_size"] = 4, 2
+    smoke["grids"] = [{"name": "g", "models": ["marginal"], "methods": ["advi", "nuts"],
+                       "seeds": 5}]
+    study = build_study(smoke)
+    sizes = {c.method: [len(k) for k in study.chunks(c)] for c in study.cells}
+    assert sizes == {"advi": [4, 1], "nuts": [2, 2, 1]}
+
+
 def test_defaults_are_filled(smoke):
     study = build_study(smoke)
     assert study.config["vi"]["convergence_tolerance"] == 1e-4

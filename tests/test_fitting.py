@@ -37,6 +37,23 @@ def test_chunked_fit_equals_a_fit_done_alone(datasets, method):
     assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
 
 
+@pytest.mark.parametrize("method", ["advi", "svgd"])
+def test_full_batch_fused_likelihood_follows_the_normal_mixture_path(datasets, method):
+    """The fused Op is a speed path only: a full-batch fit takes the same steps with it."""
+    common = dict(method=method, batch_size=0, iterations=100, svgd_particles=5,
+                  learning_rate=0.05)
+    fits = {lik: make_fitter(settings(likelihood=lik, **common), N) for lik in ("pymc", "fused")}
+    assert type(fits["fused"].model["y_obs"].owner.op).__name__ != type(
+        fits["pymc"].model["y_obs"].owner.op).__name__
+    results = {lik: f.fit(datasets[0], SEED_BASE, 0) for lik, f in fits.items()}
+    assert results["pymc"].status == results["fused"].status == "ok"
+    np.testing.assert_allclose(results["fused"].info["mean_trace"],
+                               results["pymc"].info["mean_trace"], rtol=1e-6, atol=1e-8)
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_allclose(results["fused"].draws[name], results["pymc"].draws[name],
+                                   rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("method", ["advi", "fullrank_advi"])
 def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets, method):
     fitter = make_fitter(settings(iterations=1, method=method), N)

@@ -47,7 +47,6 @@ from pymc.blocking import DictToArrayBijection
 from pymc.util import _get_seeds_per_chain
 
 from vimodes.fitting import NUMERICAL_ERRORS, VARIABLES, FitResult, FitSettings, _Fitter, fit_rng
-from vimodes.models import build_model
 from vimodes.simulate import Dataset
 
 # pymc-extras' defaults (fit_pathfinder), pinned here so that a library upgrade that changes
@@ -128,9 +127,6 @@ class PathfinderFitter(_Fitter):
             raise ValueError("pathfinder needs at least one path and one draw per path")
         self.jitter = self._jitter(s)
         super().__init__(s, n_obs, batch_size=0)
-        if s.likelihood != "pymc":  # the base class builds the pm.NormalMixture model for VI
-            self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0,
-                                     likelihood=s.likelihood)
         self._point_map_info = DictToArrayBijection.map(self.model.initial_point()).point_map_info
         self.n_params = sum(size for _, _, size, _ in self._point_map_info)
         self.maxcor = default_maxcor(self.n_params)
