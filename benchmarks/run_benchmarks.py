@@ -10,14 +10,20 @@ Rows:
   NUTS (marginal model, one chain, 1000 tune + 1000 draws, N = 100000):
     pymc       PyMC's own sampler with pm.NormalMixture;
     pipeline   nutpie with the fused likelihood (the default);
-    floor      gradient evaluations x time of one fused logp+gradient evaluation.
-  Scaling: NUTS seconds versus N.
-Usage: python benchmarks/run_benchmarks.py [--quick] [--chunk 10] [--out benchmarks/results]
+    floor      gradient evaluations x time of one fused logp+gradient evaluation;
+    numpyro    the optional JAX backend (when numpyro is installed), first data set including
+               JIT compilation and a second one reusing the compiled sampler.
+  Scaling: NUTS seconds versus N; a whole one-cell `snakemake --cores 2` study versus its
+  number of seeds (fixed cost and cost per seed).
+VI rows use the default study's settings (chunk size, k-hat draws, convergence callback).
+Usage: python benchmarks/run_benchmarks.py [--quick] [--chunk 50] [--scaling-seeds 4,16,64]
+       [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import subprocess
@@ -38,8 +44,16 @@ import numpy as np  # noqa: E402
 SEED_BASE = 20180913
 
 
+def default_study_config() -> dict:
+    """The default study's config (config/config.yaml), validated, defaults filled in."""
+    from vimodes.config import load_study
+
+    return load_study(REPO / "config" / "config.yaml").config
+
+
 def _study(n_obs: int, seeds: int | list[int], method: str = "advi", chains: int = 1,
            sampler="nutpie", likelihood="fused"):
+    """One cell with the default study's VI settings (k-hat draws, convergence callback)."""
     from vimodes.config import build_study
 
     return build_study({
@@ -47,6 +61,7 @@ def _study(n_obs: int, seeds: int | list[int], method: str = "advi", chains: int
         "chunk_size": seeds if isinstance(seeds, int) else len(seeds),
         "data_regimes": {"default": {"n_obs": n_obs}},
         "nuts": {"sampler": sampler, "likelihood": likelihood},
+        "vi": default_study_config()["vi"],
         "grids": [{"name": "bench", "models": ["marginal"], "methods": [method],
                    "chains": [chains], "seeds": seeds}],
     })
@@ -111,6 +126,37 @@ def bench_vi(chunk: int, folder: Path) -> dict:
             "floor_s_per_fit": floor, "chunk_size": chunk}
 
 
+def bench_study_scaling(seed_counts, folder: Path, cores: int = 2) -> list[tuple[int, float]]:
+    """Wall time of a whole `snakemake --cores 2` study run (simulate, fit, classify, aggregate,
+    figures, report) of one main cell -- marginal model, meanfield ADVI, adam 1e-2, jittered
+    start, N = 100000, the default study's chunk size -- against its number of seeds."""
+    import shutil
+
+    import yaml
+
+    default = default_study_config()
+    times = []
+    for n_seeds in seed_counts:
+        work = folder / f"study-{n_seeds}"
+        work.mkdir(parents=True)
+        shutil.copy(REPO / "Snakefile", work / "Snakefile")
+        for sub in ("workflow", "config"):
+            shutil.copytree(REPO / sub, work / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        config = {key: default[key] for key in (
+            "seed_base", "draws", "chunk_size", "nuts_chunk_size", "data_regimes", "optimizers",
+            "inits", "vi", "classifier")}
+        config["study_name"] = f"scaling-{n_seeds}"
+        config["grids"] = [{"name": "scaling", "models": ["marginal"], "methods": ["advi"],
+                            "optimizers": ["adam_1e-2"], "inits": ["jitter"], "seeds": n_seeds}]
+        (work / "config" / "scaling.yaml").write_text(yaml.safe_dump(config))
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", str(cores),
+                        "--configfile", "config/scaling.yaml", "--quiet"], cwd=work, check=True,
+                       capture_output=True)
+        times.append((n_seeds, time.perf_counter() - started))
+    return times
+
+
 def bench_nuts(n_obs: int, folder: Path, samplers=("pymc", "pipeline")) -> dict:
     from vimodes.fitting import FitSettings, NutsFitter
     from vimodes.simulate import read_dataset
@@ -119,7 +165,8 @@ def bench_nuts(n_obs: int, folder: Path, samplers=("pymc", "pipeline")) -> dict:
     data = read_dataset(_write_data(study, folder / f"nuts-{n_obs}")[0])
     out = {}
     for name in samplers:
-        sampler, likelihood = ("pymc", "pymc") if name == "pymc" else ("nutpie", "fused")
+        sampler, likelihood = {"pymc": ("pymc", "pymc"), "pipeline": ("nutpie", "fused"),
+                               "numpyro": ("numpyro", "fused")}[name]
         settings = FitSettings(model="marginal", method="nuts", chains=1, draws=1000, tune=1000,
                                sampler=sampler, likelihood=likelihood)
         started = time.perf_counter()
@@ -127,6 +174,11 @@ def bench_nuts(n_obs: int, folder: Path, samplers=("pymc", "pipeline")) -> dict:
         result = fitter.fit(data, SEED_BASE, 0)
         out[f"{name}_s"] = time.perf_counter() - started
         out[f"{name}_status"] = result.status
+        if name == "numpyro":  # a second data set: what a chunk pays once JAX has compiled
+            started = time.perf_counter()
+            again = fitter.fit(data, SEED_BASE, 1)
+            out["numpyro_warm_s"] = time.perf_counter() - started
+            out["numpyro_warm_status"] = again.status
         if name == "pipeline":
             out["gradient_evaluations_draws"] = result.info["gradient_evaluations"]
     return out
@@ -153,10 +205,14 @@ def bench_gradient(n_obs: int = 100_000, repeats: int = 200) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk", type=int, default=10)
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="seeds per VI chunk (default: the default study's chunk_size)")
+    parser.add_argument("--scaling-seeds", default="4,16,64",
+                        help="seed counts of the study-scaling rows ('' to skip)")
     parser.add_argument("--quick", action="store_true", help="skip PyMC's NUTS and the N scan")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
+    args.chunk = args.chunk or default_study_config()["chunk_size"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -183,6 +239,22 @@ def main() -> None:
             for n_obs in (1_000, 10_000):
                 scan = bench_nuts(n_obs, folder, ("pipeline",))
                 rows.append((f"NUTS pipeline, N={n_obs}", f"{scan['pipeline_s']:.1f} s"))
+        if importlib.util.find_spec("numpyro") is not None:
+            jax_nuts = bench_nuts(100_000, folder / "numpyro", ("numpyro",))
+            rows += [("NUTS numpyro (JAX, CPU here), same, incl. JIT compile",
+                      f"{jax_nuts['numpyro_s']:.1f} s ({jax_nuts['numpyro_status']})"),
+                     ("NUTS numpyro, next data set (compiled sampler reused)",
+                      f"{jax_nuts['numpyro_warm_s']:.1f} s ({jax_nuts['numpyro_warm_status']})")]
+        seed_counts = [int(n) for n in args.scaling_seeds.split(",") if n]
+        if seed_counts:
+            scaling = bench_study_scaling(seed_counts, folder / "scaling")
+            for n_seeds, seconds in scaling:
+                rows.append((f"study wall time, one main cell, {n_seeds} seeds, --cores 2",
+                             f"{seconds:.1f} s ({seconds / n_seeds:.2f} s/seed)"))
+            if len(scaling) > 1:
+                slope, fixed = np.polyfit(*np.array(scaling).T, 1)
+                rows.append(("study wall time ~ fixed + slope x seeds",
+                             f"{fixed:.1f} s + {slope:.2f} s/seed"))
     width = max(len(r[0]) for r in rows)
     header = (f"# benchmarks {time.strftime('%Y-%m-%d')} on {platform.node()} "
               f"({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)")

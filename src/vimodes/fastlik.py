@@ -454,6 +454,63 @@ _register_numba_dispatch()
 
 
 # --------------------------------------------------------------------------------------
+# JAX backend dispatch (numpyro NUTS; optional, jax is imported only when asked for)
+# --------------------------------------------------------------------------------------
+_JAX_REGISTERED = False
+
+
+def register_jax_dispatch() -> None:
+    """Give both Ops a JAX implementation, so graphs holding them compile under ``mode="JAX"``.
+
+    Under XLA no hand-written loop is needed: the (N, K) expression below is fused by the
+    compiler, and its gradient comes from ``jax.grad``. Conventions match the numba kernel on
+    valid inputs; invalid ones (``sigma <= 0``, a negative weight) give ``-inf`` with a zero
+    gradient. Called by :mod:`vimodes.jax_nuts`; importing this module never imports jax.
+    """
+    global _JAX_REGISTERED
+    if _JAX_REGISTERED:
+        return
+    import jax
+    import jax.numpy as jnp
+    from jax.scipy.special import logsumexp
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    jax.config.update("jax_enable_x64", True)
+
+    def raw_loglike(w, slopes, sigma, x, y, log_weights):
+        log_w = w if log_weights else jnp.log(w)
+        z = (y[:, None] - x[:, None] * slopes[None, :]) / sigma
+        per_component = log_w[None, :] - 0.5 * z * z - jnp.log(sigma) - _LOG_SQRT_2PI
+        return jnp.sum(logsumexp(per_component, axis=1))
+
+    def valid(w, sigma, log_weights):
+        return (sigma > 0) & (True if log_weights else jnp.all(w >= 0))
+
+    def make_loglike(log_weights):
+        def mixture_regression_loglike_jax(x, y, w, slopes, sigma):
+            value = raw_loglike(w, slopes, sigma, x, y, log_weights)
+            return jnp.where(valid(w, sigma, log_weights), value, -jnp.inf)
+        return mixture_regression_loglike_jax
+
+    def make_loglike_grad(log_weights):
+        value_and_grad = jax.value_and_grad(raw_loglike, argnums=(0, 1, 2))
+
+        def mixture_regression_loglike_grad_jax(x, y, w, slopes, sigma):
+            value, (g_w, g_b, g_s) = value_and_grad(w, slopes, sigma, x, y, log_weights)
+            ok = valid(w, sigma, log_weights)
+            # masking after the gradient, not inside it, keeps NaNs of invalid points out
+            return (jnp.where(ok, value, -jnp.inf), jnp.where(ok, g_w, 0.0),
+                    jnp.where(ok, g_b, 0.0), jnp.where(ok, g_s, 0.0))
+        return mixture_regression_loglike_grad_jax
+
+    jax_funcify.register(MixtureRegressionLogLike)(
+        lambda op, node=None, **kwargs: make_loglike(op.log_weights))
+    jax_funcify.register(MixtureRegressionLogLikeGrad)(
+        lambda op, node=None, **kwargs: make_loglike_grad(op.log_weights))
+    _JAX_REGISTERED = True
+
+
+# --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
 def mixture_regression_loglike(x, y, weights, slopes, sigma, *, log_weights=False) -> Variable:

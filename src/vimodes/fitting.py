@@ -337,8 +337,9 @@ NUMERICAL_ERRORS = (NumericalFailure, FloatingPointError, ValueError, RuntimeErr
 
 
 class NutsFitter(_Fitter):
-    """NUTS on the full data with nutpie (compiled once, data swapped with ``with_data``) or
-    PyMC's own sampler (recompiled per call: it is the baseline, not the fast path)."""
+    """NUTS on the full data with nutpie (compiled once, data swapped with ``with_data``),
+    numpyro on JAX (compiled once, data passed as arguments; :mod:`vimodes.jax_nuts`) or PyMC's
+    own sampler (recompiled per call: it is the baseline, not the fast path)."""
 
     STAT_NAMES = {  # our name: (nutpie name, pymc name)
         "diverging": ("diverging", "diverging"),
@@ -355,6 +356,12 @@ class NutsFitter(_Fitter):
 
             self._nutpie = nutpie
             self.compiled = nutpie.compile_pymc_model(self.model, backend="numba")
+        elif settings.sampler == "numpyro":
+            from vimodes.jax_nuts import NumpyroNuts
+
+            self._numpyro = NumpyroNuts(self.model, self.x_data, self.y_data, draws=settings.draws,
+                                        tune=settings.tune, chains=settings.chains or 1,
+                                        target_accept=settings.target_accept)
 
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
         s = self.settings
@@ -368,6 +375,8 @@ class NutsFitter(_Fitter):
                     tune=s.tune, chains=s.chains, cores=max(1, min(s.threads, s.chains)),
                     seed=sampler_seed, progress_bar=False, target_accept=s.target_accept)
                 stat_index = 0
+            elif s.sampler == "numpyro":
+                draws, stats = self._numpyro.sample(data.x, data.y, sampler_seed)
             else:
                 kwargs = {"nuts_sampler": s.sampler}
                 idata = pm.sample(draws=s.draws, tune=s.tune, chains=s.chains,
@@ -379,16 +388,18 @@ class NutsFitter(_Fitter):
             return FitResult("failed", f"{type(err).__name__}: {err}",
                              info={"fit_seconds": time.perf_counter() - started})
         runtime = time.perf_counter() - started
-        posterior = idata.posterior
-        draws = {name: np.asarray(posterior[name].values, dtype=float) for name in VARIABLES}
-        stats = {}
-        for ours, names in self.STAT_NAMES.items():
-            if names[stat_index] in idata.sample_stats:
-                stats[ours] = np.asarray(idata.sample_stats[names[stat_index]].values)
+        if s.sampler != "numpyro":
+            posterior = idata.posterior
+            draws = {name: np.asarray(posterior[name].values, dtype=float) for name in VARIABLES}
+            stats = {}
+            for ours, names in self.STAT_NAMES.items():
+                if names[stat_index] in idata.sample_stats:
+                    stats[ours] = np.asarray(idata.sample_stats[names[stat_index]].values)
+        chains_done, draws_done = draws["sigma"].shape[:2]
         info = {
             "fit_seconds": runtime,
-            "draws_done": int(posterior.sizes["draw"]),
-            "chains_done": int(posterior.sizes["chain"]),
+            "draws_done": int(draws_done),
+            "chains_done": int(chains_done),
             "divergences": int(stats["diverging"].sum()) if "diverging" in stats else None,
             "max_depth_hits": int(stats["max_depth_reached"].sum())
             if "max_depth_reached" in stats else None,

@@ -1,0 +1,66 @@
+"""The optional JAX backend: the fused likelihood's JAX implementation and numpyro NUTS (CPU,
+small N; the GPU timing is a benchmark, not a test)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numpyro")
+
+import pytensor  # noqa: E402
+import pytensor.tensor as pt  # noqa: E402
+
+from vimodes.fastlik import (  # noqa: E402
+    fused_loglike_and_grad,
+    mixture_regression_loglike,
+    register_jax_dispatch,
+)
+from vimodes.fitting import FitSettings, make_fitter  # noqa: E402
+from vimodes.simulate import DataRegime, simulate  # noqa: E402
+
+N = 400
+SEED_BASE = 5
+
+
+def test_jax_likelihood_and_gradient_equal_the_numba_kernel():
+    register_jax_dispatch()
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, 3000)
+    y = np.where(rng.random(3000) < 0.3, 3 * x, -x) + rng.normal(0, 0.2, 3000)
+    w, b, s = pt.vector("w"), pt.vector("b"), pt.scalar("s")
+    logp = mixture_regression_loglike(pt.as_tensor(x), pt.as_tensor(y), w, b, s)
+    fn = pytensor.function([w, b, s], [logp, *pytensor.grad(logp, [w, b, s])], mode="JAX")
+    for _ in range(5):
+        point = (rng.dirichlet([1, 1]), rng.normal(0, 2, 2), rng.uniform(0.05, 2))
+        for got, expected in zip(fn(*point), fused_loglike_and_grad(x, y, *point)):
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-10)
+    invalid = fn(np.array([0.5, 0.5]), np.array([1.0, 2.0]), -1.0)
+    assert np.asarray(invalid[0]) == -np.inf
+    assert all(np.all(np.asarray(g) == 0) for g in invalid[1:])
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {s: simulate(DataRegime(n_obs=N), seed=s, seed_base=SEED_BASE) for s in (0, 1)}
+
+
+@pytest.mark.parametrize("model", ["marginal", "ordered"])
+def test_numpyro_nuts_is_seeded_swaps_data_and_finds_a_mode(datasets, model):
+    settings = FitSettings(model=model, method="nuts", chains=2, draws=150, tune=150,
+                           sampler="numpyro", likelihood="fused")
+    chunk = make_fitter(settings, N)
+    in_chunk = [chunk.fit(datasets[s], SEED_BASE, s) for s in (0, 1)]
+    alone = make_fitter(settings, N).fit(datasets[1], SEED_BASE, 1)
+    assert [r.status for r in (*in_chunk, alone)] == ["ok"] * 3
+    for name in ("slopes", "weights", "sigma"):
+        assert in_chunk[1].draws[name].shape[:2] == (2, 150)
+        np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
+    assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+    for result in in_chunk:
+        slopes = result.draws["slopes"].mean(axis=1)  # per chain
+        for chain in slopes:
+            assert np.allclose(np.sort(chain), [-1, 3], atol=0.15)
+        if model == "ordered":
+            assert np.all(np.diff(result.draws["slopes"], axis=-1) > 0)
+        assert abs(result.draws["sigma"].mean() - 0.1) < 0.02
+        assert result.info["gradient_evaluations"] > 0
+        assert result.sample_stats["diverging"].shape == (2, 150)
