@@ -133,3 +133,50 @@ def test_fit_streams_are_seeded_from_the_config():
     a = fit_rng(1, 2).normal(size=3)
     assert np.array_equal(a, fit_rng(1, 2).normal(size=3))
     assert not np.array_equal(a, fit_rng(1, 3).normal(size=3))
+
+
+def test_singular_covariance_leaves_the_fit_ok_without_importance_diagnostics(datasets,
+                                                                              monkeypatch):
+    """Full-rank ADVI can end with a numerically singular covariance (seen at 50000
+    iterations): its draws stand, k-hat and the ELBO are recorded as missing with the reason."""
+    import vimodes.metrics
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("the input matrix must be symmetric positive definite")
+
+    monkeypatch.setattr(vimodes.metrics, "gaussian_logq", singular)
+    result = make_fitter(settings(method="fullrank_advi", iterations=50), N).fit(
+        datasets[0], SEED_BASE, 0)
+    assert result.status == "ok"
+    assert result.info["psis_khat"] is None and result.info["elbo_full"] is None
+    assert "LinAlgError" in result.info["diagnostics_error"]
+
+
+def test_a_numerical_error_anywhere_in_a_fit_is_a_failed_record(tmp_path, monkeypatch):
+    """fit_chunk records the error of the one seed and goes on with the next."""
+    import vimodes.fitting
+    from vimodes.config import build_study
+    from vimodes.pipeline import fit_chunk, simulate_dataset
+
+    study = build_study({
+        "study_name": "t", "seed_base": SEED_BASE, "chunk_size": 2, "draws": 50,
+        "data_regimes": {"default": {"n_obs": 300}}, "vi": {"khat_draws": 10},
+        "optimizers": {"adam": {"name": "adam", "learning_rate": 0.05}},
+        "grids": [{"name": "g", "models": ["marginal"], "methods": ["advi"],
+                   "optimizers": ["adam"], "iterations": [100], "seeds": 2}]})
+    paths = []
+    for regime, seed in study.datasets():
+        paths.append(str(tmp_path / f"seed-{seed}.nc"))
+        simulate_dataset(study, regime, seed, paths[-1])
+    original = vimodes.fitting.VIFitter.fit
+
+    def fails_on_seed_0(self, data, seed_base, seed):
+        if seed == 0:
+            raise np.linalg.LinAlgError("not positive definite")
+        return original(self, data, seed_base, seed)
+
+    monkeypatch.setattr(vimodes.fitting.VIFitter, "fit", fails_on_seed_0)
+    records = fit_chunk(study, study.cells[0].cell_id, 0, paths, tmp_path / "fits")
+    assert [(r["seed"], r["status"]) for r in records] == [(0, "failed"), (1, "ok")]
+    assert records[0]["error"] == "LinAlgError: not positive definite"
+    assert (tmp_path / "fits" / "seed-0.json").exists()

@@ -274,18 +274,25 @@ class VIFitter(_Fitter):
         missed. SVGD particles have no density, so neither is defined for SVGD.
         """
         if self.settings.method == "svgd" or n_draws == 0:
-            return {"psis_khat": None, "elbo_full": None}
+            return {"psis_khat": None, "elbo_full": None, "diagnostics_error": None}
         from vimodes.metrics import gaussian_logq, psis_khat
 
         mean, cov = self.last_moments
         flat = self.last_flat_draws[:n_draws]
-        log_q = gaussian_logq(flat, mean, cov)
+        try:
+            log_q = gaussian_logq(flat, mean, cov)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            # e.g. full-rank ADVI whose covariance became numerically singular: the draws are
+            # still the approximation's, but its density -- so k-hat and the ELBO -- is undefined
+            return {"psis_khat": None, "elbo_full": None,
+                    "diagnostics_error": f"{type(err).__name__}: {err}"}
         log_p = np.concatenate([self._full_logp(block) for block in np.array_split(
             flat, max(1, len(flat) // 25))])
         khat = psis_khat(log_p, log_q)
         log_w = log_p - log_q
         return {"psis_khat": float(khat) if np.isfinite(khat) else None,
-                "elbo_full": float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else None}
+                "elbo_full": float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else None,
+                "diagnostics_error": None}
 
     def _compile_full_logp(self):
         """log p(full data, z) with the Jacobian, as a function of a (draws, dim) matrix.

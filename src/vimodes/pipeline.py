@@ -47,7 +47,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     A numerical failure of a fit becomes a record with status "failed"; anything else (I/O,
     memory, interrupts) propagates so that Snakemake retries the job.
     """
-    from vimodes.fitting import FitSettings, make_fitter
+    from vimodes.fitting import NUMERICAL_ERRORS, FitResult, FitSettings, make_fitter
     from vimodes.idata import write_posterior
 
     cell = study.cell_by_id[cell_id]
@@ -71,7 +71,14 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
         if data.seed != seed:
             raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
         t0 = time.perf_counter()
-        result = fitter.fit(data, study.config["seed_base"], seed)
+        try:
+            result = fitter.fit(data, study.config["seed_base"], seed)
+        except NUMERICAL_ERRORS as err:
+            # a numerical failure anywhere in one fit (also after its iterations, e.g. in the
+            # diagnostics) is that fit's outcome; the chunk goes on with the next seed
+            log.exception("seed %s failed", seed)
+            result = FitResult("failed", f"{type(err).__name__}: {err}",
+                               info={"fit_seconds": time.perf_counter() - t0})
         khat = result.info.pop("psis_khat", None)
         if khat is None and result.status == "ok" and hasattr(fitter, "khat"):
             khat = fitter.khat(data, settings.khat_draws, study.config["seed_base"], seed)
@@ -163,7 +170,7 @@ _RECORD_COLUMNS = (
     "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
     "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
-    "setup_seconds", "psis_khat", "elbo_full", "divergences", "max_depth_hits", "gradient_evaluations",
+    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences", "max_depth_hits", "gradient_evaluations",
     "draws_done", "n_obs", "config_hash", "version_pymc",
 )
 
