@@ -370,6 +370,14 @@ class NutsFitter(_Fitter):
                                         tune=settings.tune, chains=settings.chains or 1,
                                         target_accept=settings.target_accept)
 
+    def _from_idata(self, idata, stat_index: int) -> tuple[dict, dict]:
+        """Draws and our sampler statistics from nutpie's (0) or PyMC's (1) InferenceData."""
+        draws = {name: np.asarray(idata.posterior[name].values, dtype=float) for name in VARIABLES}
+        stats = {ours: np.asarray(idata.sample_stats[names[stat_index]].values)
+                 for ours, names in self.STAT_NAMES.items()
+                 if names[stat_index] in idata.sample_stats}
+        return draws, stats
+
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
         s = self.settings
         sampler_seed = int(fit_rng(seed_base, seed).integers(2**31))
@@ -381,7 +389,7 @@ class NutsFitter(_Fitter):
                     self.compiled.with_data(x_data=data.x, y_data=data.y), draws=s.draws,
                     tune=s.tune, chains=s.chains, cores=max(1, min(s.threads, s.chains)),
                     seed=sampler_seed, progress_bar=False, target_accept=s.target_accept)
-                stat_index = 0
+                draws, stats = self._from_idata(idata, stat_index=0)
             elif s.sampler == "numpyro":
                 draws, stats = self._numpyro.sample(data.x, data.y, sampler_seed)
             else:
@@ -390,18 +398,11 @@ class NutsFitter(_Fitter):
                                   cores=max(1, min(s.threads, s.chains)), random_seed=sampler_seed,
                                   model=self.model, progressbar=False, target_accept=s.target_accept,
                                   compute_convergence_checks=False, **kwargs)
-                stat_index = 1
+                draws, stats = self._from_idata(idata, stat_index=1)
         except NUMERICAL_ERRORS as err:
             return FitResult("failed", f"{type(err).__name__}: {err}",
                              info={"fit_seconds": time.perf_counter() - started})
         runtime = time.perf_counter() - started
-        if s.sampler != "numpyro":
-            posterior = idata.posterior
-            draws = {name: np.asarray(posterior[name].values, dtype=float) for name in VARIABLES}
-            stats = {}
-            for ours, names in self.STAT_NAMES.items():
-                if names[stat_index] in idata.sample_stats:
-                    stats[ours] = np.asarray(idata.sample_stats[names[stat_index]].values)
         chains_done, draws_done = draws["sigma"].shape[:2]
         info = {
             "fit_seconds": runtime,

@@ -49,13 +49,13 @@ class NumpyroNuts:
 
         from vimodes.fastlik import register_jax_dispatch
 
-        register_jax_dispatch()  # the fused likelihood Op, if the model holds it
-        jax.config.update("jax_enable_x64", True)
+        register_jax_dispatch()  # the fused likelihood Op, if the model holds it; enables x64
         self._jax = jax
         self.model = model
         self.value_vars = list(model.value_vars)
         self.names = [v.name for v in self.value_vars]
-        self.shapes = {v.name: tuple(model.initial_point()[v.name].shape) for v in self.value_vars}
+        self.initial_point = model.initial_point()
+        self.shapes = {name: self.initial_point[name].shape for name in self.names}
         x, y = pt.dvector("x"), pt.dvector("y")
         logp = graph_replace(model.logp(jacobian=True), {x_data: x, y_data: y})
         logp_fn = _jaxify([*self.value_vars, x, y], [logp])
@@ -88,10 +88,10 @@ class NumpyroNuts:
 
     def initial_values(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """PyMC's initial point plus U(-1, 1) jitter per chain (as PyMC's jitter+adapt_diag)."""
-        point = self.model.initial_point()
-        return {name: point[name][None, ...] + rng.uniform(-1, 1, (self.chains, *self.shapes[name]))
-                for name in self.names} if self.chains > 1 else {
-                name: point[name] + rng.uniform(-1, 1, self.shapes[name]) for name in self.names}
+        # numpyro wants a leading chain axis only when it runs several chains
+        lead = (self.chains,) if self.chains > 1 else ()
+        return {name: self.initial_point[name] + rng.uniform(-1, 1, (*lead, *self.shapes[name]))
+                for name in self.names}
 
     def sample(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[dict, dict]:
         """Draws (chains, draws, *shape) of the model's variables and sampler statistics."""

@@ -170,8 +170,8 @@ _RECORD_COLUMNS = (
     "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
     "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
-    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences", "max_depth_hits", "gradient_evaluations",
-    "draws_done", "n_obs", "config_hash", "version_pymc",
+    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences",
+    "max_depth_hits", "gradient_evaluations", "draws_done", "n_obs", "config_hash", "version_pymc",
 )
 
 
