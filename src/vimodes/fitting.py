@@ -57,6 +57,8 @@ class FitSettings:
     likelihood: str = "pymc"
     khat_draws: int = 200
     threads: int = 1
+    engine: str = "pymc"  # VI engine: PyMC's own loop or the vectorised JAX engine
+    checkpoints: tuple[int, ...] = ()  # iterations at which the approximation is also stored
 
     @classmethod
     def from_cell(cls, cell, config: dict, threads: int = 1) -> FitSettings:
@@ -74,6 +76,54 @@ class FitSettings:
             else config["nuts"]["likelihood"],
             khat_draws=config["vi"]["khat_draws"], threads=threads,
         )
+
+
+def flatten_point(ordering: dict, ddim: int, point: dict) -> np.ndarray:
+    """A point (value-variable name -> array) as the approximation's flat vector."""
+    flat = np.zeros(ddim)
+    for value_name, slc, _, _ in ordering.values():
+        flat[slc] = np.ravel(point[value_name])
+    return flat
+
+
+def prior_point(model: pm.Model, seed: int) -> dict[str, np.ndarray]:
+    """One draw from the prior, in the unconstrained space, for every free variable.
+
+    PyMC's ``make_initial_point_fn(default_strategy="prior")`` keeps an explicit ``initval``
+    (the ordered model has one), so every seed would start from the same ordered slopes: the
+    draw is made here instead, sorted where the variable is ordered, then transformed.
+    """
+    from pymc.distributions.transforms import Ordered
+
+    draws = pm.draw(model.free_RVs, random_seed=seed)
+    point = {}
+    for rv, value in zip(model.free_RVs, draws):
+        transform = model.rvs_to_transforms.get(rv)
+        value = np.asarray(value, dtype=float)
+        if isinstance(transform, Ordered):
+            value = np.sort(value, axis=-1)
+        if transform is not None:
+            value = transform.forward(value, *rv.owner.inputs).eval()
+        point[model.rvs_to_values[rv].name] = np.asarray(value, dtype=float)
+    return point
+
+
+def vi_start(settings: FitSettings, model: pm.Model, ordering: dict, default_start: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """The Gaussian's starting mean for an init kind (one function for both VI engines).
+
+    ``default``: the model's initial point; ``jitter``: plus N(0, scale^2) per unconstrained
+    coordinate; ``prior``: a prior draw pushed ``scale`` times as far from the initial point.
+    """
+    if settings.init_kind == "default":
+        return default_start.copy()
+    if settings.init_kind == "jitter":
+        return default_start + rng.normal(0.0, settings.init_scale, size=default_start.shape)
+    if settings.init_kind == "prior":
+        draw = flatten_point(ordering, default_start.shape[0],
+                             prior_point(model, int(rng.integers(2**31))))
+        return default_start + settings.init_scale * (draw - default_start)
+    raise ValueError(f"unknown init kind '{settings.init_kind}'")
 
 
 @dataclass
@@ -180,22 +230,10 @@ class VIFitter(_Fitter):
             centre = self.initial_point
             spread = s.init_scale if s.init_kind != "default" else 1.0
             return centre + rng.normal(0.0, spread, size=start.shape)
-        if s.init_kind == "default":
-            return start.copy()
-        if s.init_kind == "jitter":
-            return start + rng.normal(0.0, s.init_scale, size=start.shape)
-        if s.init_kind == "prior":
-            point = pm.initial_point.make_initial_point_fn(
-                model=self.model, default_strategy="prior", return_transformed=True)(
-                int(rng.integers(2**31)))
-            return start + s.init_scale * (self._flatten(point) - start)
-        raise ValueError(f"unknown init kind '{s.init_kind}'")
+        return vi_start(s, self.model, self.group.ordering, start, rng)
 
     def _flatten(self, point: dict) -> np.ndarray:
-        flat = np.zeros(self.group.ddim)
-        for value_name, slc, _, _ in self.group.ordering.values():
-            flat[slc] = np.ravel(point[value_name])
-        return flat
+        return flatten_point(self.group.ordering, self.group.ddim, point)
 
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
         s = self.settings

@@ -1,0 +1,453 @@
+"""The vectorised VI engine: a whole chunk of seeds fitted by one compiled JAX step.
+
+PyMC's ``pm.fit`` runs one fit as a Python loop of ~100-250 us PyTensor calls, almost all of it
+per-call overhead at minibatch 128. This engine runs the *same algorithm* for every seed of a
+chunk at once: one ``jax.vmap``-ed step inside a ``jax.lax.scan``, on the CPU by default and on a
+GPU unchanged (JAX picks the device). What "the same" means, checked against PyMC 5.28's sources
+and tested step by step against PyMC's own compiled step (``tests/test_vectorised.py``):
+
+* the variational families are PyMC's: meanfield ``mu, rho`` with sd ``softplus(rho)`` (start
+  ``rho = 0``), full-rank ``mu, L_tril`` with the Cholesky diagonal through ``softplus`` (start
+  ``L_tril = I``), in the model's unconstrained space with the model's own transforms and flat
+  layout (taken from PyMC's approximation group);
+* the loss is PyMC's KL operator with one Monte Carlo draw per step,
+  ``(log q(z) - log p_prior(z) - s * log p_data(z; batch)) / c`` with ``log q`` evaluated at the
+  standard-normal draw as PyMC does; ``s`` rescales a minibatch to the data size (``total_size``
+  or the question's own rescaling) and ``c`` is PyMC's normalising constant (``N / batch`` for a
+  ``total_size`` observed variable, else 1);
+* a minibatch is ``batch`` indices drawn uniformly *with* replacement (``pm.Minibatch``);
+* the optimisers are PyMC's update formulas: ``adam`` (Lasagne's, bias-corrected step size) and
+  ``adagrad_window`` (squared gradients of the last ``n_win`` steps, ``epsilon`` inside the root);
+* the question's ``CheckParametersConvergence`` (every 100 iterations, relative difference,
+  infinity norm, first reference after iteration 1) stops a seed exactly where PyMC's would;
+* a non-finite loss marks that seed failed at that iteration (PyMC raises); its parameters are
+  frozen there and the other seeds go on.
+
+The log densities are compiled from the PyMC model by PyTensor's JAX backend (value variables
+as slices of the flat vector, data as arguments), so every model variant of the study -- also
+the question's hand-written likelihood -- is the PyMC model's, not a re-implementation.
+
+Random numbers differ from PyMC's (JAX keys, not numpy generators), so the engines agree in
+distribution, not draw by draw; the study's cross-check grid measures that. Each seed's stream is
+``fold_in(key(seed), iteration)``: a fit depends only on (settings, data, seed), never on the
+other seeds of its chunk or on the total budget, so a 10000-iteration checkpoint of a long run is
+the 10000-iteration run (tested).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+
+from vimodes.fitting import (
+    TRACE_EVERY,
+    VARIABLES,
+    FitResult,
+    FitSettings,
+    fit_rng,
+    vi_start,
+)
+from vimodes.model_specs import MODEL_SPECS
+from vimodes.models import build_model
+from vimodes.simulate import Dataset
+
+VECTORISED_METHODS = ("advi", "fullrank_advi")
+ADAGRAD_WINDOW = {"epsilon": 0.1, "n_win": 10}  # pm.adagrad_window's defaults
+ADAM = {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}  # pm.adam's defaults
+CONVERGENCE_EVERY = 100  # CheckParametersConvergence's default `every`
+_LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
+
+
+def _jax():
+    import jax
+
+    from vimodes.fastlik import register_jax_dispatch
+
+    register_jax_dispatch()  # enables float64, as PyMC computes in float64
+    return jax
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How a minibatch term is weighted: ``data_scale`` multiplies the batch log-likelihood and
+    ``normaliser`` divides the whole loss (PyMC's ``symbolic_normalizing_constant``)."""
+
+    data_scale: float
+    normaliser: float
+
+    @classmethod
+    def for_model(cls, model_name: str, n_obs: int, batch_size: int | None) -> Scaling:
+        if not batch_size:
+            return cls(1.0, 1.0)
+        spec = MODEL_SPECS[model_name]
+        ratio = n_obs / batch_size
+        if not spec.question_likelihood:  # pm.NormalMixture(total_size=N): a minibatch RV
+            return cls(ratio, ratio)
+        # the question's likelihood is a Potential: PyMC does not normalise it; the E3 fix
+        # rescales it inside the model
+        return cls(ratio if spec.scale_to_total else 1.0, 1.0)
+
+
+class VectorisedVIFitter:
+    """Meanfield or full-rank ADVI for many seeds at once (``fit_many``); ``fit`` fits one."""
+
+    def __init__(self, settings: FitSettings, n_obs: int):
+        s = settings
+        if s.method not in VECTORISED_METHODS:
+            raise ValueError(f"the vectorised engine fits {VECTORISED_METHODS}, not '{s.method}'")
+        self.settings = s
+        self.n_obs = n_obs
+        self.batch_size = s.batch_size or 0
+        self.scaling = Scaling.for_model(s.model, n_obs, self.batch_size)
+        self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
+        self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
+        self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0, likelihood="pymc")
+        with self.model:
+            inference = pm.ADVI(random_seed=0) if s.method == "advi" else \
+                pm.FullRankADVI(random_seed=0)
+        group = inference.approx.groups[0]
+        self.ordering = group.ordering
+        self.ddim = group.ddim
+        self.default_start = np.asarray(group.shared_params["mu"].get_value(), dtype=float)
+        self.fullrank = s.method == "fullrank_advi"
+        self._compile_readers()
+        self._compile_jax()
+
+    # --- PyMC side: start points and the map from the flat space to the model's variables ---
+    def _compile_readers(self) -> None:
+        flat = pt.matrix("flat")
+        outputs = []
+        for name in VARIABLES:
+            rv = self.model[name]
+            _, slc, shape, _ = self.ordering[self.model.rvs_to_values[rv].name]
+            block = flat[:, slc].reshape((flat.shape[0], *shape))
+            transform = self.model.rvs_to_transforms.get(rv)
+            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
+        self._to_variables = pytensor.function([flat], outputs)
+
+    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
+
+    def flat_names(self) -> list[str]:
+        names = [""] * self.ddim
+        for value_name, slc, _, _ in self.ordering.values():
+            for j, index in enumerate(range(slc.start, slc.stop)):
+                names[index] = f"{value_name}[{j}]"
+        return names
+
+    # --- JAX side ---
+    def _compile_jax(self) -> None:
+        from pytensor.graph.replace import graph_replace
+
+        from vimodes.jax_nuts import _jaxify
+
+        jax = _jax()
+        jnp = jax.numpy
+        flat, x, y = pt.dvector("flat"), pt.dvector("x"), pt.dvector("y")
+        replacements = {self.x_data: x, self.y_data: y}
+        for value_var in self.model.value_vars:
+            _, slc, shape, _ = self.ordering[value_var.name]
+            replacements[value_var] = flat[slc].reshape(shape)
+        prior, data = (graph_replace(term, replacements, strict=False)
+                       for term in (self.model.varlogp, self.model.datalogp))
+        logp_terms = _jaxify([flat, x, y], [prior, data])
+        self.logp_terms = lambda z, xb, yb: tuple(logp_terms(z, xb, yb))
+        d = self.ddim
+        tril = np.tril_indices(d)
+        diag_positions = np.flatnonzero(tril[0] == tril[1])
+        self.tril = tril
+        scaling = self.scaling
+
+        def cholesky(scale_params):
+            if not self.fullrank:
+                return None
+            packed = scale_params.at[diag_positions].set(jax.nn.softplus(
+                scale_params[diag_positions]))
+            return jnp.zeros((d, d)).at[tril].set(packed)
+
+        self._cholesky = jax.jit(cholesky)
+
+        def loss(params, eps, xb, yb):
+            mu, scale_params = params
+            if self.fullrank:
+                chol = cholesky(scale_params)
+                z = mu + chol @ eps
+                log_scale = jnp.log(jnp.diagonal(chol))
+            else:
+                sd = jax.nn.softplus(scale_params)
+                z = mu + sd * eps
+                log_scale = jnp.log(sd)
+            log_q = jnp.sum(-0.5 * eps**2 - _LOG_SQRT_2PI - log_scale)
+            prior_term, data_term = self.logp_terms(z, xb, yb)
+            return (log_q - prior_term - scaling.data_scale * data_term) / scaling.normaliser
+
+        self.loss = loss
+        self.loss_and_grad = jax.value_and_grad(loss)
+        self.update = _optimizer_update(self.settings.optimizer_name, self.settings.learning_rate)
+
+        def full_logp(z, x_all, y_all):
+            prior_term, data_term = self.logp_terms(z, x_all, y_all)
+            return prior_term + data_term
+
+        self._full_logp_many = jax.jit(jax.vmap(full_logp, in_axes=(0, None, None)))
+
+    def initial_scale_params(self) -> np.ndarray:
+        if self.fullrank:
+            return np.eye(self.ddim)[self.tril]
+        return np.zeros(self.ddim)
+
+    def step(self, state: dict, eps, batch_index, x, y) -> tuple[dict, float]:
+        """One optimiser step of one seed, with the noise and minibatch given (pure; tested
+        against PyMC's compiled step)."""
+        xb, yb = (x[batch_index], y[batch_index]) if self.batch_size else (x, y)
+        value, grads = self.loss_and_grad(state["params"], eps, xb, yb)
+        params, opt = self.update(state["params"], grads, state["opt"])
+        return {"params": params, "opt": opt}, value
+
+    def initial_state(self, start: np.ndarray) -> dict:
+        jnp = _jax().numpy
+        params = (jnp.asarray(start, dtype=float), jnp.asarray(self.initial_scale_params()))
+        return {"params": params, "opt": _optimizer_init(self.settings.optimizer_name, params)}
+
+    # --- many seeds ---
+    def _runner(self):
+        """A jitted function running `n_blocks` blocks of TRACE_EVERY steps for all seeds
+        (built once per fitter: JAX retraces only for a new chunk size or block count)."""
+        if getattr(self, "_run", None) is not None:
+            return self._run
+        jax = _jax()
+        jnp = jax.numpy
+        lax = jax.lax
+        batch, n_obs, d = self.batch_size, self.n_obs, self.ddim
+        tolerance = self.settings.convergence_tolerance
+
+        def one_step(carry, x, y, key, iteration):
+            # iteration: 0-based index of this step; the loss is PyMC's score before the update
+            state, alive, failed_at, stopped_at, prev = carry
+            step_key = jax.random.fold_in(key, iteration)
+            eps_key, batch_key = jax.random.split(step_key)
+            eps = jax.random.normal(eps_key, (d,))
+            index = jax.random.randint(batch_key, (batch,), 0, n_obs) if batch else None
+            new_state, value = self.step(state, eps, index, x, y)
+            finite = jnp.isfinite(value)
+            fails = alive & ~finite
+            failed_at = jnp.where(fails, iteration + 1, failed_at)
+            keep = alive & finite
+            state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old),
+                                           new_state, state)
+            done = iteration + 1
+            flat_params = jnp.concatenate([state["params"][0], state["params"][1]])
+            prev = jnp.where(keep & (done == 1), flat_params, prev)
+            if tolerance:
+                check = keep & (done % CONVERGENCE_EVERY == 0) & (done >= CONVERGENCE_EVERY)
+                delta = jnp.max((jnp.abs(flat_params - prev) + 1e-6) / (jnp.abs(prev) + 1e-6))
+                converged = check & (delta < tolerance)
+                stopped_at = jnp.where(converged, done, stopped_at)
+                prev = jnp.where(check, flat_params, prev)
+                keep = keep & ~converged
+            loss_seen = jnp.where(alive, value, jnp.nan)  # the failing loss is recorded too
+            return (state, keep, failed_at, stopped_at, prev), loss_seen
+
+        def one_seed_block(carry, x, y, key, first_iteration):
+            def body(c, i):
+                return one_step(c, x, y, key, first_iteration + i)
+
+            return lax.scan(body, carry, jnp.arange(TRACE_EVERY))
+
+        many_block = jax.vmap(one_seed_block, in_axes=(0, 0, 0, 0, None))
+
+        @partial(jax.jit, static_argnums=(4,))
+        def run(carry, x, y, keys, n_blocks, first_iteration):
+            def body(c, b):
+                # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed
+                c, losses = many_block(c, x, y, keys, first_iteration + b * TRACE_EVERY)
+                return c, (losses, c[0]["params"][0])
+
+            carry, (losses, means) = lax.scan(body, carry, jnp.arange(n_blocks))
+            return carry, losses, means
+
+        self._run = run
+        return run
+
+    def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
+        jax = _jax()
+        jnp = jax.numpy
+        s = self.settings
+        started = time.perf_counter()
+        rngs, starts, keys = [], [], []
+        for data, seed in zip(datasets, seeds):
+            if data.x.shape[0] != self.n_obs:
+                raise ValueError(f"data of seed {seed} has {data.x.shape[0]} points, the fitter "
+                                 f"was compiled for {self.n_obs}")
+            rng = fit_rng(seed_base, seed)
+            keys.append(jax.random.key(int(rng.integers(2**31))))  # as PyMC's reseed draw
+            starts.append(vi_start(s, self.model, self.ordering, self.default_start, rng))
+            rngs.append(rng)
+        n = len(seeds)
+        x = jnp.asarray(np.stack([d.x for d in datasets]))
+        y = jnp.asarray(np.stack([d.y for d in datasets]))
+        keys = jnp.stack(keys)
+        states = [self.initial_state(start) for start in starts]
+        state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+        width = self.ddim * 2 if not self.fullrank else self.ddim + len(self.tril[0])
+        carry = (state, jnp.ones(n, bool), jnp.zeros(n, int), jnp.zeros(n, int),
+                 jnp.zeros((n, width)))
+        total_blocks = -(-s.iterations // TRACE_EVERY)
+        if s.iterations % TRACE_EVERY:
+            raise ValueError(f"the vectorised engine runs whole blocks of {TRACE_EVERY} "
+                             f"iterations; {s.iterations} is not a multiple")
+        run = self._runner()
+        checkpoints = sorted({c for c in s.checkpoints if c < s.iterations} | {s.iterations})
+        loss_blocks, mean_blocks, saved = [], [], {}
+        done_blocks = 0
+        for checkpoint in checkpoints:
+            blocks = checkpoint // TRACE_EVERY - done_blocks
+            if blocks <= 0:
+                continue
+            carry, losses, means = run(carry, x, y, keys, blocks, done_blocks * TRACE_EVERY)
+            done_blocks += blocks
+            loss_blocks.append(np.asarray(losses))  # (blocks, seeds, TRACE_EVERY)
+            mean_blocks.append(np.asarray(means))  # (blocks, seeds, d)
+            saved[checkpoint] = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
+        fit_seconds = (time.perf_counter() - started) / n
+        losses = np.concatenate(loss_blocks).transpose(1, 0, 2).reshape(n, -1)
+        means = np.concatenate(mean_blocks).transpose(1, 0, 2)
+        _, alive, failed_at, stopped_at, _ = (np.asarray(v) if i else v
+                                              for i, v in enumerate(carry))
+        final_params = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
+        results = []
+        for i, (data, seed) in enumerate(zip(datasets, seeds)):
+            results.append(self._result(
+                i, data, rngs[i], losses[i], means[i], int(failed_at[i]), int(stopped_at[i]),
+                (final_params[0][i], final_params[1][i]),
+                {c: (p[0][i], p[1][i]) for c, p in saved.items()}, starts[i], fit_seconds))
+        return results
+
+    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
+        return self.fit_many([data], seed_base, [seed])[0]
+
+    def moments(self, params) -> tuple[np.ndarray, np.ndarray]:
+        mu, scale_params = (np.asarray(p, dtype=float) for p in params)
+        if self.fullrank:
+            chol = np.asarray(self._cholesky(scale_params))
+            return mu, chol @ chol.T
+        return mu, np.diag(np.logaddexp(0.0, scale_params) ** 2)
+
+    def _result(self, i, data, rng, losses, means, failed_at, stopped_at, params, saved, start,
+                fit_seconds) -> FitResult:
+        s = self.settings
+        done = failed_at or stopped_at or s.iterations
+        blocks = done // TRACE_EVERY if not failed_at else (done - 1) // TRACE_EVERY
+        info = {
+            "iterations_done": done,
+            "stopped_early": bool(stopped_at) and not failed_at,
+            "final_loss": float(np.nanmean(losses[max(0, done - TRACE_EVERY):done])) if done
+            else None,
+            "loss_trace": _binned(losses[:done], TRACE_EVERY),
+            "mean_trace": means[:blocks],
+            "fit_seconds": fit_seconds,
+            "flat_start": start,
+            "flat_names": self.flat_names(),
+            "engine": "vectorised",
+        }
+        if failed_at:
+            value = losses[failed_at - 1]
+            kind = "NaN" if np.isnan(value) else "infinite"
+            return FitResult("failed", f"NumericalFailure: {kind} loss at iteration {failed_at}",
+                             info=info)
+        mean, cov = self.moments(params)
+        flat = rng.multivariate_normal(mean, cov, size=s.draws, method="cholesky")
+        draws = {name: value[None, ...] for name, value in self.to_variables(flat).items()}
+        if not all(np.all(np.isfinite(v)) for v in draws.values()):
+            return FitResult("failed", "non-finite draws from the approximation", info=info)
+        info.update(self._importance_diagnostics(flat[:s.khat_draws], mean, cov, data))
+        if len(info["mean_trace"]):
+            info.update({f"{name}_trace": value for name, value in
+                         self.to_variables(info["mean_trace"]).items()})
+        if s.checkpoints:
+            ckpt = sorted(c for c in saved if c in s.checkpoints or c == s.iterations)
+            moments = [self.moments(saved[c]) for c in ckpt]
+            info["checkpoint_iterations"] = np.asarray(ckpt)
+            info["checkpoint_means"] = np.stack([m for m, _ in moments])
+            info["checkpoint_covs"] = np.stack([c for _, c in moments])
+        return FitResult("ok", None, draws=draws, info=info)
+
+    def _importance_diagnostics(self, flat, mean, cov, data) -> dict:
+        from vimodes.metrics import gaussian_logq, psis_khat
+
+        if len(flat) == 0:
+            return {"psis_khat": None, "elbo_full": None, "diagnostics_error": None}
+        try:
+            log_q = gaussian_logq(flat, mean, cov)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            return {"psis_khat": None, "elbo_full": None,
+                    "diagnostics_error": f"{type(err).__name__}: {err}"}
+        log_p = self.full_logp(flat, data)
+        khat = psis_khat(log_p, log_q)
+        log_w = log_p - log_q
+        return {"psis_khat": float(khat) if np.isfinite(khat) else None,
+                "elbo_full": float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else None,
+                "diagnostics_error": None}
+
+    def full_logp(self, flat: np.ndarray, data: Dataset, block: int = 50) -> np.ndarray:
+        """log p(full data, z) with Jacobians for many draws z (one vectorised call per block)."""
+        jnp = _jax().numpy
+        x, y = jnp.asarray(data.x), jnp.asarray(data.y)
+        out = [np.asarray(self._full_logp_many(jnp.asarray(flat[i:i + block]), x, y))
+               for i in range(0, len(flat), block)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def _binned(values: np.ndarray, width: int) -> np.ndarray:
+    if len(values) == 0:
+        return np.array([])
+    n = len(values) // width * width
+    head = values[:n].reshape(-1, width).mean(axis=1)
+    return np.concatenate([head, [values[n:].mean()]]) if len(values) > n else head
+
+
+# --- PyMC's optimisers as pure functions of (params, grads, state) ---
+
+def _optimizer_init(name: str, params) -> dict:
+    jnp = _jax().numpy
+    if name == "adam":
+        return {"t": jnp.zeros(()), "m": tuple(jnp.zeros_like(p) for p in params),
+                "v": tuple(jnp.zeros_like(p) for p in params)}
+    if name == "adagrad_window":
+        n_win = ADAGRAD_WINDOW["n_win"]
+        return {"i": jnp.zeros((), dtype=int),
+                "accu": tuple(jnp.zeros((*p.shape, n_win)) for p in params)}
+    raise ValueError(f"the vectorised engine implements adam and adagrad_window, not '{name}'")
+
+
+def _optimizer_update(name: str, learning_rate: float):
+    jnp = _jax().numpy
+
+    def adam(params, grads, state):
+        b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["epsilon"]
+        t = state["t"] + 1
+        a_t = learning_rate * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        m = tuple(b1 * m + (1 - b1) * g for m, g in zip(state["m"], grads))
+        v = tuple(b2 * v + (1 - b2) * g**2 for v, g in zip(state["v"], grads))
+        new = tuple(p - a_t * m_ / (jnp.sqrt(v_) + eps) for p, m_, v_ in zip(params, m, v))
+        return new, {"t": t, "m": m, "v": v}
+
+    def adagrad_window(params, grads, state):
+        n_win, eps = ADAGRAD_WINDOW["n_win"], ADAGRAD_WINDOW["epsilon"]
+        i = state["i"]
+        accu = tuple(a.at[..., i].set(g**2) for a, g in zip(state["accu"], grads))
+        new = tuple(p - learning_rate * g / jnp.sqrt(a.sum(axis=-1) + eps)
+                    for p, g, a in zip(params, grads, accu))
+        return new, {"i": jnp.where(i + 1 < n_win, i + 1, 0), "accu": accu}
+
+    if name == "adam":
+        return adam
+    if name == "adagrad_window":
+        return adagrad_window
+    raise ValueError(f"the vectorised engine implements adam and adagrad_window, not '{name}'")
