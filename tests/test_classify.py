@@ -475,3 +475,35 @@ def test_wide_collapse_at_a_wrong_location_is_not_collapsed():
 def test_settings_validation_of_the_location_tolerance():
     with pytest.raises(ValueError):
         ClassifierSettings(collapse_location_fraction=0.0)
+
+
+# ---------------------------------------------------------------- the pipeline's per-fit table
+
+
+def test_classify_chunk_writes_centre_and_minority_columns(tmp_path):
+    from types import SimpleNamespace
+
+    from vimodes.idata import write_posterior
+    from vimodes.pipeline import classify_chunk, fit_record_path
+    from vimodes.records import write_json
+
+    rng = np.random.default_rng(5)
+    wide = np.array([3.0, -1.0]) + rng.normal(0, 0.3, size=(1, 400, 2))
+    split = np.tile([3.0, -1.0], (1, 400, 1))
+    split[0, :60] = (-1.0, 3.0)  # 85/15: spanning
+    for seed, slopes in enumerate((wide, split)):
+        record = {"seed": seed, "cell_id": "c", "method": "advi", "model": "marginal",
+                  "status": "ok", "error": None, "true_slopes": [3.0, -1.0],
+                  "true_weights": [0.5, 0.5], "true_noise_sd": 0.1, "n_obs": 100_000}
+        draws = {"slopes": slopes, "weights": np.full(slopes.shape, 0.5),
+                 "sigma": np.full(slopes.shape[:2], 0.1)}
+        write_posterior(fit_record_path(tmp_path, seed, "nc"),
+                        SimpleNamespace(draws=draws, sample_stats={}), record)
+        write_json(record, fit_record_path(tmp_path, seed, "json"))
+    study = SimpleNamespace(config={"classifier": {}})
+    frame = classify_chunk(study, tmp_path, [0, 1], tmp_path / "out.parquet").set_index("seed")
+    assert frame.loc[0, "outcome"] == "mode_too_wide" and frame.loc[0, "centre_class"] == "mode_A"
+    assert frame.loc[0, "centre_mass"] == frame.loc[0, "share_mode_A"] < 0.5
+    assert frame.loc[1, "outcome"] == "spanning"
+    assert frame.loc[1, "minority_share"] == pytest.approx(0.15)
+    assert frame.loc[1, "centre_mass"] == pytest.approx(0.85)
