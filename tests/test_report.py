@@ -476,3 +476,13 @@ def test_factor_sentence_reads_the_corrected_cells(cells, fits):
         k, n = int(sub["n_single_mode"].sum()), int(sub["n_fits"].sum())
         assert f"{k}/{n} (" in text
     assert "learning rate 0.01" in text  # the optimiser's settings, from the fit table
+
+
+def test_summary_markdown_counts_too_wide(cells):
+    from vimodes.summary import summary_markdown
+
+    text = summary_markdown(cells, "t", "abc123")
+    assert "| too wide |" in text
+    cell = cells[cells["n_mode_too_wide"] > 0].iloc[0]
+    line = next(x for x in text.splitlines() if f"`{cell['cell_id']}`" in x)
+    assert line.split(" | ")[4] == str(int(cell["n_mode_too_wide"]))
