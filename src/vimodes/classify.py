@@ -400,13 +400,21 @@ def _basin_consistency(weights, sigma, expected_weights, truth, settings) -> tup
     return True, f"median sigma {med_sigma:.4g}, median weights {_fmt(med_w)}"
 
 
+def _location_tolerance(truth, settings) -> float:
+    return settings.collapse_location_fraction * abs(truth.slopes[0] - truth.slopes[1])
+
+
+def _at_one_line_slope(mean_slope, truth, settings) -> bool:
+    tolerance = _location_tolerance(truth, settings)
+    return abs(mean_slope - one_line_slope(truth)) <= tolerance * (1.0 + EDGE_RTOL)
+
+
 def _one_line_check(mean_slope, median_sigma, truth, settings) -> str:
     """Location and sigma checks of rules 5/5b; "" if both pass, else what failed."""
-    sep = abs(truth.slopes[0] - truth.slopes[1])
     target = one_line_slope(truth)
-    tolerance = settings.collapse_location_fraction * sep
+    tolerance = _location_tolerance(truth, settings)
     problems = []
-    if abs(mean_slope - target) > tolerance * (1.0 + EDGE_RTOL):
+    if not _at_one_line_slope(mean_slope, truth, settings):
         problems.append(f"their mean {mean_slope:.4g} is {abs(mean_slope - target):.3g} from the "
                         f"one-line slope {target:.4g} (tolerance {tolerance:.3g})")
     if not median_sigma >= settings.sigma_ratio_max * truth.noise_sd * (1.0 - EDGE_RTOL):
@@ -422,11 +430,9 @@ def _centre(flat_slopes, codes, truth, settings, reference_sd) -> tuple[str, flo
     """Rule 1b: (centre_class, centre_mass, centre) of finite pooled slope draws (n, 2)."""
     centre = np.median(flat_slopes, axis=0)
     code = int(assign_draws(centre, truth, settings, reference_sd))
-    if code == _COLLAPSED:
-        # an equal-slopes centre away from the one-line slope is not the symmetric point
-        tolerance = settings.collapse_location_fraction * abs(truth.slopes[0] - truth.slopes[1])
-        if abs(float(centre.mean()) - one_line_slope(truth)) > tolerance * (1.0 + EDGE_RTOL):
-            code = _NONE
+    if code == _COLLAPSED and not _at_one_line_slope(float(centre.mean()), truth, settings):
+        # equal slopes away from the one-line slope are not where mode averaging lands
+        code = _NONE
     mass = float(np.count_nonzero(codes == code) / codes.size) if code != _NONE else float("nan")
     return _CENTRE_NAMES[code], mass, centre
 
