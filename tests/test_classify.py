@@ -2,7 +2,8 @@
 
 Study truth: slopes (3, -1), weights (.5, .5), noise sd 0.1, N = 100000. With the default
 settings the slope tolerance is the floor 0.05 * 4 = 0.2 (5 reference sds = 0.0039 is smaller),
-sigma must be within [0.1/1.5, 0.1*1.5], weights within 0.1 of (.5, .5). Edges are INSIDE.
+sigma must be within [0.1/1.25, 0.1*1.25], weights within 0.1 of (.5, .5); a collapsed fit needs
+its mean slope within 0.1 * 4 = 0.4 of the one-line slope 1 and sigma >= 0.125. Edges are INSIDE.
 """
 
 import math
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from vimodes.classify import (
+    CENTRE_CLASSES,
     OUTCOME_CLASSES,
     ClassifierSettings,
     Classification,
@@ -18,6 +20,7 @@ from vimodes.classify import (
     assign_draws,
     classify_draws,
     classify_failed,
+    one_line_slope,
     reference_slope_sd,
     slope_tolerances,
 )
@@ -310,3 +313,197 @@ def test_shape_errors_raise():
         classify_draws(s, w[:, :4], sg, TRUTH)
     with pytest.raises(ValueError):
         classify_draws(np.zeros((1, 5, 3)), np.zeros((1, 5, 3)), sg, TRUTH)
+
+
+# ---------------------------------------------------------------- sigma ratio default
+
+
+def test_default_sigma_ratio_catches_the_normaliser_error():
+    assert SETTINGS.sigma_ratio_max == 1.25
+    # a likelihood with log sigma where log sigma^2 belongs: optimum ~1.41-1.44x the truth
+    for ratio in (1.41, 1.44):
+        c = classify((3.0, -1.0), sigma=0.1 * ratio)
+        assert c.label == "not_converged" and "sigma" in c.reason
+    # a VI fit at a true mode has sigma within a few % of the truth
+    for ratio in (0.95, 1.05):
+        assert classify((3.0, -1.0), sigma=0.1 * ratio).label == "mode_A"
+
+
+@pytest.mark.parametrize("slopes, label", [((3.0, -1.0), "mode_A"), ((-1.0, 3.0), "mode_B")])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_sigma_ratio_edges_at_the_default(slopes, label, direction):
+    weights = (0.5, 0.5)
+    inside = 0.1 * 1.25 ** direction
+    assert classify(slopes, weights=weights, sigma=inside).label == label
+    outside = inside * (1 + direction * 1e-6)
+    c = classify(slopes, weights=weights, sigma=outside)
+    assert c.label == "not_converged" and "sigma" in c.reason
+
+
+# ---------------------------------------------------------------- centre, mass, minority share
+
+
+def test_centre_and_minority_of_a_clean_mode():
+    c = classify((3.0, -1.0), jitter=0.001)
+    assert c.centre_class == "mode_A" and c.centre_mass == 1.0 and c.minority_share == 0.0
+    b = classify((-1.0, 3.0), jitter=0.001)
+    assert b.centre_class == "mode_B" and b.centre_mass == 1.0
+    assert set(CENTRE_CLASSES) == {"mode_A", "mode_B", "symmetric", "elsewhere"}
+    assert c.to_dict()["centre_class"] == "mode_A" and c.to_dict()["minority_share"] == 0.0
+
+
+def test_on_mode_but_too_wide():
+    # centred on mode A with slope sds 0.3: only ~25% of draws within 0.2 of the mode
+    rng = np.random.default_rng(11)
+    s = np.array([3.0, -1.0]) + rng.normal(0, 0.3, size=(1, 2000, 2))
+    w = np.full_like(s, 0.5)
+    sg = np.full((1, 2000), 0.1)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "mode_too_wide" and "mode_A basin" in c.reason
+    assert c.centre_class == "mode_A"
+    assert c.centre_mass == c.share_mode_A == pytest.approx(0.25, abs=0.04)
+    assert c.minority_share == 0.0 and c.share_mode_B == 0.0
+    # the same in mode B
+    b = classify_draws(s[..., ::-1].copy(), w, sg, TRUTH)
+    assert b.label == "mode_too_wide" and b.centre_class == "mode_B"
+    # centred on the mode and wide, but sigma inconsistent: not converged, naming the check
+    bad = classify_draws(s, w, np.full((1, 2000), 0.2), TRUTH)
+    assert bad.label == "not_converged" and "sigma" in bad.reason
+    assert bad.centre_class == "mode_A"
+
+
+def test_too_wide_share_edge():
+    # 90% in A is a mode (rule 4, edge inside); 89% in A with the rest in no basin: too wide
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :10] = (3.5, -1.0)
+    assert classify_draws(s, w, sg, TRUTH).label == "mode_A"
+    s[0, 10] = (3.5, -1.0)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "mode_too_wide" and c.share_mode_A == pytest.approx(0.89)
+    assert c.centre_class == "mode_A" and c.centre_mass == pytest.approx(0.89)
+
+
+def test_mode_plus_collapsed_chain_is_split_not_wide():
+    # >= span_min_share collapsed next to a mode: two places, not one wide approximation
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :10] = (1.0, 1.0)
+    s[0, 10:12] = (3.5, -1.0)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.centre_class == "mode_A" and c.label == "not_converged"
+
+
+@pytest.mark.parametrize("minority, label", [(15, "spanning"), (5, "mode_A")])
+def test_minority_share(minority, label):
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :minority] = (-1.0, 3.0)
+    w[0, :minority] = (0.5, 0.5)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == label
+    assert c.minority_share == pytest.approx(minority / 100)
+    assert c.centre_class == "mode_A" and c.centre_mass == pytest.approx(1 - minority / 100)
+
+
+def test_minority_share_counts_only_draws_in_a_basin():
+    s, w, sg = make_draws((3.0, -1.0), draws=100)
+    s[0, :20] = (-1.0, 3.0)
+    s[0, 20:40] = (0.0, 7.0)  # in no basin
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.minority_share == pytest.approx(20 / 80)
+    far = classify((0.0, 7.0))
+    assert math.isnan(far.minority_share) and far.centre_class == "elsewhere"
+    assert math.isnan(far.centre_mass)
+
+
+def test_failed_fit_has_no_centre():
+    s, w, sg = make_draws((3.0, -1.0), draws=10)
+    s[0, 0, 0] = np.nan
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.centre_class is None and math.isnan(c.centre_mass) and math.isnan(c.minority_share)
+    f = classify_failed("boom")
+    assert f.centre_class is None and math.isnan(f.minority_share)
+
+
+# ---------------------------------------------------------------- collapsed: location and sigma
+
+
+def test_one_line_slope():
+    assert one_line_slope(TRUTH) == pytest.approx(1.0)
+    assert one_line_slope(TrueParameters((3.0, -1.0), (0.25, 0.75), 0.1, 100)) == pytest.approx(0.0)
+
+
+def test_collapsed_at_the_one_line_slope_with_big_sigma():
+    c = classify((1.0, 1.0), sigma=1.16, jitter=0.01)
+    assert c.label == "collapsed"
+    assert c.centre_class == "symmetric" and c.centre_mass == 1.0
+    assert math.isnan(c.minority_share)
+
+
+@pytest.mark.parametrize("level", [-2.0, 3.0, -1.0, 1.5])
+def test_equal_slopes_at_a_wrong_location_are_not_collapsed(level):
+    c = classify((level, level), sigma=1.16, jitter=0.01)
+    assert c.share_collapsed == 1.0  # the draw-level band looks at the gap only
+    assert c.label == "not_converged"
+    assert "one-line slope" in c.reason and "not mode averaging" in c.reason
+    assert c.centre_class == "elsewhere"
+
+
+def test_collapse_location_edge():
+    tol = SETTINGS.collapse_location_fraction * 4.0  # 0.4
+    assert classify((1.0 + tol, 1.0 + tol), sigma=1.16, draws=1).label == "collapsed"
+    assert classify((1.0 - tol, 1.0 - tol), sigma=1.16, draws=1).label == "collapsed"
+    assert classify((1.0 + tol + 1e-6,) * 2, sigma=1.16, draws=1).label == "not_converged"
+    assert classify((1.0 - tol - 1e-6,) * 2, sigma=1.16, draws=1).label == "not_converged"
+
+
+def test_collapsed_needs_a_large_sigma():
+    r = SETTINGS.sigma_ratio_max
+    assert classify((1.0, 1.0), sigma=0.1 * r).label == "collapsed"  # edge inside
+    small = classify((1.0, 1.0), sigma=0.1 * r * (1 - 1e-6))
+    assert small.label == "not_converged" and "sigma" in small.reason
+    assert classify((1.0, 1.0), sigma=0.1).label == "not_converged"
+
+
+def test_wide_collapse_at_a_wrong_location_is_not_collapsed():
+    rng = np.random.default_rng(7)
+    s = rng.normal(-2.0, 0.53, size=(1, 1000, 2))
+    w = np.full_like(s, 0.5)
+    sg = np.full((1, 1000), 1.16)
+    c = classify_draws(s, w, sg, TRUTH)
+    assert c.label == "not_converged" and "one-line slope" in c.reason
+
+
+def test_settings_validation_of_the_location_tolerance():
+    with pytest.raises(ValueError):
+        ClassifierSettings(collapse_location_fraction=0.0)
+
+
+# ---------------------------------------------------------------- the pipeline's per-fit table
+
+
+def test_classify_chunk_writes_centre_and_minority_columns(tmp_path):
+    from types import SimpleNamespace
+
+    from vimodes.idata import write_posterior
+    from vimodes.pipeline import classify_chunk, fit_record_path
+    from vimodes.records import write_json
+
+    rng = np.random.default_rng(5)
+    wide = np.array([3.0, -1.0]) + rng.normal(0, 0.3, size=(1, 400, 2))
+    split = np.tile([3.0, -1.0], (1, 400, 1))
+    split[0, :60] = (-1.0, 3.0)  # 85/15: spanning
+    for seed, slopes in enumerate((wide, split)):
+        record = {"seed": seed, "cell_id": "c", "method": "advi", "model": "marginal",
+                  "status": "ok", "error": None, "true_slopes": [3.0, -1.0],
+                  "true_weights": [0.5, 0.5], "true_noise_sd": 0.1, "n_obs": 100_000}
+        draws = {"slopes": slopes, "weights": np.full(slopes.shape, 0.5),
+                 "sigma": np.full(slopes.shape[:2], 0.1)}
+        write_posterior(fit_record_path(tmp_path, seed, "nc"),
+                        SimpleNamespace(draws=draws, sample_stats={}), record)
+        write_json(record, fit_record_path(tmp_path, seed, "json"))
+    study = SimpleNamespace(config={"classifier": {}})
+    frame = classify_chunk(study, tmp_path, [0, 1], tmp_path / "out.parquet").set_index("seed")
+    assert frame.loc[0, "outcome"] == "mode_too_wide" and frame.loc[0, "centre_class"] == "mode_A"
+    assert frame.loc[0, "centre_mass"] == frame.loc[0, "share_mode_A"] < 0.5
+    assert frame.loc[1, "outcome"] == "spanning"
+    assert frame.loc[1, "minority_share"] == pytest.approx(0.15)
+    assert frame.loc[1, "centre_mass"] == pytest.approx(0.85)

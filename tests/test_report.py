@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from vimodes import plots, report
+from vimodes.classify import OUTCOME_CLASSES
 from vimodes.metrics import wilson_interval
-from vimodes.pipeline import summarise_cells
+from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "workflow" / "report"
@@ -27,7 +28,7 @@ CELLS = [
     ("as_asked", "advi", "default", ["not_converged"] * 4),
     ("as_asked", "fullrank_advi", "default", ["not_converged"] * 3 + ["failed"]),
     ("as_asked_fix_mixture", "advi", "default", ["mode_A", "collapsed", "collapsed", "mode_B"]),
-    ("marginal", "advi", "default", ["collapsed", "collapsed", "mode_A", "not_converged"]),
+    ("marginal", "advi", "default", ["collapsed", "mode_too_wide", "mode_A", "not_converged"]),
     ("marginal", "advi", "adam", ["mode_A", "mode_B", "mode_B", "mode_A"]),
     ("marginal", "fullrank_advi", "adam", ["mode_A", "spanning", "not_converged", "failed"]),
     ("ordered", "advi", "adam", ["mode_B", "mode_B", "mode_B", "failed"]),
@@ -42,6 +43,8 @@ def _fit_row(model, method, optimizer, seed, outcome):
                                            else ["it200", "init-jitter"]))
     ok = outcome != "failed"
     sigma = SIGMA[model] * (1 + 0.1 * seed) if ok else np.nan
+    minority = {"mode_A": 0.02 * seed, "mode_B": 0.02 * seed, "spanning": 0.3,
+                "mode_too_wide": 0.0}.get(outcome, np.nan)
     return {
         "cell_id": cell_id, "grid": "question" if model.startswith("as_asked") else "main",
         "model": model, "method": method, "optimizer": optimizer,
@@ -58,7 +61,7 @@ def _fit_row(model, method, optimizer, seed, outcome):
         "slopes_0_mean": 3.0 if ok else np.nan, "slopes_1_mean": -1.0 if ok else np.nan,
         "slopes_0_sd": 0.01 * (seed + 1) if ok else np.nan,
         "slopes_1_sd": 0.01 * (seed + 1) if ok else np.nan,
-        "n_obs": 100000, "config_hash": "abc123", "version_pymc": "5.28.5",
+        "minority_share": minority, "n_obs": 100000, "config_hash": "abc123", "version_pymc": "5.28.5",
         "stopped_early": False, "divergences": np.nan, "rhat_max_raw": np.nan,
         "rhat_max_relabelled": np.nan,
     }
@@ -138,6 +141,32 @@ def _inputs(tmp_path: Path, tables: dict[str, pd.DataFrame], name: str) -> dict[
     return out
 
 
+# --- cell table --------------------------------------------------------------------------------
+
+
+def test_too_wide_is_counted_but_not_single_mode(cells):
+    cell = cells[cells["cell_id"] == "marginal__advi__default__it1000__init-jitter__b128"].iloc[0]
+    assert cell["n_mode_too_wide"] == 1 and cell["n_single_mode"] == 1
+    assert cell["rate_mode_too_wide"] == 0.25
+    assert (cells[[f"n_{c}" for c in HEADLINE_CLASSES]].sum(axis=1) == cells["n_fits"]).all()
+    assert plots.OUTCOME_ORDER == HEADLINE_CLASSES == OUTCOME_CLASSES
+
+
+def test_equal_modes_test_is_nan_for_the_ordered_model(cells, fits):
+    from vimodes.model_specs import MODEL_SPECS
+
+    ordered_cells = cells[cells["model"].map(lambda m: MODEL_SPECS[m].ordered)]
+    assert len(ordered_cells) == 1 and ordered_cells["n_mode_B"].iloc[0] == 3
+    assert ordered_cells["p_equal_modes"].isna().all()
+    exchangeable = cells[cells["cell_id"] == "marginal__advi__adam__it1000__init-jitter__b128"]
+    assert exchangeable["p_equal_modes"].iloc[0] == pytest.approx(1.0)
+    # the report never shows the test, so it cannot show it for the ordered model
+    context = report.build_context(cells, fits, fits.iloc[:0], report.default_provenance("t"))
+    text = json.dumps([vars(s) for s in context["sections"]], default=vars)
+    assert "p_equal" not in text and "equally likely" not in text
+    assert "p_equal_modes" not in report.report_tables(cells, fits)["headline"]
+
+
 # --- report numbers ----------------------------------------------------------------------------
 
 
@@ -160,6 +189,7 @@ def test_headline_table_numbers_equal_cell_table(cells):
         assert row[rate_column] == expected
         assert row[table.columns.index("fits")] == str(n)
         assert row[table.columns.index("collapsed")] == str(int(cell["n_collapsed"]))
+        assert row[table.columns.index("too wide")] == str(int(cell["n_mode_too_wide"]))
 
 
 def test_headline_sentence_pools_the_cell_counts(cells):
@@ -218,6 +248,19 @@ def test_diagnostics_counts_khat_per_class(fits):
     single = rows[rows["outcome"].isin(["mode_A", "mode_B"]) & rows["psis_khat"].notna()]
     good = int((single["psis_khat"] <= plots.KHAT_OK).sum())
     assert f"{good}/{len(single)}" in section.paragraphs[0]
+    assert "minority_share" in section.figures
+    too_wide = [row for row in section.tables[0].rows if row[0] == "on a mode, too wide"]
+    assert too_wide and too_wide[0][1] == "1"
+
+
+def test_minority_share_text_reads_the_fit_table(fits):
+    rows = plots.fit_rows(fits)
+    text = report.minority_text(rows)
+    for name, labels in (("single-mode", ["mode_A", "mode_B"]), ("spanning", ["spanning"])):
+        share = rows[rows["outcome"].isin(labels)]["minority_share"]
+        assert f"of the {len(share)} {name} fits, {int((share > 0).sum())}/{len(share)}" in text
+        assert f"median minority share {report.num(share.median())}" in text
+    assert "No single-mode" in report.minority_text(rows.iloc[:0])
 
 
 def test_context_degrades_gracefully_without_vi_or_question(cells, fits, data_summary):
@@ -433,3 +476,13 @@ def test_factor_sentence_reads_the_corrected_cells(cells, fits):
         k, n = int(sub["n_single_mode"].sum()), int(sub["n_fits"].sum())
         assert f"{k}/{n} (" in text
     assert "learning rate 0.01" in text  # the optimiser's settings, from the fit table
+
+
+def test_summary_markdown_counts_too_wide(cells):
+    from vimodes.summary import summary_markdown
+
+    text = summary_markdown(cells, "t", "abc123")
+    assert "| too wide |" in text
+    cell = cells[cells["n_mode_too_wide"] > 0].iloc[0]
+    line = next(x for x in text.splitlines() if f"`{cell['cell_id']}`" in x)
+    assert line.split(" | ")[4] == str(int(cell["n_mode_too_wide"]))

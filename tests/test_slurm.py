@@ -34,7 +34,7 @@ PROFILE = "workflow/profiles/slurm"
 CONFIG = "config/smoke.yaml"
 RUN_TIMEOUT_S = 3600
 OUTCOME_COLUMNS = ["status", "outcome", "outcome_reason", "share_mode_A", "share_mode_B",
-                   "share_collapsed"]
+                   "share_collapsed", "centre_class", "centre_mass", "minority_share"]
 ROW_KEY = ["cell_id", "seed", "level", "chain"]
 
 

@@ -83,7 +83,8 @@ def test_smoke_study_end_to_end(smoke_run):
     assert fit_rows["outcome"].notna().all()
     cells = pd.read_parquet(work / "data" / "tables" / "cells.parquet")
     assert set(cells["cell_id"]) == {c.cell_id for c in study.cells}
-    classes = ["mode_A", "mode_B", "spanning", "collapsed", "not_converged", "failed"]
+    classes = ["mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
+               "failed"]
     assert (cells[[f"n_{c}" for c in classes]].sum(axis=1) == cells["n_fits"]).all()
     assert ((cells["rate_single_mode_low"] <= cells["rate_single_mode"]) &
             (cells["rate_single_mode"] <= cells["rate_single_mode_high"])).all()

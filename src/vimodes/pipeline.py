@@ -135,6 +135,8 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                      "iterations_to_stabilise": iterations_to_stabilise(record, truth, settings),
                      "outcome_reason": c.reason, "share_mode_A": c.share_mode_A,
                      "share_mode_B": c.share_mode_B, "share_collapsed": c.share_collapsed,
+                     "centre_class": c.centre_class, "centre_mass": c.centre_mass,
+                     "minority_share": c.minority_share,
                      **errors, **diagnostics, **_posterior_summary(draws)})
         if draws["slopes"].shape[0] > 1:
             for chain, chain_label in enumerate(c.chain_labels):
@@ -199,15 +201,18 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             frame.to_parquet(tmp, index=False)
 
 
-HEADLINE_CLASSES = ("mode_A", "mode_B", "spanning", "collapsed", "not_converged", "failed")
+HEADLINE_CLASSES = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
+                    "failed")
 CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "init",
              "batch_size", "chains", "data_regime")
 
 
 def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode = A + B,
-    and the exact binomial test that modes A and B are equally likely among single-mode fits."""
+    """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode = A + B
+    (``mode_too_wide`` is not in it), and the exact binomial test that modes A and B are equally
+    likely among single-mode fits (NaN for an ordered model: it has one mode by construction)."""
     from vimodes.metrics import equal_modes_pvalue, wilson_interval
+    from vimodes.model_specs import MODEL_SPECS
 
     rows = []
     fit_rows = fits[fits["level"] == "fit"]
@@ -225,7 +230,9 @@ def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
             row[f"rate_{label}"] = k / n if n else np.nan
             row[f"rate_{label}_low"] = low
             row[f"rate_{label}_high"] = high
-        row["p_equal_modes"] = equal_modes_pvalue(row["n_mode_A"], row["n_mode_B"])
+        spec = MODEL_SPECS.get(first["model"])
+        row["p_equal_modes"] = np.nan if spec is not None and spec.ordered else \
+            equal_modes_pvalue(row["n_mode_A"], row["n_mode_B"])
         row["median_fit_seconds"] = float(group["fit_seconds"].median())
         row["median_sigma"] = float(group["sigma_mean"].median()) if "sigma_mean" in group else np.nan
         rows.append(row)

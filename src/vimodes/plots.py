@@ -39,12 +39,14 @@ log = logging.getLogger("vimodes")
 # ---------------------------------------------------------------------------------------------
 # Orders, labels and colours (one place: changing them only reruns the figure rules)
 
-OUTCOME_ORDER = ("mode_A", "mode_B", "spanning", "collapsed", "not_converged", "failed")
+OUTCOME_ORDER = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
+                 "failed")
 RATE_CLASSES = ("single_mode", *OUTCOME_ORDER)
 OUTCOME_COLORS = {
     "single_mode": "#000000",
     "mode_A": "#1b9e77",
     "mode_B": "#7570b3",
+    "mode_too_wide": "#66a61e",
     "spanning": "#e7298a",
     "collapsed": "#d95f02",
     "not_converged": "#7f7f7f",
@@ -54,6 +56,7 @@ OUTCOME_LABELS = {
     "single_mode": "single mode (A or B)",
     "mode_A": "mode A",
     "mode_B": "mode B",
+    "mode_too_wide": "on a mode, too wide",
     "spanning": "spanning (both modes)",
     "collapsed": "collapsed (modes averaged)",
     "not_converged": "not converged",
@@ -571,6 +574,40 @@ def fig_runtime(fits: pd.DataFrame) -> Figure:
     return fig
 
 
+MINORITY_CLASSES = ("mode_A", "mode_B", "spanning")
+
+
+def fig_minority_share(fits: pd.DataFrame) -> Figure:
+    """Empirical CDF per method of the minority share min(A, B) / (A + B) of the draws in a
+    basin, over the fits labelled mode A, mode B or spanning: how cleanly a "single mode" sits in
+    one mode, and how evenly a spanning fit splits."""
+    rows = fit_rows(fits)
+    rows = rows[rows["outcome"].isin(MINORITY_CLASSES)] if "outcome" in rows else rows.iloc[:0]
+    rows = rows[numeric(rows, "minority_share").notna()]
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no single-mode or spanning fit with a minority share")
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+    handles = []
+    for method in methods:
+        values = np.sort(numeric(rows[rows["method"] == method], "minority_share").to_numpy())
+        ecdf = np.arange(1, values.size + 1) / values.size
+        color = METHOD_COLORS.get(method, "#333333")
+        # start at (0, 0) so that a method whose fits are all exactly 0 still shows a jump
+        ax.step(np.r_[0.0, values, 0.5], np.r_[0.0, ecdf, 1.0], where="post", color=color,
+                linewidth=1.2)
+        handles.append(Line2D([], [], color=color, label=f"{method_label(method)} "
+                                                          f"(n={values.size})"))
+    ax.set_xlim(-0.01, 0.51)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("minority share of the draws in a basin, min(A, B) / (A + B)")
+    ax.set_ylabel("fraction of fits (mode A, mode B, spanning)")
+    ax.grid(color="#dddddd", linewidth=0.5)
+    ax.legend(handles=handles, loc="lower right")
+    return fig
+
+
 def question_comparison_rows(fits: pd.DataFrame) -> pd.DataFrame:
     """Fits of the question's model, its ablations and the corrected ``marginal`` model, in the
     VI settings (method, optimizer, iterations, init, batch size, data) where ``as_asked`` was
@@ -653,6 +690,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "errors_by_class": fig_errors_by_class,
     "khat_by_class": fig_khat_by_class,
     "runtime": fig_runtime,
+    "minority_share": fig_minority_share,
     "question_model": fig_question_model,
 }
 

@@ -45,6 +45,8 @@ from vimodes.records import atomic_path, package_versions
 ADVI_METHODS = ("advi", "fullrank_advi")
 OTHER_METHODS = ("svgd", "pathfinder", "cavi")
 SINGLE = ("mode_A", "mode_B")
+# the outcome classes after the single modes, in report order
+OTHER_CLASSES = ("mode_too_wide", "spanning", "collapsed", "not_converged", "failed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +155,9 @@ def pooled_cells(cells: pd.DataFrame, label: str) -> Pooled:
     """Counts of class ``label`` summed over cells (their fits pooled)."""
     if cells.empty:
         return Pooled(0, 0)
-    return Pooled(int(cells[f"n_{label}"].sum()), int(cells["n_fits"].sum()))
+    # a cell table written before the class existed has no column for it: none of its fits
+    k = int(cells[f"n_{label}"].sum()) if f"n_{label}" in cells else 0
+    return Pooled(k, int(cells["n_fits"].sum()))
 
 
 def pooled_fits(rows: pd.DataFrame, labels: Sequence[str]) -> Pooled:
@@ -198,13 +202,16 @@ def headline_table(cells: pd.DataFrame) -> Table:
         rows.append([code(row["model"]), method_label(row["method"]), setting_text(row),
                      integer(row["n_fits"]), cell_rate(row, "single_mode"),
                      f"{integer(row['n_mode_A'])} / {integer(row['n_mode_B'])}",
-                     integer(row["n_spanning"]), integer(row["n_collapsed"]),
-                     integer(row["n_not_converged"]), integer(row["n_failed"]),
-                     num(row.get("median_sigma"))])
+                     integer(row.get("n_mode_too_wide")), integer(row["n_spanning"]),
+                     integer(row["n_collapsed"]), integer(row["n_not_converged"]),
+                     integer(row["n_failed"]), num(row.get("median_sigma"))])
     return Table(["model", "method", "setting", "fits", "single mode (95% CI)", "A / B",
-                  "spanning", "collapsed", "not converged", "failed", "median sigma"], rows,
+                  "too wide", "spanning", "collapsed", "not converged", "failed",
+                  "median sigma"], rows,
                  "Per cell: fits landing on one permutation mode (mode A or B), Wilson 95% "
-                 "intervals; the other columns are counts of the other outcome classes.")
+                 "intervals; the other columns are counts of the other outcome classes (too "
+                 "wide: centred on a mode but with too little of its mass in it, not counted as "
+                 "single mode).")
 
 
 def headline_section(cells: pd.DataFrame) -> Section:
@@ -232,8 +239,7 @@ def headline_section(cells: pd.DataFrame) -> Section:
                  f"{pct(high['rate_single_mode'])} ({code(high['cell_id'])}, "
                  f"{integer(high['n_fits'])} fits).")
     others = [f"{OUTCOME_LABELS[label]} {pooled_cells(corrected, label).text()}"
-              for label in ("spanning", "collapsed", "not_converged", "failed")
-              if pooled_cells(corrected, label).k]
+              for label in OTHER_CLASSES if pooled_cells(corrected, label).k]
     if others:
         text += " The rest: " + "; ".join(others) + "."
     section.paragraphs.append(text)
@@ -464,6 +470,7 @@ def factor_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
                 rows.append([name, code(model), method_label(method),
                              _level_text(factor, level, labels), str(len(sub)),
                              pooled_cells(sub, "single_mode").text(),
+                             pooled_cells(sub, "mode_too_wide").text(),
                              pooled_cells(sub, "collapsed").text(),
                              pooled_cells(sub, "not_converged").text(),
                              pooled_cells(sub, "failed").text()])
@@ -472,8 +479,8 @@ def factor_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
                                   "size) has more than one level in this study.")
     else:
         section.tables.append(Table(
-            ["factor", "model", "method", "level", "cells", "single mode (95% CI)", "collapsed",
-             "not converged", "failed"], rows,
+            ["factor", "model", "method", "level", "cells", "single mode (95% CI)",
+             "too wide", "collapsed", "not converged", "failed"], rows,
             "Per model and method, fits pooled over the cells at each level of one factor "
             "(other factors pooled)."))
     section.notes.append(
@@ -547,19 +554,19 @@ def other_methods_section(cells: pd.DataFrame) -> Section:
             section.paragraphs.append(f"{method_label(method)} was not run in this study.")
             continue
         extra = "; ".join(f"{OUTCOME_LABELS[label]} {pooled_cells(sub, label).text()}"
-                          for label in ("spanning", "collapsed", "not_converged", "failed")
-                          if pooled_cells(sub, label).k)
+                          for label in OTHER_CLASSES if pooled_cells(sub, label).k)
         section.paragraphs.append(
             f"{method_label(method)} ({len(sub)} cell{'s' if len(sub) > 1 else ''}): single mode "
             f"in {pooled_cells(sub, 'single_mode').text()} fits" + (f"; {extra}" if extra else "")
             + ".")
     if not other.empty:
         section.tables.append(Table(
-            ["model", "method", "setting", "fits", "single mode (95% CI)", "A / B", "spanning",
-             "collapsed", "not converged", "failed"],
+            ["model", "method", "setting", "fits", "single mode (95% CI)", "A / B", "too wide",
+             "spanning", "collapsed", "not converged", "failed"],
             [[code(r["model"]), method_label(r["method"]), setting_text(r), integer(r["n_fits"]),
               cell_rate(r, "single_mode"), f"{integer(r['n_mode_A'])} / {integer(r['n_mode_B'])}",
-              integer(r["n_spanning"]), integer(r["n_collapsed"]), integer(r["n_not_converged"]),
+              integer(r.get("n_mode_too_wide")), integer(r["n_spanning"]),
+              integer(r["n_collapsed"]), integer(r["n_not_converged"]),
               integer(r["n_failed"])] for _, r in other.iterrows()],
             "Other approximations, per cell."))
     return section
@@ -567,7 +574,7 @@ def other_methods_section(cells: pd.DataFrame) -> Section:
 
 def diagnostics_section(fits: pd.DataFrame) -> Section:
     section = Section("diagnostics", "Diagnostics by outcome class",
-                      figures=["khat_by_class", "errors_by_class"])
+                      figures=["khat_by_class", "errors_by_class", "minority_share"])
     rows = fit_rows(fits)
     with_khat = rows[numeric(rows, "psis_khat").notna()]
     table = []
@@ -599,7 +606,25 @@ def diagnostics_section(fits: pd.DataFrame) -> Section:
          "median sigma error", "median slope error"], table,
         "Per outcome class over all methods; errors after relabelling to the nearest "
         "permutation."))
+    section.notes.append(minority_text(rows))
     return section
+
+
+def minority_text(rows: pd.DataFrame) -> str:
+    """How the draws in a basin split between the two modes, for single-mode and spanning fits."""
+    parts = []
+    for name, labels in (("single-mode", SINGLE), ("spanning", ("spanning",))):
+        sub = rows[rows["outcome"].isin(labels)]
+        share = numeric(sub, "minority_share").dropna()
+        if share.empty:
+            continue
+        mixed = Pooled(int((share > 0).sum()), len(share))
+        parts.append(f"of the {len(share)} {name} fits, {mixed.text()} had draws in the other "
+                     f"mode (median minority share {num(share.median())})")
+    if not parts:
+        return "No single-mode or spanning fit has a minority share in this study."
+    return ("Minority share = min(A, B) / (A + B) of the draws in a basin: "
+            + "; ".join(parts) + ".")
 
 
 def runtime_section(fits: pd.DataFrame) -> Section:
@@ -712,6 +737,10 @@ FIGURE_INFO = {
     "errors_by_class": ("Errors by outcome class",
                         "Absolute errors of sigma, the slopes and the weights after relabelling; "
                         "bar: median."),
+    "minority_share": ("Minority share of single-mode and spanning fits",
+                       "Empirical CDF per method of min(A, B) / (A + B), the share of the draws "
+                       "in a basin that are in the less populated mode, over the fits labelled "
+                       "mode A, mode B or spanning: 0 is a clean single mode, 0.5 an even split."),
     "runtime": ("Runtime per method",
                 "Fit time of every successful fit (compilation excluded); bar: median."),
 }
@@ -793,8 +822,8 @@ def report_tables(cells: pd.DataFrame, fits: pd.DataFrame) -> dict[str, pd.DataF
     keep = [c for c in ("cell_id", "model", "method", "optimizer", "iterations", "init",
                         "batch_size", "n_fits", "n_single_mode", "rate_single_mode",
                         "rate_single_mode_low", "rate_single_mode_high", "n_mode_A", "n_mode_B",
-                        "n_spanning", "n_collapsed", "n_not_converged", "n_failed",
-                        "median_sigma", "median_fit_seconds") if c in vi]
+                        "n_mode_too_wide", "n_spanning", "n_collapsed", "n_not_converged",
+                        "n_failed", "median_sigma", "median_fit_seconds") if c in vi]
     rows = question_comparison_rows(fits)
     question = []
     for model in ordered(rows["model"], MODEL_ORDER):
@@ -847,10 +876,11 @@ def headline_console(cells_csv: str | Path, report_path: str | Path | None = Non
     cells = sort_cells(pd.read_csv(cells_csv))
     width = max([len("cell")] + [len(str(c)) for c in cells["cell_id"]])
     lines = [f"{'cell':<{width}}  {'fits':>4}  single mode (95% CI)                 "
-             "collapsed  not conv.  failed"]
+             "too wide  collapsed  not conv.  failed"]
     for _, row in cells.iterrows():
         lines.append(f"{row['cell_id']:<{width}}  {int(row['n_fits']):>4}  "
-                     f"{cell_rate(row, 'single_mode'):<36} {int(row['n_collapsed']):>9}  "
+                     f"{cell_rate(row, 'single_mode'):<36} "
+                     f"{integer(row.get('n_mode_too_wide')):>8}  {int(row['n_collapsed']):>9}  "
                      f"{int(row['n_not_converged']):>9}  {int(row['n_failed']):>6}")
     if report_path is not None:
         path = Path(report_path)

@@ -19,17 +19,18 @@ def summary_markdown(cells: pd.DataFrame, study_name: str, config_hash: str) -> 
         f"# Where does VI land? Study `{study_name}`",
         "",
         f"Config hash `{config_hash}`; {int(cells['n_fits'].sum())} fits in {len(cells)} cells. "
-        "Rates are per cell with 95% Wilson intervals; single mode = mode_A + mode_B.",
+        "Rates are per cell with 95% Wilson intervals; single mode = mode_A + mode_B (too wide = "
+        "mode_too_wide, centred on a mode but too wide, is not in it).",
         "",
-        "| cell | fits | mode A | mode B | spanning | collapsed | not converged | failed "
-        "| single mode rate [95% CI] | median sigma |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | fits | mode A | mode B | too wide | spanning | collapsed | not converged "
+        "| failed | single mode rate [95% CI] | median sigma |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in cells.sort_values(["grid", "cell_id"]).iterrows():
         lines.append(
             f"| `{row['cell_id']}` | {row['n_fits']} | {row['n_mode_A']} | {row['n_mode_B']} | "
-            f"{row['n_spanning']} | {row['n_collapsed']} | {row['n_not_converged']} | "
-            f"{row['n_failed']} | {_rate(row, 'single_mode')} | {row['median_sigma']:.3g} |")
+            f"{row.get('n_mode_too_wide', 0)} | {row['n_spanning']} | {row['n_collapsed']} | "
+            f"{row['n_not_converged']} | {row['n_failed']} | {_rate(row, 'single_mode')} | {row['median_sigma']:.3g} |")
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     lines += ["", f"Package versions: {versions}.", ""]
     return "\n".join(lines)

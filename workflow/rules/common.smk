@@ -50,6 +50,7 @@ localrules:
     plot_slope_draws,
     plot_khat_by_class,
     plot_errors_by_class,
+    plot_minority_share,
     plot_runtime,
     write_report,
 

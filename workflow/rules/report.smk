@@ -18,6 +18,7 @@ FIGURE_NAMES = [
     "slope_draws",
     "khat_by_class",
     "errors_by_class",
+    "minority_share",
     "runtime",
 ]
 FIGURE_FILES = expand("figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg"])
@@ -33,7 +34,8 @@ rule figures:
 
     snakemake figures --cores 2 --allowed-rules figures write_report plot_outcome_rates
         plot_question_model plot_loss_traces plot_slope_draws plot_khat_by_class
-        plot_errors_by_class plot_runtime [--configfile config/smoke.yaml] [--forceall]
+        plot_errors_by_class plot_minority_share plot_runtime [--configfile config/smoke.yaml]
+        [--forceall]
 
     (`--allowed-rules` makes the tables in data/tables/ inputs that must already exist;
     `--forceall` redraws figures that are up to date. Plain `snakemake figures` also works:
@@ -270,6 +272,32 @@ rule plot_errors_by_class:
         runtime=5,
     params:
         figure="errors_by_class",
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_minority_share:
+    """Minority share of the draws in a basin, for single-mode and spanning fits."""
+    input:
+        fits="data/tables/fits.parquet",
+    output:
+        png=report(
+            "figures/minority_share.png",
+            caption="../report/minority_share.rst",
+            category="4. Diagnostics",
+        ),
+        svg="figures/minority_share.svg",
+    log:
+        "logs/figures/minority_share.log",
+    benchmark:
+        "logs/benchmarks/figures/minority_share.tsv"
+    conda:
+        "../envs/vimodes.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        figure="minority_share",
     script:
         "../scripts/plot_figure.py"
 
