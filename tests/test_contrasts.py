@@ -11,7 +11,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vimodes.contrasts import CONTRAST_COLUMNS, cell_contrasts, holm_adjust, paired_contrast
+from vimodes.contrasts import (
+    CONTRAST_COLUMNS,
+    cell_contrasts,
+    holm_adjust,
+    paired_contrast,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,3 +244,20 @@ def test_every_contrast_column_is_documented():
     section = text.split("## `data/tables/contrasts.{csv,parquet}`", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_0-9]+)`", section))
     assert set(CONTRAST_COLUMNS) <= documented
+
+
+def test_aggregate_writes_the_contrast_tables(fits, tmp_path):
+    from vimodes.pipeline import aggregate
+
+    fits = fits.assign(fit_seconds=1.0)
+    half = len(fits) // 2
+    paths = [tmp_path / "one.parquet", tmp_path / "two.parquet"]
+    fits.iloc[:half].to_parquet(paths[0], index=False)  # chunks split the seeds of a cell
+    fits.iloc[half:].to_parquet(paths[1], index=False)
+    out = {name: {ext: str(tmp_path / f"{name}.{ext}") for ext in ("csv", "parquet")}
+           for name in ("fits", "cells", "by_class", "contrasts")}
+    aggregate([str(p) for p in paths], out["fits"], out["cells"], out["by_class"],
+              out["contrasts"])
+    written = pd.read_parquet(out["contrasts"]["parquet"])
+    pd.testing.assert_frame_equal(written, cell_contrasts(fits), check_dtype=False)
+    assert list(pd.read_csv(out["contrasts"]["csv"]).columns) == list(CONTRAST_COLUMNS)

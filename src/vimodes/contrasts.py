@@ -33,9 +33,9 @@ __all__ = [
     "CONTRAST_AXES",
     "CONTRAST_COLUMNS",
     "DETERMINISTIC_METHODS",
-    "paired_contrast",
-    "holm_adjust",
     "cell_contrasts",
+    "holm_adjust",
+    "paired_contrast",
 ]
 
 # the factors of the design; a contrast changes exactly one of them (data_regime must be shared:
@@ -109,6 +109,11 @@ def paired_contrast(a, b, level: float = 0.95) -> dict:
         the upper end when n_01 = 0), NaN without discordant pairs;
       identical_outcomes: every pair concordant (the two cells agree on every seed).
     With no pairs every statistic is NaN (p_mcnemar too, so that Holm leaves it out).
+
+    The interval and the test are different procedures and can disagree near the boundary:
+    10 pairs with n_10 = 6, n_01 = 1 give p_mcnemar = 0.125 (the exact test is conservative)
+    while the interval, 0.02 to 0.76, excludes 0. Read the p-value (Holm-adjusted across the
+    family) for "is there a difference", and the interval for "how large is it".
     """
     a = np.asarray(a, dtype=bool).ravel()
     b = np.asarray(b, dtype=bool).ravel()
