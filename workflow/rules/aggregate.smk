@@ -1,6 +1,7 @@
 rule aggregate:
     """One tidy table with a row per fit (and per chain/path), the per-cell summary, and the
-    paired contrasts between cells that differ in one factor (same seeds in every cell)."""
+    paired contrasts between cells that differ in one factor (same seeds in every cell).
+    """
     input:
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
     output:
