@@ -13,6 +13,7 @@ from vimodes.metrics import (
     gaussian_logq,
     nearest_permutation,
     psis_khat,
+    psis_khat_mcse,
     relabel,
     relabel_per_chain,
     relabelled_errors,
@@ -250,3 +251,37 @@ def test_khat_special_cases():
     assert psis_khat(np.full(100, 5.0), np.zeros(100)) == -math.inf
     with pytest.raises(ValueError):
         psis_khat([1.0, 2.0], [1.0])
+
+
+def _gaussian_pair_khat(sq, sp, n, seed):
+    """k-hat and bootstrap MCSE for proposal N(0, sq^2), target N(0, sp^2), sq < sp: the
+    weights exp(x^2/2 (1/sq^2 - 1/sp^2)) have a Pareto tail with index 1/k, k = 1 - sq^2/sp^2."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, sq, n)
+    return psis_khat_mcse(stats.norm.logpdf(x, 0, sp), stats.norm.logpdf(x, 0, sq), rng=rng)
+
+
+@pytest.mark.parametrize("sq, sp", [(1.0, 2.0), (1.0, 1.25)])  # k = 0.75, 0.36
+def test_psis_khat_mcse_covers_the_theoretical_tail_shape(sq, sp):
+    khat, mcse = _gaussian_pair_khat(sq, sp, 4000, seed=0)
+    assert 0.03 < mcse < 0.25
+    assert abs(khat - (1 - sq**2 / sp**2)) < 3 * mcse
+
+
+def test_psis_khat_mcse_shrinks_with_more_draws():
+    small = [_gaussian_pair_khat(1.0, 2.0, 1000, seed)[1] for seed in (0, 1)]
+    large = [_gaussian_pair_khat(1.0, 2.0, 8000, seed)[1] for seed in (0, 1)]
+    assert np.mean(large) < 0.8 * np.mean(small)
+
+
+def test_psis_khat_mcse_special_cases():
+    khat, mcse = psis_khat_mcse(np.full(100, 5.0), np.zeros(100), rng=0)
+    assert khat == -math.inf and math.isnan(mcse)
+    khat, mcse = psis_khat_mcse([0.0, np.nan, 1.0], [0.0, 0.0, 0.0], rng=0)
+    assert math.isnan(khat) and math.isnan(mcse)
+    x = np.random.default_rng(3).normal(size=500)
+    # the bootstrap is reproducible given the seed, and the estimate is psis_khat's
+    assert psis_khat_mcse(-x**2 / 8, -x**2 / 2, n_boot=20, rng=7) == \
+        psis_khat_mcse(-x**2 / 8, -x**2 / 2, n_boot=20, rng=7)
+    assert psis_khat_mcse(-x**2 / 8, -x**2 / 2, n_boot=20, rng=7)[0] == psis_khat(-x**2 / 8,
+                                                                                    -x**2 / 2)

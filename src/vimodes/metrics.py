@@ -32,6 +32,7 @@ __all__ = [
     "wilson_interval",
     "equal_modes_pvalue",
     "psis_khat",
+    "psis_khat_mcse",
     "gaussian_logq",
 ]
 
@@ -208,8 +209,12 @@ def convergence_diagnostics(slopes, weights, sigma) -> dict:
 def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (Wilson 1927; Newcombe 1998 method 3).
 
-    ``(p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with z the two-sided normal
-    quantile for ``level``; clipped to [0, 1]. trials == 0 gives (nan, nan).
+    A thin wrapper of scipy's ``binomtest(k, n).proportion_ci(method="wilson")`` so that the
+    tables, figures and report all share one tested implementation; the wrapper keeps the
+    pipeline's conventions: trials == 0 gives (nan, nan) rather than an error, and the interval
+    ends exactly at 0 (k = 0) or 1 (k = n). It is the right interval for ONE cell's rate (its
+    seeds are independent); a contrast of two cells fitted on the same seeds is paired
+    (``vimodes.contrasts``).
     """
     if trials < 0 or successes < 0 or successes > trials:
         raise ValueError(f"need 0 <= successes <= trials, got {successes}, {trials}")
@@ -217,15 +222,9 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
         raise ValueError("level must be in (0, 1)")
     if trials == 0:
         return float("nan"), float("nan")
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
-    n = float(trials)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == trials else min(1.0, centre + half)
-    return float(low), float(high)
+    ci = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level,
+                                                                     method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def equal_modes_pvalue(n_mode_a: int, n_mode_b: int) -> float:
@@ -273,6 +272,40 @@ def psis_khat(log_p, log_q) -> float:
         warnings.simplefilter("ignore")
         _, khat = az.psislw(lw, reff=1.0)
     return float(np.asarray(khat))
+
+
+def psis_khat_mcse(log_p, log_q, n_boot: int = 200,
+                   rng: np.random.Generator | int | None = None) -> tuple[float, float]:
+    """Pareto k-hat (``psis_khat``) and its Monte Carlo standard error.
+
+    k-hat is itself an estimate from a finite set of draws (a generalized Pareto fit to the
+    largest ratios): with a few thousand draws its sampling sd is about 0.1, so a k-hat of
+    0.65 vs 0.75 is not evidence that one fit is better. The MCSE here is a NONPARAMETRIC
+    BOOTSTRAP over draws: the sd (ddof=1) of ``psis_khat`` over ``n_boot`` resamples, with
+    replacement, of the (log_p, log_q) pairs. Draws from q are independent, so resampling
+    single draws is the right scheme (no blocks); the bootstrap sd is an approximation (ties
+    from resampling and the slowly varying tail make it rough), good enough to say how many
+    digits of k-hat mean something, and to compare k-hat with a threshold.
+
+    Returns (khat, mcse). mcse is NaN when k-hat is not finite (NaN: bad input; -inf: no tail)
+    or fewer than two resamples give a finite k-hat; non-finite resamples are left out.
+    ``rng``: a Generator or an int seed (None: fresh entropy, not reproducible).
+    """
+    lp = np.asarray(log_p, dtype=float).ravel()
+    lq = np.asarray(log_q, dtype=float).ravel()
+    khat = psis_khat(lp, lq)  # also checks the shapes
+    if not np.isfinite(khat):
+        return khat, float("nan")
+    if n_boot < 2:
+        raise ValueError("n_boot must be >= 2")
+    rng = np.random.default_rng(rng)
+    boot = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, lp.size, size=lp.size)
+        boot[i] = psis_khat(lp[idx], lq[idx])
+    boot = boot[np.isfinite(boot)]
+    mcse = float(np.std(boot, ddof=1)) if boot.size >= 2 else float("nan")
+    return khat, mcse
 
 
 def gaussian_logq(draws_flat, mean, cov) -> np.ndarray:

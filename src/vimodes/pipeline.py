@@ -3,7 +3,8 @@
 * ``simulate_dataset``: one data set per (regime, seed);
 * ``fit_chunk``: one process fits a chunk of seeds of one cell, compiling once;
 * ``classify_chunk``: outcome class and metrics of every fit (and chain) of a chunk;
-* ``aggregate``: the tidy per-fit table and the per-cell summary with Wilson intervals.
+* ``aggregate``: the tidy per-fit table, the per-cell summary with Wilson intervals and the
+  paired contrasts between cells (``vimodes.contrasts``).
 """
 
 from __future__ import annotations
@@ -286,7 +287,12 @@ def summarise_by_class(fits: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str],
-              out_by_class: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              out_by_class: dict[str, str] | None = None,
+              out_contrasts: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the per-fit table, the per-cell summary, the per-(cell, class) metrics and the
+    paired contrasts of single-mode rates between cells that differ in one factor."""
+    from vimodes.contrasts import cell_contrasts
+
     frames = [pd.read_parquet(p) for p in classified_paths]
     fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
     fits = add_reference_sd_ratio(fits.reset_index(drop=True))
@@ -298,4 +304,8 @@ def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: 
     by_class = summarise_by_class(fits)
     for path in (out_by_class or {}).values():
         write_table(by_class, path)
+    if out_contrasts:
+        contrasts = cell_contrasts(fits)
+        for path in out_contrasts.values():
+            write_table(contrasts, path)
     return fits, cells

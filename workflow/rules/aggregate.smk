@@ -1,5 +1,7 @@
 rule aggregate:
-    """One tidy table with a row per fit (and per chain/path), and the per-cell summary."""
+    """One tidy table with a row per fit (and per chain/path), the per-cell summary, and the
+    paired contrasts between cells that differ in one factor (same seeds in every cell).
+    """
     input:
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
     output:
@@ -9,6 +11,8 @@ rule aggregate:
         cells_parquet="data/tables/cells.parquet",
         by_class_csv="data/tables/metrics_by_class.csv",
         by_class_parquet="data/tables/metrics_by_class.parquet",
+        contrasts_csv="data/tables/contrasts.csv",
+        contrasts_parquet="data/tables/contrasts.parquet",
     log:
         "logs/aggregate.log",
     benchmark:

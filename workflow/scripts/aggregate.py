@@ -6,4 +6,5 @@ with script_logging(snakemake.log[0]):
     out = snakemake.output
     aggregate(list(snakemake.input), {"csv": out.fits_csv, "parquet": out.fits_parquet},
               {"csv": out.cells_csv, "parquet": out.cells_parquet},
-              {"csv": out.by_class_csv, "parquet": out.by_class_parquet})
+              {"csv": out.by_class_csv, "parquet": out.by_class_parquet},
+              {"csv": out.contrasts_csv, "parquet": out.contrasts_parquet})

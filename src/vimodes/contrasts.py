@@ -1,0 +1,248 @@
+"""Paired contrasts of the single-mode rate between cells fitted on the same seeds.
+
+Every cell of a study is fitted on the same seeds, and seed s means the same data set and the
+same random stream in every cell. Two cells' outcomes on one seed are therefore a matched pair,
+and the question "does changing this one factor change how often VI lands on a single mode?" is
+a comparison of paired proportions: only the seeds where the two cells disagree (discordant
+pairs) carry information about the difference. Treating the two cells as independent samples
+(e.g. overlapping Wilson intervals) throws that pairing away and is too conservative when the
+outcomes are positively correlated, as they are when the data set decides much of the outcome.
+
+* ``paired_contrast``: one contrast (difference with Newcombe's hybrid score interval, exact
+  McNemar test, conditional odds ratio with an exact interval);
+* ``holm_adjust``: Holm's step-down adjustment of a family of p-values;
+* ``cell_contrasts``: the family of contrasts the design supports (pairs of cells that differ in
+  exactly one factor) from the per-fit table, with Holm-adjusted p-values.
+
+Conventions: ``a`` and ``b`` are the single-mode indicators of cell_a and cell_b on the same
+seeds; ``n_10`` counts seeds where a is single-mode and b is not, ``n_01`` the reverse;
+``diff = rate_a - rate_b = (n_10 - n_01) / n`` and ``odds_ratio = n_10 / n_01`` (> 1 when cell_a
+lands on a single mode more often), so the two always agree in sign.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "CONTRAST_AXES",
+    "CONTRAST_COLUMNS",
+    "DETERMINISTIC_METHODS",
+    "cell_contrasts",
+    "holm_adjust",
+    "paired_contrast",
+]
+
+# the factors of the design; a contrast changes exactly one of them (data_regime must be shared:
+# seed s is the same data set only within one regime)
+CONTRAST_AXES = ("model", "method", "optimizer", "iterations", "init", "batch_size", "chains")
+SINGLE_MODE = ("mode_A", "mode_B")
+# methods whose result is a deterministic function of the data set and the start (CAVI's
+# updates are exact; ADVI/SVGD/Pathfinder/NUTS draw random numbers while fitting)
+DETERMINISTIC_METHODS = ("cavi",)
+
+CONTRAST_COLUMNS = (
+    "axis", "level_a", "level_b", "cell_a", "cell_b", "data_regime", "shared", "n_pairs",
+    "rate_a", "rate_b", "diff", "diff_low", "diff_high", "n_01", "n_10", "p_mcnemar", "p_holm",
+    "odds_ratio", "odds_ratio_low", "odds_ratio_high", "identical_outcomes", "deterministic",
+)
+
+
+def _wilson(k: int, n: int, level: float) -> tuple[float, float]:
+    from vimodes.metrics import wilson_interval
+
+    return wilson_interval(k, n, level)
+
+
+def _newcombe_paired_interval(n11: int, n10: int, n01: int, n00: int,
+                              level: float) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p1 - p2 from paired data (Newcombe 1998, Stat Med
+    17:2635, method 10; Fagerland, Lydersen & Laake 2017, "Statistical Analysis of Contingency
+    Tables", sec. 8.5: the "Newcombe square-and-add" interval).
+
+    Square-and-add of the two marginal Wilson intervals, with the correlation of the marginals
+    estimated by phi = (n11 n00 - n10 n01) / sqrt(product of the four margins), shrunk by n/2
+    towards 0 when positive and set to 0 when a margin is empty (Newcombe's correction).
+    Chosen over Tango's score interval because it is closed form and its coverage is close to
+    nominal down to small n (Newcombe 1998; Fagerland et al. 2014), with a sensible width when
+    there are no discordant pairs (not a zero-width interval at 0).
+    """
+    n = n11 + n10 + n01 + n00
+    p1, p2 = (n11 + n10) / n, (n11 + n01) / n
+    l1, u1 = _wilson(n11 + n10, n, level)
+    l2, u2 = _wilson(n11 + n01, n, level)
+    margins = (n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)
+    cross = n11 * n00 - n10 * n01
+    if margins == 0 or 0 <= cross <= n / 2:
+        phi = 0.0
+    elif cross > n / 2:
+        phi = (cross - n / 2) / math.sqrt(margins)
+    else:
+        phi = cross / math.sqrt(margins)
+    diff = p1 - p2
+    below = (p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)
+    above = (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1)
+    low = diff - math.sqrt(max(below, 0.0))
+    high = diff + math.sqrt(max(above, 0.0))
+    return max(-1.0, low), min(1.0, high)
+
+
+def paired_contrast(a, b, level: float = 0.95) -> dict:
+    """Compare two cells' single-mode indicators on the same seeds (``a[i]``, ``b[i]``: seed i).
+
+    Returns a dict with
+      n_pairs, rate_a, rate_b;
+      diff = rate_a - rate_b with its ``level`` interval diff_low, diff_high: Newcombe's hybrid
+        score interval for paired proportions (Newcombe 1998, method 10), within [-1, 1];
+      n_10 (a single-mode, b not), n_01 (b single-mode, a not): the discordant pairs;
+      p_mcnemar: the exact McNemar test, i.e. the two-sided binomial test of n_10 out of
+        n_10 + n_01 discordant pairs with p = 1/2 (``scipy.stats.binomtest``); concordant pairs
+        carry no information about the difference. 1.0 when there are no discordant pairs;
+      odds_ratio = n_10 / n_01, the conditional (matched-pairs) odds ratio, with its exact
+        interval odds_ratio_low, odds_ratio_high: the Clopper-Pearson interval (pl, pu) of the
+        discordant proportion n_10 / (n_10 + n_01), mapped by p / (1 - p). inf when n_01 = 0 (and
+        the upper end when n_01 = 0), NaN without discordant pairs;
+      identical_outcomes: every pair concordant (the two cells agree on every seed).
+    With no pairs every statistic is NaN (p_mcnemar too, so that Holm leaves it out).
+
+    The interval and the test are different procedures and can disagree near the boundary:
+    10 pairs with n_10 = 6, n_01 = 1 give p_mcnemar = 0.125 (the exact test is conservative)
+    while the interval, 0.02 to 0.76, excludes 0. Read the p-value (Holm-adjusted across the
+    family) for "is there a difference", and the interval for "how large is it".
+    """
+    a = np.asarray(a, dtype=bool).ravel()
+    b = np.asarray(b, dtype=bool).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be aligned on the same seeds; got {a.size} and {b.size}")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    n = int(a.size)
+    n11, n10 = int(np.sum(a & b)), int(np.sum(a & ~b))
+    n01, n00 = int(np.sum(~a & b)), int(np.sum(~a & ~b))
+    nan = float("nan")
+    out = {"n_pairs": n, "n_01": n01, "n_10": n10, "identical_outcomes": n > 0 and n01 + n10 == 0}
+    if n == 0:
+        return {**out, "rate_a": nan, "rate_b": nan, "diff": nan, "diff_low": nan,
+                "diff_high": nan, "p_mcnemar": nan, "odds_ratio": nan, "odds_ratio_low": nan,
+                "odds_ratio_high": nan}
+    out["rate_a"], out["rate_b"] = (n11 + n10) / n, (n11 + n01) / n
+    out["diff"] = (n10 - n01) / n
+    out["diff_low"], out["diff_high"] = _newcombe_paired_interval(n11, n10, n01, n00, level)
+    discordant = n10 + n01
+    if discordant == 0:
+        out.update(p_mcnemar=1.0, odds_ratio=nan, odds_ratio_low=nan, odds_ratio_high=nan)
+        return out
+    test = stats.binomtest(n10, discordant, 0.5, alternative="two-sided")
+    ci = test.proportion_ci(confidence_level=level, method="exact")
+    out["p_mcnemar"] = min(1.0, float(test.pvalue))
+    out["odds_ratio"] = n10 / n01 if n01 else math.inf
+    out["odds_ratio_low"] = _odds(float(ci.low))
+    out["odds_ratio_high"] = _odds(float(ci.high))
+    return out
+
+
+def _odds(p: float) -> float:
+    return math.inf if p >= 1.0 else p / (1.0 - p)
+
+
+def holm_adjust(pvalues) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values, controlling the family-wise error rate.
+
+    With the m non-NaN p-values sorted, p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
+    max_{j <= i} min(1, (m - j + 1) p_(j)): monotone in the raw p-values and capped at 1. NaN
+    entries (contrasts with no pairs) are passed through and do not count in m. Returns an array
+    of the input's shape. Holm rather than Bonferroni: same guarantee, never less powerful.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    flat_p, flat_out = p.ravel(), out.reshape(-1)
+    valid = np.flatnonzero(~np.isnan(flat_p))
+    m = valid.size
+    if m == 0:
+        return out
+    order = valid[np.argsort(flat_p[valid], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * flat_p[order])
+    flat_out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def _level(value):
+    """A factor level in a form that compares equal to itself: missing (None, NaN, pd.NA: the
+    axis does not apply to the method) becomes None, integral floats (parquet stores an integer
+    column with missing values as float) become ints."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _text(level) -> str:
+    return "none" if level is None else str(level)
+
+
+def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Every paired contrast the design supports, one row each (columns ``CONTRAST_COLUMNS``).
+
+    A contrast is a pair of cells (``level == "fit"`` rows of the fits table) that share the
+    data regime and differ in exactly one of ``CONTRAST_AXES``, so that the difference in the
+    single-mode rate is attributable to that one factor. Pairs differing in two or more axes
+    are confounded and left out (e.g. NUTS vs ADVI, which also differ in optimiser and batch
+    size because those axes do not apply to NUTS; missing levels compare equal to each other).
+    The two cells are matched on the seeds both have (inner join on seed); a fit that failed
+    or did not converge counts as not single-mode (single_mode = outcome in mode_A, mode_B).
+    Pairs with no seed in common are left out.
+
+    cell_a is the cell whose cell_id sorts first. level_a/level_b are the differing axis's
+    levels as text ("none" where the axis does not apply), and ``shared`` lists the axes the
+    two cells have in common (axes that do not apply to either are left out). p_holm is Holm's
+    adjustment over the whole family (every row of the table). ``deterministic``: both cells'
+    outcomes are constant over the paired seeds (rates 0 or 1) and both methods are in
+    ``DETERMINISTIC_METHODS``, so the outcome is a function of the data set and start alone and
+    the contrast describes those, not fitting noise; its p-value is computed as for any other
+    row.
+    """
+    rows_fit = fits[fits["level"] == "fit"]
+    cells = []
+    for cell_id, group in rows_fit.groupby("cell_id", sort=True):
+        if group["seed"].duplicated().any():
+            raise ValueError(f"cell {cell_id} has more than one fit row for a seed")
+        first = group.iloc[0]
+        single = pd.Series(group["outcome"].isin(SINGLE_MODE).to_numpy(),
+                           index=group["seed"].to_numpy())
+        cells.append({"cell_id": cell_id, "regime": _level(first["data_regime"]),
+                      "levels": {axis: _level(first.get(axis)) for axis in CONTRAST_AXES},
+                      "single": single})
+    rows = []
+    for x, y in itertools.combinations(cells, 2):
+        if x["regime"] != y["regime"]:
+            continue
+        differing = [axis for axis in CONTRAST_AXES if x["levels"][axis] != y["levels"][axis]]
+        if len(differing) != 1:
+            continue
+        seeds = x["single"].index.intersection(y["single"].index).sort_values()
+        if len(seeds) == 0:
+            continue
+        axis = differing[0]
+        result = paired_contrast(x["single"].loc[seeds].to_numpy(),
+                                 y["single"].loc[seeds].to_numpy(), level)
+        shared = ", ".join(f"{name}={_text(value)}" for name, value in x["levels"].items()
+                           if name != axis and value not in (None, "none"))
+        constant = all(r in (0.0, 1.0) for r in (result["rate_a"], result["rate_b"]))
+        deterministic = constant and all(c["levels"]["method"] in DETERMINISTIC_METHODS
+                                         for c in (x, y))
+        rows.append({"axis": axis, "level_a": _text(x["levels"][axis]),
+                     "level_b": _text(y["levels"][axis]), "cell_a": x["cell_id"],
+                     "cell_b": y["cell_id"], "data_regime": _text(x["regime"]), "shared": shared,
+                     **result, "deterministic": deterministic})
+    table = pd.DataFrame(rows, columns=[c for c in CONTRAST_COLUMNS if c != "p_holm"])
+    table.insert(CONTRAST_COLUMNS.index("p_holm"), "p_holm", holm_adjust(table["p_mcnemar"]))
+    return table.astype({"n_pairs": int, "n_01": int, "n_10": int, "identical_outcomes": bool,
+                         "deterministic": bool})
