@@ -22,6 +22,8 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 VI_METHODS = ("advi", "fullrank_advi", "svgd")
+VECTORISED_METHODS = ("advi", "fullrank_advi")  # methods the vectorised engine implements
+ENGINES = ("pymc", "vectorised")
 METHODS = (*VI_METHODS, "nuts", "pathfinder", "cavi")
 
 
@@ -50,6 +52,8 @@ class Cell:
     chains: int | None
     data_regime: str
     seeds: tuple[int, ...]
+    engine: str = "pymc"
+    checkpoints: tuple[int, ...] = ()
 
     @property
     def cell_id(self) -> str:
@@ -58,6 +62,8 @@ class Cell:
         if self.method in VI_METHODS:
             parts += [self.optimizer, f"it{self.iterations}", f"init-{self.init}",
                       "fullbatch" if self.batch_size == 0 else f"b{self.batch_size}"]
+            if self.engine != "pymc":
+                parts.append(f"engine-{self.engine}")
         elif self.method == "cavi":
             parts += [f"it{self.iterations}", f"init-{self.init}"]
         elif self.method == "pathfinder":
@@ -71,6 +77,7 @@ class Cell:
     def axes(self) -> dict[str, Any]:
         record = asdict(self)
         record.pop("seeds")
+        record["checkpoints"] = list(self.checkpoints)
         record["cell_id"] = self.cell_id
         return record
 
@@ -195,6 +202,26 @@ def validate_config(raw: dict, source: str = "config") -> dict:
         if "svgd" in grid["methods"] and any(b != 0 for b in grid["batch_sizes"]):
             problems.append(f"config.grids[{index}].batch_sizes: SVGD in PyMC does not support "
                             f"minibatches; expected [0] (full batch), found {grid['batch_sizes']}")
+        if "vectorised" in grid["engines"]:
+            others = [m for m in grid["methods"] if m not in VECTORISED_METHODS]
+            if others:
+                problems.append(f"config.grids[{index}].engines: the vectorised engine fits "
+                                f"{list(VECTORISED_METHODS)}; move {others} to a grid with "
+                                f"engines [pymc]")
+            bad = [i for i in grid["iterations"] if i % 100]
+            if bad:
+                problems.append(f"config.grids[{index}].iterations: the vectorised engine runs "
+                                f"blocks of 100 iterations; found {bad}")
+        if grid["checkpoints"]:
+            bad = [c for c in grid["checkpoints"]
+                   if c % 100 or c >= min(grid["iterations"])]
+            if bad:
+                problems.append(f"config.grids[{index}].checkpoints: expected multiples of 100 "
+                                f"below every budget {grid['iterations']}, found {bad}")
+            others = [m for m in grid["methods"] if m not in VECTORISED_METHODS]
+            if others:
+                problems.append(f"config.grids[{index}].checkpoints: only ADVI stores "
+                                f"checkpoints, found methods {others}")
         if "pathfinder" in grid["methods"] and any(
                 config["inits"][i]["kind"] == "prior" for i in grid["inits"] if i in config["inits"]):
             problems.append(f"config.grids[{index}].inits: Pathfinder supports only 'default' and "
@@ -219,9 +246,9 @@ def validate_config(raw: dict, source: str = "config") -> dict:
 def _grid_cells(config: dict, grid: dict) -> list[Cell]:
     cells: dict[str, Cell] = {}
     seeds = tuple(_seed_list(grid["seeds"]))
-    for model, method, opt, iters, init, batch, chains, regime in itertools.product(
+    for model, method, opt, iters, init, batch, chains, regime, engine in itertools.product(
         grid["models"], grid["methods"], grid["optimizers"], grid["iterations"], grid["inits"],
-        grid["batch_sizes"], grid["chains"], grid["data_regimes"],
+        grid["batch_sizes"], grid["chains"], grid["data_regimes"], grid["engines"],
     ):
         uses_optimizer = method in VI_METHODS
         uses_iterations = method in (*VI_METHODS, "cavi")
@@ -240,6 +267,9 @@ def _grid_cells(config: dict, grid: dict) -> list[Cell]:
             chains=chains if method == "nuts" else None,
             data_regime=regime,
             seeds=seeds,
+            engine=engine if method in VECTORISED_METHODS else "pymc",
+            checkpoints=tuple(sorted(grid["checkpoints"])) if method in VECTORISED_METHODS
+            else (),
         )
         # Axes that do not apply to a method collapse onto one cell.
         cells.setdefault(cell.cell_id, cell)

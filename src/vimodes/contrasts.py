@@ -40,7 +40,8 @@ __all__ = [
 
 # the factors of the design; a contrast changes exactly one of them (data_regime must be shared:
 # seed s is the same data set only within one regime)
-CONTRAST_AXES = ("model", "method", "optimizer", "iterations", "init", "batch_size", "chains")
+CONTRAST_AXES = ("model", "method", "optimizer", "iterations", "init", "batch_size", "chains",
+                 "engine")
 SINGLE_MODE = ("mode_A", "mode_B")
 # methods whose result is a deterministic function of the data set and the start (CAVI's
 # updates are exact; ADVI/SVGD/Pathfinder/NUTS draw random numbers while fitting)

@@ -30,6 +30,9 @@ VARIABLES = ("slopes", "weights", "sigma")
 TRACE_EVERY = 100  # iterations between stored loss means / parameter snapshots
 
 FIT_STREAM = 1  # default_rng([seed_base, seed, FIT_STREAM]) drives everything random in a fit
+# draws from stored checkpoints come from their own stream, so storing checkpoints changes
+# nothing else in a fit
+CHECKPOINT_STREAM = 2
 
 
 def fit_rng(seed_base: int, seed: int) -> np.random.Generator:
@@ -75,6 +78,7 @@ class FitSettings:
             likelihood=config["vi"]["full_batch_likelihood"] if cell.method in VI_METHODS
             else config["nuts"]["likelihood"],
             khat_draws=config["vi"]["khat_draws"], threads=threads,
+            engine=cell.engine, checkpoints=tuple(cell.checkpoints),
         )
 
 
@@ -126,6 +130,28 @@ def vi_start(settings: FitSettings, model: pm.Model, ordering: dict, default_sta
     raise ValueError(f"unknown init kind '{settings.init_kind}'")
 
 
+def checkpoint_draws(to_variables, saved: dict[int, list[np.ndarray]], n_draws: int,
+                     seed_base: int, seed: int) -> dict[str, np.ndarray]:
+    """Draws of the model's variables from the approximation stored at each checkpoint, with a
+    leading checkpoint axis (in the place of a chain axis), from the checkpoint stream."""
+    per_checkpoint = []
+    for iteration in sorted(saved):
+        mean, cov = saved[iteration]
+        rng = np.random.default_rng([seed_base, seed, CHECKPOINT_STREAM, iteration])
+        flat = rng.multivariate_normal(mean, cov, size=n_draws, method="cholesky")
+        per_checkpoint.append(to_variables(flat))
+    return {name: np.stack([d[name] for d in per_checkpoint]) for name in per_checkpoint[0]}
+
+
+def checkpoint_info(saved: dict[int, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """The approximation (mean, covariance in the flat space) stored at each checkpoint
+    iteration, the final one included, as record fields (same for both VI engines)."""
+    iterations = sorted(saved)
+    return {"checkpoint_iterations": np.asarray(iterations),
+            "checkpoint_means": np.stack([saved[i][0] for i in iterations]),
+            "checkpoint_covs": np.stack([saved[i][1] for i in iterations])}
+
+
 @dataclass
 class FitResult:
     """Outcome of one fit. ``draws`` arrays have a leading (chain, draw) pair of axes."""
@@ -135,6 +161,8 @@ class FitResult:
     draws: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    # (checkpoint, draw, ...) draws at the stored checkpoints; empty without checkpoints
+    checkpoint_draws: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class NumericalFailure(RuntimeError):
@@ -249,6 +277,7 @@ class VIFitter(_Fitter):
 
         losses = np.full(s.iterations, np.nan)
         snapshots = []
+        checkpoints, saved = set(s.checkpoints), {}
         started = time.perf_counter()
         done, stopped_early, error = 0, False, None
         try:
@@ -263,6 +292,8 @@ class VIFitter(_Fitter):
                                                f"at iteration {done}")
                 elif done % TRACE_EVERY == 0 and not np.all(np.isfinite(self.start_param.get_value())):
                     raise NumericalFailure(f"non-finite particles at iteration {done}")
+                if done in checkpoints:
+                    saved[done] = [np.array(m) for m in self._moments()]
                 if done % TRACE_EVERY == 0:
                     snapshots.append(np.array(self.start_param.get_value()).reshape(-1, start.shape[-1])
                                      .mean(axis=0))
@@ -296,13 +327,23 @@ class VIFitter(_Fitter):
         draws = self._draw(rng)
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
             return FitResult("failed", "non-finite draws from the approximation", info=info)
+        if s.method != "svgd":
+            info.update(approx_mean=self.last_moments[0], approx_cov=self.last_moments[1])
+        if s.checkpoints:
+            # a fit that stopped early returns its final state for every longer budget
+            for iteration in (*s.checkpoints, s.iterations):
+                if iteration >= done:
+                    saved[iteration] = list(self.last_moments)
+            info.update(checkpoint_info(saved))
         info.update(self._importance_diagnostics(s.khat_draws))
+        stored = (checkpoint_draws(self.to_variables, saved, s.draws, seed_base, seed)
+                  if s.checkpoints else {})
         if snapshots:
             # the trajectory of the approximation's centre, in the model's variables, so that
             # the classifier can tell when a fit settled in its final class
             info.update({f"{name}_trace": value for name, value in
                          self.to_variables(np.array(snapshots)).items()})
-        return FitResult("ok", None, draws=draws, info=info)
+        return FitResult("ok", None, draws=draws, info=info, checkpoint_draws=stored)
 
     def _importance_diagnostics(self, n_draws: int) -> dict:
         """PSIS k-hat and a full-data ELBO estimate of the Gaussian approximation, from the
@@ -499,6 +540,10 @@ class CaviFitter:
 
 
 def make_fitter(settings: FitSettings, n_obs: int):
+    if settings.engine == "vectorised":
+        from vimodes.vectorised import VectorisedVIFitter
+
+        return VectorisedVIFitter(settings, n_obs)
     if settings.method in ("advi", "fullrank_advi", "svgd"):
         return VIFitter(settings, n_obs)
     if settings.method == "nuts":

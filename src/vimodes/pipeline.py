@@ -71,9 +71,13 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     for seed, data in zip(seeds, datasets):
         if data.seed != seed:
             raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
+    # the vectorised engine fits the whole chunk in one call; each seed's result is its own
+    batch = (dict(zip(seeds, fitter.fit_many(datasets, study.config["seed_base"], list(seeds))))
+             if hasattr(fitter, "fit_many") else {})
+    for seed, data in zip(seeds, datasets):
         t0 = time.perf_counter()
         try:
-            result = fitter.fit(data, study.config["seed_base"], seed)
+            result = batch[seed] if batch else fitter.fit(data, study.config["seed_base"], seed)
         except NUMERICAL_ERRORS as err:
             # a numerical failure anywhere in one fit (also after its iterations, e.g. in the
             # diagnostics) is that fit's outcome; the chunk goes on with the next seed
@@ -83,8 +87,10 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
         khat = result.info.pop("psis_khat", None)
         if khat is None and result.status == "ok" and hasattr(fitter, "khat"):
             khat = fitter.khat(data, settings.khat_draws, study.config["seed_base"], seed)
+        # a batched fit's own time is its share of the chunk's fitting time
+        wall = time.perf_counter() - t0 + (result.info.get("fit_seconds", 0.0) if batch else 0.0)
         record = {**base, "seed": seed, "status": result.status, "error": result.error,
-                  "wall_seconds": time.perf_counter() - t0, "psis_khat": khat,
+                  "wall_seconds": wall, "psis_khat": khat,
                   "true_slopes": list(data.regime.slopes), "true_weights": list(data.regime.weights),
                   "true_noise_sd": data.regime.noise_sd, "n_obs": data.regime.n_obs,
                   **{k: v for k, v in result.info.items()}}
@@ -95,6 +101,12 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
                 record[f"{name}_sd"] = flat.std(axis=0)
         if result.draws:  # a failed fit has a record but no draws
             write_posterior(fit_record_path(out_dir, seed, "nc"), result, record)
+        if result.checkpoint_draws:
+            # the checkpoints take the place of chains: read back with read_posterior
+            write_posterior(fit_record_path(out_dir, seed, "checkpoints.nc"),
+                            FitResult(result.status, None, draws=result.checkpoint_draws),
+                            {"seed": seed, "cell_id": cell_id, "checkpoint_iterations":
+                             result.info["checkpoint_iterations"]})
         write_json(record, fit_record_path(out_dir, seed, "json"))
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])
@@ -139,6 +151,10 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                      "centre_class": c.centre_class, "centre_mass": c.centre_mass,
                      "minority_share": c.minority_share,
                      **errors, **diagnostics, **_posterior_summary(draws)})
+        checkpoint_file = fit_record_path(fit_dir, seed, "checkpoints.nc")
+        if checkpoint_file.exists():
+            rows.extend(_checkpoint_rows(base, record, read_posterior(checkpoint_file), truth,
+                                         settings))
         if draws["slopes"].shape[0] > 1:
             for chain, chain_label in enumerate(c.chain_labels):
                 one = {k: v[chain:chain + 1] for k, v in draws.items()}
@@ -147,6 +163,26 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
     frame = pd.DataFrame(rows)
     write_table(frame, out_path)
     return frame
+
+
+def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings) -> list[dict]:
+    """One row (``level='checkpoint'``) per stored checkpoint of a fit: the class of the
+    approximation as a run of that many iterations would have returned it.
+
+    Only fits that finished have checkpoints; a failed fit counts as failed at every budget
+    (a simplification that matters only if failures are frequent: they are counted apart)."""
+    from vimodes.classify import classify_draws
+
+    rows = []
+    for index, iteration in enumerate(record["checkpoint_iterations"]):
+        one = {k: v[index:index + 1] for k, v in draws.items()}
+        c = classify_draws(one["slopes"], one["weights"], one["sigma"], truth, settings)
+        rows.append({**base, "level": "checkpoint", "chain": index,
+                     "checkpoint_iteration": int(iteration), "outcome": c.label,
+                     "outcome_reason": c.reason, "centre_class": c.centre_class,
+                     "centre_mass": c.centre_mass, "minority_share": c.minority_share,
+                     **_posterior_summary(one)})
+    return rows
 
 
 def iterations_to_stabilise(record: dict, truth, settings) -> float:
@@ -173,7 +209,7 @@ _RECORD_COLUMNS = (
     "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
     "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
-    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences",
+    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences", "engine",
     "max_depth_hits", "gradient_evaluations", "draws_done", "n_obs", "config_hash", "version_pymc",
 )
 
@@ -205,7 +241,7 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 HEADLINE_CLASSES = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
                     "failed")
 CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "init",
-             "batch_size", "chains", "data_regime")
+             "batch_size", "chains", "data_regime", "engine")
 
 
 def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,8 @@ from vimodes.fitting import (
     VARIABLES,
     FitResult,
     FitSettings,
+    checkpoint_draws,
+    checkpoint_info,
     fit_rng,
     vi_start,
 )
@@ -326,7 +328,8 @@ class VectorisedVIFitter:
             results.append(self._result(
                 i, data, rngs[i], losses[i], means[i], int(failed_at[i]), int(stopped_at[i]),
                 (final_params[0][i], final_params[1][i]),
-                {c: (p[0][i], p[1][i]) for c, p in saved.items()}, starts[i], fit_seconds))
+                {c: (p[0][i], p[1][i]) for c, p in saved.items()}, starts[i], fit_seconds,
+                seed_base, seed))
         return results
 
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
@@ -340,7 +343,7 @@ class VectorisedVIFitter:
         return mu, np.diag(np.logaddexp(0.0, scale_params) ** 2)
 
     def _result(self, i, data, rng, losses, means, failed_at, stopped_at, params, saved, start,
-                fit_seconds) -> FitResult:
+                fit_seconds, seed_base, seed) -> FitResult:
         s = self.settings
         done = failed_at or stopped_at or s.iterations
         blocks = done // TRACE_EVERY if not failed_at else (done - 1) // TRACE_EVERY
@@ -362,6 +365,7 @@ class VectorisedVIFitter:
             return FitResult("failed", f"NumericalFailure: {kind} loss at iteration {failed_at}",
                              info=info)
         mean, cov = self.moments(params)
+        info.update(approx_mean=mean, approx_cov=cov)
         flat = rng.multivariate_normal(mean, cov, size=s.draws, method="cholesky")
         draws = {name: value[None, ...] for name, value in self.to_variables(flat).items()}
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
@@ -370,13 +374,13 @@ class VectorisedVIFitter:
         if len(info["mean_trace"]):
             info.update({f"{name}_trace": value for name, value in
                          self.to_variables(info["mean_trace"]).items()})
+        stored = {}
         if s.checkpoints:
-            ckpt = sorted(c for c in saved if c in s.checkpoints or c == s.iterations)
-            moments = [self.moments(saved[c]) for c in ckpt]
-            info["checkpoint_iterations"] = np.asarray(ckpt)
-            info["checkpoint_means"] = np.stack([m for m, _ in moments])
-            info["checkpoint_covs"] = np.stack([c for _, c in moments])
-        return FitResult("ok", None, draws=draws, info=info)
+            # a seed that stopped early keeps its final state at every later checkpoint
+            moments = {c: list(self.moments(p)) for c, p in saved.items()}
+            info.update(checkpoint_info(moments))
+            stored = checkpoint_draws(self.to_variables, moments, s.draws, seed_base, seed)
+        return FitResult("ok", None, draws=draws, info=info, checkpoint_draws=stored)
 
     def _importance_diagnostics(self, flat, mean, cov, data) -> dict:
         from vimodes.metrics import gaussian_logq, psis_khat
