@@ -35,7 +35,7 @@ wildcard_constraints:
 
 
 # Cheap rules (seconds, one core) run on the submit host under a cluster executor (e.g. the SLURM
-# profile, workflow/profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
+# profile, profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
 localrules:
     simulate,
     classify_chunk,
