@@ -18,7 +18,7 @@ venv: $(BIN)/snakemake
 
 ## make run: the default study (config/config.yaml) to report/
 run: $(BIN)/snakemake
-	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
+	$(BIN)/snakemake --cores $(CORES)
 
 ## make test: unit tests, dry runs, lint, format check and an end-to-end smoke study
 test: $(BIN)/snakemake

@@ -21,11 +21,16 @@ def repo() -> Path:
     return REPO
 
 
-def copy_workflow(target: Path) -> Path:
-    """A runnable copy of the workflow (sources only) in `target`."""
+def copy_workflow(target: Path, profiles: bool = False) -> Path:
+    """A runnable copy of the workflow (sources only) in `target`.
+
+    With `profiles`, also profiles/ -- then Snakemake applies profiles/default to every run in
+    the copy, as for a user. Without, a test sees Snakemake's own defaults (e.g. no
+    --rerun-incomplete), which the tests of those defaults rely on.
+    """
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", target / "Snakefile")
-    for folder in ("workflow", "config"):
+    for folder in ("workflow", "config", *(("profiles",) if profiles else ())):
         shutil.copytree(REPO / folder, target / folder, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     return target

@@ -277,7 +277,7 @@ def test_bad_inputs_are_named_by_path_without_traceback(tmp_path):
     for name, (_, expected) in BAD_INPUTS.items():
         output = results[name].stdout + results[name].stderr
         assert results[name].returncode != 0, output
-        assert "problem(s) in the configuration:" in output, output
+        assert "problem(s) in config file config/bad_" in output, output
         for text in expected:
             assert text in output, f"{name}: {text!r} missing from\n{output[-3000:]}"
         assert "Traceback" not in output, output

@@ -1,12 +1,12 @@
 """The smoke study through `snakemake --executor slurm` with the SLURM profile
-(workflow/profiles/slurm) on the local single-node SLURM cluster of tests/slurm/cluster.sh, and
+(profiles/slurm) on the local single-node SLURM cluster of tests/slurm/cluster.sh, and
 the same study run locally (`--cores 2`): every fit must have the same status and identical
 posterior draws, and the fits table the same outcomes.
 
 `make test-slurm` (pytest -m slurm -o addopts=""). Needs root on Debian 12: the cluster is
 installed (apt, skipped when installed) and started if it is not up, and stopped afterwards only
 if this module started it. Takes 15-25 minutes on a busy 2-core machine (see
-tests/slurm/RUNNING_ON_SLURM.md); the timings are printed."""
+docs/running-on-slurm.md); the timings are printed."""
 
 import getpass
 import json
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
-PROFILE = "workflow/profiles/slurm"
+PROFILE = "profiles/slurm"
 CONFIG = "config/smoke.yaml"
 RUN_TIMEOUT_S = 3600
 OUTCOME_COLUMNS = ["status", "outcome", "outcome_reason", "share_mode_A", "share_mode_B",
@@ -91,7 +91,7 @@ def slurm_run(slurm_cluster, tmp_path_factory, request):
     """The smoke study through the SLURM profile. TMPDIR (passed into the jobs by sbatch
     --export=ALL) is a private folder, to check that the compile cache lands in node tmp."""
     base = tmp_path_factory.mktemp("slurm")
-    work = copy_workflow(base / "wf")
+    work = copy_workflow(base / "wf", profiles=True)  # as a user runs it: with profiles/default
     node_tmp = base / "node-tmp"
     node_tmp.mkdir()
     env = {**os.environ, **slurm_cluster, "TMPDIR": str(node_tmp)}

@@ -1,4 +1,4 @@
-"""The SLURM profile (workflow/profiles/slurm) without a cluster: a dry run of the default study
+"""The SLURM profile (profiles/slurm) without a cluster: a dry run of the default study
 through the profile plans every job, submits only fits to SLURM, and gives every fit job the
 resources sbatch needs. The real run on a local cluster is tests/test_slurm.py (`make test-slurm`)."""
 
@@ -15,7 +15,7 @@ from conftest import copy_workflow
 from vimodes.config import load_study
 
 BIN = Path(sys.executable).parent
-PROFILE = "workflow/profiles/slurm"
+PROFILE = "profiles/slurm"
 SUBMITTED_RULES = {"fit_chunk"}  # every other rule is a localrule (workflow/rules/common.smk)
 
 
@@ -38,7 +38,8 @@ def parse_dry_run(output: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def slurm_dry_run(tmp_path_factory):
-    work = copy_workflow(tmp_path_factory.mktemp("slurm-profile"))
+    # with profiles/default, which Snakemake reads too and which overrides the SLURM profile
+    work = copy_workflow(tmp_path_factory.mktemp("slurm-profile"), profiles=True)
     # no cluster: a dry run must not call sbatch/sacct/squeue
     env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
     result = subprocess.run([str(BIN / "snakemake"), "--profile", PROFILE, "-n",

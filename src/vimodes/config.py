@@ -82,17 +82,70 @@ class Cell:
         return record
 
 
+def describe_file(path: str | Path) -> str:
+    """`config file <path>`, relative to the working directory when below it (as typed)."""
+    path = Path(path)
+    try:
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return f"config file {path}"
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    source = describe_file(path)
     if not path.is_file():
-        raise ConfigError([f"config file '{path}' does not exist"], source=str(path))
+        raise ConfigError([f"config file '{path}' does not exist"], source=source)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError([f"'{path}' is not valid YAML: {err}"], source=str(path)) from None
+        mark = getattr(err, "problem_mark", None)
+        # yaml counts lines and columns from 0; editors from 1
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(filter(None, [getattr(err, "context", None),
+                                         getattr(err, "problem", None)])) or str(err)
+        raise ConfigError([f"{where}not valid YAML: {problem}"], source=source) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"'{path}' must hold a mapping at the top level"], source=str(path))
+        raise ConfigError(["expected a mapping of keys (study_name, grids, ...) at the top "
+                           f"level, found {type(data).__name__}"], source=source)
     return data
+
+
+def required_keys() -> list[str]:
+    """Top-level keys that a study must declare (no default can stand in for them)."""
+    return list(load_schema()["required"])
+
+
+def study_config(config: dict, configfiles: list[str | Path], overrides: dict,
+                 default_path: str | Path) -> tuple[dict, str]:
+    """The configuration of this run and a description of where it came from.
+
+    `config` is what Snakemake assembled from `--configfile` files (`configfiles`) and
+    `--config` values (`overrides`). A config file is a whole study and replaces the default
+    study at `default_path`; merging a partial file onto it would silently mix two studies
+    (nested keys of the default leaking in), so a file that lacks a required top-level key is
+    refused. Without a config file the default study is used, with `--config` values on top.
+    """
+    if not configfiles:
+        source = describe_file(default_path)
+        if overrides:
+            source += " with --config " + " ".join(f"{k}={v}" for k, v in overrides.items())
+        return {**load_yaml(default_path), **config}, source
+    files = [describe_file(f).removeprefix("config file ") for f in configfiles]
+    source = ("config file " if len(files) == 1 else "config files ") + ", ".join(files)
+    declared = set()
+    for path in configfiles:
+        declared |= set(load_yaml(path))
+    missing = [key for key in required_keys() if key not in declared]
+    if missing:
+        raise ConfigError([
+            f"missing required top-level key(s) {', '.join(missing)}. A --configfile is a "
+            f"complete study that replaces the default ({describe_file(default_path)}), it is "
+            "not merged onto it. To change single top-level values of the default study use "
+            "--config key=value (e.g. --config chunk_size=25); otherwise copy the default "
+            "file and edit the copy."], source=source)
+    return dict(config), source
 
 
 def load_schema() -> dict:
@@ -126,6 +179,10 @@ def _schema_problem(error: jsonschema.ValidationError) -> str:
         return f"{where}: {error.message}"
     if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"{where}: expected {error.validator} {error.validator_value}, found {error.instance!r}"
+    if error.absolute_path and error.absolute_path[-1] == "seeds" and error.validator == "oneOf":
+        return (f"{where}: {error.instance!r} is not valid: expected a number of seeds n >= 1 "
+                "(seeds 0..n-1), a non-empty list of distinct seeds >= 0, or "
+                "{start: first seed, count: n >= 1}")
     if error.validator == "minItems":
         return f"{where}: expected at least {error.validator_value} item(s), found {error.instance!r}"
     return f"{where}: {error.message}"
@@ -316,4 +373,4 @@ def build_study(raw: dict, source: str = "config") -> Study:
 
 
 def load_study(path: str | Path) -> Study:
-    return build_study(load_yaml(path), source=str(path))
+    return build_study(load_yaml(path), source=describe_file(path))

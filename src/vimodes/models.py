@@ -6,7 +6,7 @@ Every model names its free variables the same way -- ``slopes`` (K,), ``weights`
 separate ``w_0``, ``w_1`` variables with identical independent priors; one vector with the same
 iid prior is the same distribution and the same flat space for ADVI.
 
-Errors of the question's model (see shared notes/model-errors.md):
+Errors of the question's model (the question: docs/question.md):
 
 * E1: the mixture is taken over whole-batch log-likelihoods ("the whole batch comes from one
   line") instead of per observation;

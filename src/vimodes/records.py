@@ -103,7 +103,7 @@ def read_json(path: str | Path) -> dict:
 # file whose downstream outputs exist and are up to date (it treats it like a removed temp()
 # file). So the check names each damaged output and marks it *incomplete* in Snakemake's own
 # records, exactly as if the job writing it had been killed: `--rerun-incomplete` (set in
-# workflow/profiles/default) then deletes it, reruns its job and everything downstream of it;
+# profiles/default) then deletes it, reruns its job and everything downstream of it;
 # without that flag Snakemake stops and lists it. A damaged fit file marks its whole chunk
 # directory (Snakemake's unit of output). The check reads at most a few hundred bytes per
 # NetCDF/parquet file and parses the small JSON records: well under a second for thousands of
@@ -330,7 +330,7 @@ def integrity_check(data_files=(), chunk_dirs: dict | None = None, parquet_files
                       "(if none is running: `snakemake --unlock`, then rerun)")
         else:
             action = (f"marked {len(outputs)} output(s) incomplete: run with "
-                      "--rerun-incomplete (as workflow/profiles/default does) to delete and "
+                      "--rerun-incomplete (as profiles/default does) to delete and "
                       "regenerate them and everything downstream")
             for output in outputs:
                 mark_incomplete(output, workdir)

@@ -9,17 +9,21 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from vimodes.config import ConfigError, build_study, load_yaml
+from vimodes.config import ConfigError, build_study, study_config
 
-# The default study, unless a --configfile gave one. (A `configfile:` directive would be merged
-# with every --configfile, so nested keys of config.yaml would leak into other studies.)
-if "grids" not in config:
-    config.update(
-        {**load_yaml(Path(workflow.basedir) / "config" / "config.yaml"), **config}
-    )
-
+# A --configfile replaces the default study and must be complete; without one, the default study
+# with any --config values on top. (A `configfile:` directive would merge every --configfile
+# onto config.yaml, so nested keys of the default would leak into other studies.)
 try:
-    STUDY = build_study(config, source="the configuration")
+    _config, _source = study_config(
+        config,
+        workflow.overwrite_configfiles,
+        workflow.config_settings.config,
+        Path(workflow.basedir) / "config" / "config.yaml",
+    )
+    config.clear()
+    config.update(_config)
+    STUDY = build_study(config, source=_source)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -35,7 +39,7 @@ wildcard_constraints:
 
 
 # Cheap rules (seconds, one core) run on the submit host under a cluster executor (e.g. the SLURM
-# profile, workflow/profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
+# profile, profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
 localrules:
     simulate,
     classify_chunk,

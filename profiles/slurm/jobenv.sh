@@ -1,5 +1,5 @@
 # Sourced by /bin/sh on the compute node at the start of every SLURM job of the workflow (the
-# `precommand` of workflow/profiles/slurm/config.yaml), before Snakemake starts in the job.
+# `precommand` of profiles/slurm/config.yaml), before Snakemake starts in the job.
 #
 # PyTensor's compile cache on node-local storage (never NFS/Lustre, where its lock files are
 # slow and unsafe), one per user and node, reused by later jobs on the same node.
