@@ -109,7 +109,11 @@ class VectorisedVIFitter:
         self.scaling = Scaling.for_model(s.model, n_obs, self.batch_size)
         self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
         self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
-        self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0, likelihood="pymc")
+        # the NormalMixture models use the fused likelihood's JAX form (tested equal to the
+        # pm.NormalMixture model, step by step): XLA runs it ~4x faster than the generic graph
+        fused = not MODEL_SPECS[s.model].question_likelihood
+        self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0,
+                                 likelihood="fused" if fused else "pymc")
         with self.model:
             inference = pm.ADVI(random_seed=0) if s.method == "advi" else \
                 pm.FullRankADVI(random_seed=0)
