@@ -107,7 +107,8 @@ class VectorisedVIFitter:
         self.scaling = Scaling.for_model(s.model, n_obs, self.batch_size)
         self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
         self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
-        self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0, likelihood="pymc")
+        self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0, likelihood="pymc",
+                                 n_components=s.n_components)
         with self.model:
             inference = pm.ADVI(random_seed=0) if s.method == "advi" else \
                 pm.FullRankADVI(random_seed=0)
