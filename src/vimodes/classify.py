@@ -693,14 +693,16 @@ def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
     n_perms = len(names.perms)
     shares = np.array([np.count_nonzero(codes == 1 + p) / n for p in range(n_perms)])
     share_c = float(np.count_nonzero(codes == names.collapsed) / n)
-    in_basins = float(shares.sum())
-    share_none = max(0.0, 1.0 - in_basins - share_c)
     if k == 2:
         share_a, share_b = float(shares[0]), float(shares[1])
         share_triple = (share_a, share_b, share_c)
-        in_basins = share_a + share_b  # the same float as before the generalisation
+        # the same floats (same order of operations) as before the generalisation
+        in_basins = share_a + share_b
+        share_none = max(0.0, 1.0 - share_a - share_b - share_c)
     else:
         share_triple = (float("nan"), float("nan"), share_c)
+        in_basins = float(shares.sum())
+        share_none = max(0.0, 1.0 - in_basins - share_c)
     if in_basins > 0:
         # the draws in a basin but not in the most populated one (K = 2: min(A, B) / (A + B))
         minority = float(np.sort(shares)[:-1].sum()) / in_basins
