@@ -209,18 +209,18 @@ def _k2_cases():
         cases.append((draws_at(pt, weights, sigma, draws=20), K2, None))
     rng = np.random.default_rng(0)
     centres = np.array([[3.0, -1.0], [-1.0, 3.0], [1.0, 1.0], [0.0, 7.0]])
-    for i in range(150):
+    for i in range(300):
         chains, draws = int(rng.integers(1, 5)), int(rng.integers(1, 60))
         which = rng.integers(0, 4, size=(chains, 1)) if rng.random() < 0.5 else \
             rng.integers(0, 4, size=(chains, draws))
-        s = centres[which] + rng.normal(0, rng.choice([0.001, 0.05, 0.3, 0.6]),
+        s = centres[which] + rng.normal(0, rng.choice([0.001, 0.001, 0.05, 0.3, 0.6]),
                                         (chains, draws, 2))
         s = np.broadcast_to(s, (chains, draws, 2)).copy()
-        w0 = rng.choice([0.5, 0.3, 0.45])
+        w0 = rng.choice([0.5, 0.5, 0.5, 0.3, 0.45])
         w = np.broadcast_to([w0, 1 - w0], s.shape).copy()
         if rng.random() < 0.5:
             w = w[..., ::-1].copy()
-        sg = np.full((chains, draws), rng.choice([0.1, 0.11, 0.3, 1.16]))
+        sg = np.full((chains, draws), rng.choice([0.1, 0.1, 0.11, 0.3, 1.16]))
         truth = K2 if rng.random() < 0.8 else TrueParameters((3.0, -1.0), (0.3, 0.7), 0.1, 300)
         ref = None if rng.random() < 0.85 else float(rng.choice([0.1, 2.5]))
         cases.append(((s, w, sg), truth, ref))
