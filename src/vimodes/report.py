@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.metrics import wilson_interval
 from vimodes.plots import (
     KHAT_GOOD,
@@ -44,9 +45,9 @@ from vimodes.records import atomic_path, package_versions
 
 ADVI_METHODS = ("advi", "fullrank_advi")
 OTHER_METHODS = ("svgd", "pathfinder", "cavi")
-SINGLE = ("mode_A", "mode_B")
+SINGLE = SINGLE_MODE_CLASSES
 # the outcome classes after the single modes, in report order
-OTHER_CLASSES = ("mode_too_wide", "spanning", "collapsed", "not_converged", "failed")
+OTHER_CLASSES = tuple(c for c in OUTCOME_CLASSES if c not in SINGLE_MODE_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------
