@@ -693,10 +693,12 @@ GRID_STEP = 0.1  # ... in steps of this (so that the true slopes are grid points
 
 def report_dataset(study) -> tuple[str, int]:
     """The data set of the log-density grid: the smallest fitted seed (0 when fitted) of the
-    question's regime ``default``, or of the first regime in use."""
+    question's regime ``default``, or of the first two-component regime in use (the grid is a
+    (w0, w1) plane), or of the first regime in use."""
     datasets = study.datasets()
     regimes = [regime for regime, _ in datasets]
-    regime = "default" if "default" in regimes else regimes[0]
+    two = [r for r in regimes if len(study.config["data_regimes"][r]["slopes"]) == 2]
+    regime = "default" if "default" in regimes else (two or regimes)[0]
     return regime, min(seed for r, seed in datasets if r == regime)
 
 
