@@ -1,3 +1,5 @@
+# ruff: noqa  -- a frozen, verbatim copy of src/vimodes/classify.py before the K generalisation
+# (commit 4078374): the reference of the K = 2 equivalence test in test_classify_k.py. Never edit.
 """Outcome taxonomy of one fit of the 2-component mixture of linear regressions, from its DRAWS.
 
 The true model has slopes ``truth.slopes`` (the study: (3, -1)), weights ``truth.weights``

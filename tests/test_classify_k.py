@@ -114,7 +114,7 @@ def test_k3_single_mode_under_a_non_identity_permutation():
 
 def test_k3_spanning_two_labellings():
     s, w, sg = draws_at(K3.slopes, K3.weights, 0.1, chains=2, draws=100, jitter=0.005)
-    slopes, weights = permuted((0, 2, 1))
+    _, weights = permuted((0, 2, 1))
     s[1], w[1] = s[1][:, [0, 2, 1]], np.asarray(weights)
     c = classify_draws(s, w, sg, K3)
     assert c.label == "spanning" and "2 basins" in c.reason

@@ -14,7 +14,6 @@ Conventions
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 
 import numpy as np

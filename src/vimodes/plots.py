@@ -35,7 +35,6 @@ from matplotlib.lines import Line2D  # noqa: E402
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
 from vimodes.records import atomic_path, read_json  # noqa: E402
 
-
 log = logging.getLogger("vimodes")
 
 # ---------------------------------------------------------------------------------------------
