@@ -259,3 +259,43 @@ def test_k2_overlapping_boxes_unchanged():
                                                                100_000),
                                  REFERENCE.ClassifierSettings(slope_tolerance_sd=1.0), 2.5)
     assert new.tolist() == old.tolist() == [1, 1, 3, 2, 1]
+
+
+# ---------------------------------------------------------------- the pipeline's tables
+
+
+def test_classify_chunk_and_cell_summary_for_k3_and_an_overfitted_model(tmp_path):
+    from types import SimpleNamespace
+
+    from vimodes.idata import write_posterior
+    from vimodes.pipeline import HEADLINE_CLASSES, classify_chunk, fit_record_path, \
+        summarise_cells
+    from vimodes.records import write_json
+
+    assert HEADLINE_CLASSES == OUTCOME_CLASSES
+    cases = [  # (truth, slopes, weights, sigma): mode_single, overfit_duplicated
+        (K3, permuted((2, 0, 1))[0], permuted((2, 0, 1))[1], 0.1),
+        (K2, (3.0, -1.0, -1.0), (0.5, 0.25, 0.25), 0.1),
+    ]
+    for seed, (truth, slopes, weights, sigma) in enumerate(cases):
+        s, w, sg = draws_at(slopes, weights, sigma, draws=100, jitter=0.005, seed=seed)
+        record = {"seed": seed, "cell_id": "c", "method": "advi", "model": "marginal",
+                  "status": "ok", "error": None, "true_slopes": list(truth.slopes),
+                  "true_weights": list(truth.weights), "true_noise_sd": 0.1,
+                  "n_obs": 100_000, "components": 3 if truth is K2 else None}
+        write_posterior(fit_record_path(tmp_path, seed, "nc"),
+                        SimpleNamespace(draws={"slopes": s, "weights": w, "sigma": sg},
+                                        sample_stats={}), record)
+        write_json(record, fit_record_path(tmp_path, seed, "json"))
+    study = SimpleNamespace(config={"classifier": {}})
+    frame = classify_chunk(study, tmp_path, [0, 1], tmp_path / "out.parquet").set_index("seed")
+    assert frame.loc[0, "outcome"] == "mode_single" and frame.loc[0, "permutation"] == "2-0-1"
+    assert frame.loc[0, "model_components"] == 3 and frame.loc[0, "slope_abs_error"] < 0.01
+    assert frame.loc[1, "outcome"] == "overfit_duplicated"
+    fits = frame.reset_index().assign(grid="g", optimizer="o", iterations=1, init="i",
+                                      batch_size=128, chains=None, data_regime="d",
+                                      fit_seconds=1.0)
+    cells = summarise_cells(fits)
+    assert cells.loc[0, "n_single_mode"] == 1 and cells.loc[0, "n_mode_single"] == 1
+    assert cells.loc[0, "n_overfit_duplicated"] == 1
+    assert sum(cells.loc[0, f"n_{c}"] for c in HEADLINE_CLASSES) == cells.loc[0, "n_fits"]
