@@ -311,8 +311,10 @@ def test_shape_errors_raise():
     s, w, sg = make_draws((3.0, -1.0), draws=5)
     with pytest.raises(ValueError):
         classify_draws(s, w[:, :4], sg, TRUTH)
+    # fewer model components than the truth (under-fitting) has no classes; more (K = 3 draws on
+    # this K = 2 truth) is an over-fitted model since the K generalisation (test_classify_k.py)
     with pytest.raises(ValueError):
-        classify_draws(np.zeros((1, 5, 3)), np.zeros((1, 5, 3)), sg, TRUTH)
+        classify_draws(np.zeros((1, 5, 1)), np.zeros((1, 5, 1)), sg, TRUTH)
 
 
 # ---------------------------------------------------------------- sigma ratio default
@@ -348,7 +350,8 @@ def test_centre_and_minority_of_a_clean_mode():
     assert c.centre_class == "mode_A" and c.centre_mass == 1.0 and c.minority_share == 0.0
     b = classify((-1.0, 3.0), jitter=0.001)
     assert b.centre_class == "mode_B" and b.centre_mass == 1.0
-    assert set(CENTRE_CLASSES) == {"mode_A", "mode_B", "symmetric", "elsewhere"}
+    # the K = 2 centre classes (K > 2 adds mode_single, partial and overfit)
+    assert {"mode_A", "mode_B", "symmetric", "elsewhere"} <= set(CENTRE_CLASSES)
     assert c.to_dict()["centre_class"] == "mode_A" and c.to_dict()["minority_share"] == 0.0
 
 

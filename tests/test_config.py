@@ -125,3 +125,53 @@ def test_classifier_defaults_are_the_documented_ones(smoke):
 
     smoke.pop("classifier", None)
     assert ClassifierSettings(**build_study(smoke).config["classifier"]) == ClassifierSettings()
+
+
+# ---------------------------------------------------------------- K components
+
+K3_REGIME = {"n_obs": 100000, "slopes": [3.0, -1.0, 1.0], "weights": [0.4, 0.3, 0.3],
+             "noise_sd": 0.1}
+
+
+def _k_study(components, models=("marginal",), regimes=("default", "k3"), k3=K3_REGIME):
+    return {"study_name": "t", "data_regimes": {"default": {}, "k3": k3},
+            "grids": [{"name": "g", "models": list(models), "methods": ["advi"],
+                       "data_regimes": list(regimes), "components": components, "seeds": 2}]}
+
+
+def test_components_axis_and_cell_ids():
+    from vimodes.fitting import FitSettings
+
+    study = build_study(_k_study([None, 3]))
+    ids = sorted(c.cell_id for c in study.cells)
+    # null = as the data; 3 on the k3 data is the same cell as null (one id); 3 on the K = 2
+    # default data is an over-fitted model, named by __k3
+    assert ids == ["marginal__advi__default__it10000__init-default__b128",
+                   "marginal__advi__default__it10000__init-default__b128__data-k3",
+                   "marginal__advi__default__it10000__init-default__b128__k3"]
+    settings = {c.cell_id: FitSettings.from_cell(c, study.config).n_components
+                for c in study.cells}
+    assert sorted(settings.values()) == [2, 3, 3]
+    # the default (no components key) keeps the pre-K cell ids
+    plain = build_study({"study_name": "t", "grids": [{"name": "g", "models": ["marginal"],
+                                                       "methods": ["advi"], "seeds": 2}]})
+    assert plain.cells[0].cell_id == "marginal__advi__default__it10000__init-default__b128"
+    assert plain.cells[0].components is None
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    (_k_study([None], models=("as_asked",)), "config.grids[0].components", "2-component"),
+    (_k_study([3], models=("as_asked",), regimes=("default",)), "config.grids[0].components",
+     "K = 3"),
+    (_k_study([2], regimes=("k3",)), "config.grids[0].components", "fewer than"),
+    (_k_study([None], k3={**K3_REGIME, "weights": [0.5, 0.5]}), "config.data_regimes.k3.weights",
+     "one weight per slope"),
+    (_k_study([None], k3={**K3_REGIME, "slopes": [3.0, -1.0, 3.0]}),
+     "config.data_regimes.k3.slopes", "all slopes distinct"),
+    (_k_study([0]), "config.grids[0].components", ""),
+])
+def test_component_validation_names_the_key(raw, key, words):
+    with pytest.raises(ConfigError) as err:
+        build_study(raw)
+    message = str(err.value)
+    assert key in message and words in message

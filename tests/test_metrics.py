@@ -285,3 +285,50 @@ def test_psis_khat_mcse_special_cases():
         psis_khat_mcse(-x**2 / 8, -x**2 / 2, n_boot=20, rng=7)
     assert psis_khat_mcse(-x**2 / 8, -x**2 / 2, n_boot=20, rng=7)[0] == psis_khat(-x**2 / 8,
                                                                                     -x**2 / 2)
+
+
+# ---------------------------------------------------------------- K components
+
+
+def _exhaustive_nearest(m, t):
+    import itertools
+
+    costs = [(float(np.sum((np.asarray(m)[list(p)] - np.asarray(t)) ** 2)), p)
+             for p in itertools.permutations(range(len(m)))]
+    best = min(c for c, _ in costs)
+    return next(p for c, p in costs if c == best)  # first minimum: lexicographic
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_nearest_permutation_equals_the_exhaustive_search(k):
+    rng = np.random.default_rng(k)
+    t = rng.normal(0, 3, k)
+    for _ in range(50):
+        m = t[rng.permutation(k)] + rng.normal(0, rng.choice([0.1, 3.0]), k)
+        assert nearest_permutation(m, t) == _exhaustive_nearest(m, t)
+    # exact ties keep the lexicographic first, identity first
+    assert nearest_permutation(np.zeros(k), t) == tuple(range(k))
+
+
+def test_relabelled_errors_k3_in_a_permuted_mode():
+    truth = TrueParameters((3.0, -1.0, 1.0), (0.4, 0.3, 0.3), 0.1, 100_000)
+    rng = np.random.default_rng(1)
+    perm = [2, 0, 1]  # model component k is true component perm[k]
+    s = np.asarray(truth.slopes)[perm] + rng.normal(0, 0.01, (2, 300, 3))
+    w = np.broadcast_to(np.asarray(truth.weights)[perm], s.shape).copy()
+    sg = 0.1 + rng.normal(0, 0.001, (2, 300))
+    for relabel_by in ("chain", "pooled", "draw"):
+        out = relabelled_errors(s, w, sg, truth, relabel_by=relabel_by)
+        assert out["slope_abs_error"] < 0.005 and out["weight_abs_error"] < 1e-12
+        assert out["coverage_slopes"] == 1.0
+    # new component k is old component inverse(perm)[k]
+    assert relabelled_errors(s, w, sg, truth, relabel_by="pooled")["permutations"] == (1, 2, 0)
+
+
+def test_draw_relabelling_for_large_k_uses_the_assignment():
+    truth = TrueParameters(tuple(float(v) for v in range(5)), (0.2,) * 5, 0.1, 1000)
+    rng = np.random.default_rng(4)
+    s = np.stack([rng.permutation(5) + rng.normal(0, 0.01, 5) for _ in range(40)])[None]
+    out = relabelled_errors(s, np.full_like(s, 0.2), np.full(s.shape[:2], 0.1), truth,
+                            relabel_by="draw")
+    assert out["slope_abs_error"] < 0.01

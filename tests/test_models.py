@@ -148,3 +148,65 @@ def test_minibatch_is_aligned(data):
     x_batch, y_batch = pytensor.function([], [x_batch_var, y_batch_var])()
     rows = [int(np.flatnonzero(d.x == value)[0]) for value in x_batch]
     np.testing.assert_array_equal(d.y[rows], y_batch)
+
+
+# ---------------------------------------------------------------- K components
+
+K3_POINTS = [
+    {"weights": np.array([0.4, 0.3, 0.3]), "slopes": np.array([3.0, -1.0, 1.0]), "sigma": 0.1},
+    {"weights": np.array([0.2, 0.5, 0.3]), "slopes": np.array([-0.5, 0.2, 2.5]), "sigma": 0.6},
+]
+
+
+def hand_logp_k(x, y, point):
+    """log p of the K-component marginal model by hand (no Jacobian): Dirichlet(1, ..., 1)
+    weights, iid N(0, 2) slopes, HalfNormal(1) sigma and the per-observation mixture."""
+    from scipy.stats import dirichlet, halfnorm
+
+    w, s, sg = point["weights"], point["slopes"], point["sigma"]
+    prior = (dirichlet.logpdf(w, np.ones(len(w))) + norm.logpdf(s, 0.0, 2.0).sum()
+             + halfnorm.logpdf(sg, scale=1.0))
+    return prior + logsumexp(np.log(w) + norm.logpdf(y[:, None], x[:, None] * s, sg), axis=1).sum()
+
+
+@pytest.mark.parametrize("point", K3_POINTS)
+def test_k3_marginal_logp_equals_a_hand_computation(data, point):
+    x_data, y_data, d = data
+    model = build_model("marginal", x_data, y_data, batch_size=0, n_components=3)
+    assert model["slopes"].type.shape == (3,) and model["weights"].type.shape == (3,)
+    logp = model.compile_logp(jacobian=False)(value_point(model, point))
+    np.testing.assert_allclose(logp, hand_logp_k(d.x, d.y, point), rtol=1e-10)
+    # the fused likelihood Op is generic over K: the same density
+    fused = build_model("marginal", x_data, y_data, batch_size=0, n_components=3,
+                        likelihood="fused")
+    np.testing.assert_allclose(fused.compile_logp(jacobian=False)(value_point(fused, point)),
+                               logp, rtol=1e-10)
+
+
+def test_k3_ordered_model_and_its_neutral_start(data):
+    from vimodes.models import ORDERED_INITVAL, ordered_initval
+
+    np.testing.assert_array_equal(ORDERED_INITVAL, [-0.5, 0.5])  # K = 2 exactly as before
+    np.testing.assert_array_equal(ordered_initval(2), [-0.5, 0.5])
+    np.testing.assert_array_equal(ordered_initval(3), [-1.0, 0.0, 1.0])
+    x_data, y_data, _ = data
+    ordered = build_model("ordered", x_data, y_data, batch_size=0, n_components=3)
+    marginal = build_model("marginal", x_data, y_data, batch_size=0, n_components=3)
+    point = {"weights": np.array([0.3, 0.3, 0.4]), "slopes": np.array([-1.0, 1.0, 3.0]),
+             "sigma": 0.1}
+    np.testing.assert_allclose(term_values(ordered, point), term_values(marginal, point),
+                               rtol=1e-12)
+    start = ordered.initial_point()["slopes_ordered__"]
+    # symmetric around 0, every unconstrained log-gap coordinate at 0
+    np.testing.assert_allclose(start[1:], 0.0, atol=1e-12)
+    np.testing.assert_allclose(ordered.rvs_to_transforms[ordered["slopes"]].backward(
+        start).eval(), [-1.0, 0.0, 1.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_question_models_are_two_components_only(data, k):
+    x_data, y_data, _ = data
+    with pytest.raises(ValueError, match="2-component"):
+        build_model("as_asked", x_data, y_data, batch_size=0, n_components=k)
+    with pytest.raises(ValueError, match="n_components"):
+        build_model("marginal", x_data, y_data, batch_size=0, n_components=0)

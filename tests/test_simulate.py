@@ -42,3 +42,31 @@ def test_file_roundtrip_and_truncation_detected(tmp_path):
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CorruptDataError, match="seed-4.nc"):
         read_dataset(path)
+
+
+K3 = DataRegime(n_obs=100_000, slopes=(3.0, -1.0, 1.0), weights=(0.4, 0.3, 0.3))
+
+
+def test_k3_weights_and_slopes_respected_and_seeded():
+    data = simulate(K3, seed=0, seed_base=1)
+    assert K3.components == 3 and set(np.unique(data.component)) == {0, 1, 2}
+    shares = np.bincount(data.component, minlength=3) / K3.n_obs
+    # 5 binomial sds: sqrt(0.4 * 0.6 / 1e5) = 0.0015
+    np.testing.assert_allclose(shares, K3.weights, atol=5 * np.sqrt(0.4 * 0.6 / K3.n_obs))
+    for k, slope in enumerate(K3.slopes):
+        x, y = data.x[data.component == k], data.y[data.component == k]
+        assert abs((x @ y) / (x @ x) - slope) < 0.005
+    again = simulate(K3, seed=0, seed_base=1)
+    np.testing.assert_array_equal(again.y, data.y)
+    assert not np.allclose(simulate(K3, seed=1, seed_base=1).y, data.y)
+
+
+def test_k3_file_roundtrip_and_length_check(tmp_path):
+    assert DataRegime().components == 2
+    data = simulate(DataRegime(n_obs=300, slopes=(3.0, -1.0, 1.0), weights=(0.4, 0.3, 0.3)),
+                    seed=2, seed_base=1)
+    write_dataset(data, tmp_path / "k3.nc", {"config_hash": "abc"})
+    back = read_dataset(tmp_path / "k3.nc")
+    assert back.regime == data.regime and back.regime.components == 3
+    with pytest.raises(ValueError):
+        DataRegime(slopes=(3.0, -1.0, 1.0), weights=(0.5, 0.5))

@@ -1,83 +1,115 @@
-"""Outcome taxonomy of one fit of the 2-component mixture of linear regressions, from its DRAWS.
+"""Outcome taxonomy of one fit of a K-component mixture of linear regressions, from its DRAWS.
 
-The true model has slopes ``truth.slopes`` (the study: (3, -1)), weights ``truth.weights``
-((.5, .5)) and noise sd ``truth.noise_sd`` (0.1). Because the priors are exchangeable the
-posterior has two exact permutation modes:
+The true model has K_t = len(truth.slopes) components with slopes ``truth.slopes`` (the study:
+(3, -1)), weights ``truth.weights`` ((.5, .5)) and noise sd ``truth.noise_sd`` (0.1). The fitted
+model has K_m components (the last axis of the draws; K_m >= K_t). Because the priors are
+exchangeable, a model with K_m = K_t has K! exact permutation modes, one per LABELLING: a
+labelling ``perm`` gives model component k the true component ``perm[k]`` (slope
+``truth.slopes[perm[k]]``, weight ``truth.weights[perm[k]]``); it is named by its entries joined
+with "-", e.g. "0-2-1" (model 1 is true 2, model 2 is true 1); the identity "0-1-2" is the
+labelling of the truth. Labellings are numbered in ``itertools.permutations`` order (identity
+first). For K = 2 there are two:
 
-* ``mode_A``: component 0 has slope ``truth.slopes[0]``, component 1 has ``truth.slopes[1]``
-  (the labelling of the truth), weights ``truth.weights``;
-* ``mode_B``: the swapped labelling, slopes ``truth.slopes[::-1]``, weights
+* ``mode_A``: the identity labelling "0-1": component 0 has slope ``truth.slopes[0]``, component 1
+  has ``truth.slopes[1]``, weights ``truth.weights``;
+* ``mode_B``: the swapped labelling "1-0", slopes ``truth.slopes[::-1]``, weights
   ``truth.weights[::-1]``.
 
-Outcome classes (``OUTCOME_CLASSES``)::
+Outcome classes (``OUTCOME_CLASSES``, the one vocabulary of the pipeline, tables and plots)::
 
-    mode_A, mode_B, mode_too_wide, spanning, collapsed, not_converged, failed
+    mode_A, mode_B, mode_single, mode_too_wide, spanning, partial_collapse, collapsed,
+    overfit_empty, overfit_duplicated, not_converged, failed
 
-``single_mode`` (counted by the pipeline) is ``mode_A`` + ``mode_B`` only: ``mode_too_wide`` sits
-on a mode but puts too much of its mass outside it, so it is not counted as landing on the mode.
+* single mode: for K = 2 ``mode_A`` / ``mode_B`` exactly as before the K generalisation; for
+  K > 2 ``mode_single`` with the labelling in ``Classification.permutation`` (the pipeline's
+  ``permutation`` column; also filled for mode_A "0-1" and mode_B "1-0");
+* ``spanning``: draws in several labellings' basins (rule 3);
+* ``mode_too_wide``: centred on one labelling but too much mass outside it (rule 4b);
+* ``collapsed``: all slopes merged at the one-line slope (full collapse, rules 5 and 5b);
+* ``partial_collapse`` (K_t >= 3): two or more components merged on the line of a group of true
+  components, the others right (rule 5c);
+* ``overfit_empty`` / ``overfit_duplicated`` (K_m > K_t): the truth recovered with the extra
+  components empty, or with a true line shared by two components that split its weight (rule 7);
+* ``not_converged``: anything else; ``failed``: no usable draws.
 
-Inputs are draws: ``slopes`` and ``weights`` of shape (chains, draws, K) with K == 2, ``sigma``
-of shape (chains, draws). (A (draws, K) / (draws,) input is read as one chain.) Shapes that do
-not match, or K != 2, are programming errors and raise ``ValueError``; everything about the
-VALUES of the draws becomes a label.
+``single_mode`` (counted by the pipeline, ``SINGLE_MODE_CLASSES``) is ``mode_A`` + ``mode_B`` +
+``mode_single``: ``mode_too_wide`` sits on a mode but puts too much of its mass outside it, so it
+is not counted as landing on the mode.
+
+Inputs are draws: ``slopes`` and ``weights`` of shape (chains, draws, K_m), ``sigma`` of shape
+(chains, draws). (A (draws, K) / (draws,) input is read as one chain.) Shapes that do not match,
+or K_m < K_t (an under-fitted model has no classes), are programming errors and raise
+``ValueError``; everything about the VALUES of the draws becomes a label.
+
+Separation ``sep`` = the smallest distance between two true slopes (K = 2: |slopes[0] -
+slopes[1]|); every tolerance below that is a fraction of "the separation" uses it, so that the
+basin boxes of different labellings stay disjoint for any K.
 
 Rule 0 (failed)
     No chains or no draws, or any NaN/inf in slopes, weights or sigma => ``failed`` (shares,
     centre and minority share are NaN/None). ``classify_failed(message)`` builds the same label
     for a fit that raised an error.
 
-Rule 1 (draw-level assignment, slopes only)
-    Separation ``sep = |truth.slopes[0] - truth.slopes[1]|``. Per component k the slope tolerance
-    is ``tol_k = max(slope_tolerance_sd * ref_sd_k, slope_tolerance_min_fraction * sep)``, with
-    ``ref_sd`` from ``reference_slope_sd(truth)`` unless passed in (e.g. the sd of a NUTS
-    reference posterior). For a draw s = (s_0, s_1) define the scaled distances::
-
-        d_A = max_k |s_k - truth.slopes[k]|   / tol_k
-        d_B = max_k |s_k - truth.slopes[1-k]| / tol_{1-k}
-
-    (in mode B, component k plays true component 1-k, so it gets that component's tolerance).
-    A draw is in basin A if ``d_A <= 1`` and ``d_A < d_B``; in basin B if ``d_B <= 1`` and
-    ``d_B < d_A`` (the strict comparison only matters when the tolerances are so wide that the
-    two boxes overlap; with the defaults they are disjoint and a draw with ``d_A <= 1`` always has
-    ``d_B > 1``; an exact tie inside both boxes counts as neither). Otherwise it is collapsed if
-    ``|s_0 - s_1| <= collapse_gap_fraction * sep``; otherwise it is in no basin ("none").
+Rule 1 (draw-level assignment, slopes only; K_m = K_t)
+    Per true component j the slope tolerance is ``tol_j = max(slope_tolerance_sd * ref_sd_j,
+    slope_tolerance_min_fraction * sep)``, with ``ref_sd`` from ``reference_slope_sd(truth)``
+    unless passed in (e.g. the sd of a NUTS reference posterior). For a draw s and a labelling
+    perm the scaled distance is ``d_perm = max_k |s_k - truth.slopes[perm[k]]| / tol_perm[k]``
+    (model component k plays true component perm[k], so it gets that component's tolerance;
+    K = 2: d_A with perm (0, 1), d_B with (1, 0)). The draw's labelling is found by optimal
+    assignment (``scipy.optimize.linear_sum_assignment`` on the scaled costs
+    ``|s_k - truth.slopes[j]| / tol_j``), and the draw is in that labelling's basin if its
+    ``d_perm <= 1`` and no other labelling has a distance <= it. When the boxes are disjoint
+    (``tol_i + tol_j < |slopes_i - slopes_j|`` for all pairs: the default, fraction < 0.5) a draw
+    in a box has every other labelling's components out of their boxes, so the assignment finds
+    it and no other labelling competes; when they overlap (a wide reference sd) the distances of
+    all K! labellings are compared and the draw goes to the unique smallest (K = 2: in A if
+    ``d_A <= 1`` and ``d_A < d_B``; an exact tie inside both boxes counts as neither).
+    Otherwise the draw is collapsed if ``max_k s_k - min_k s_k <= collapse_gap_fraction * sep``
+    (K = 2: ``|s_0 - s_1|``); otherwise it is in no basin ("none").
     The edge is INSIDE: ``<=`` everywhere, with a relative slack of ``EDGE_RTOL`` (1e-9) on every
     tolerance so that e.g. 3 + 0.2 counts as 0.2 away from 3 despite binary rounding.
-    Shares ``share_mode_A``, ``share_mode_B``, ``share_collapsed`` are fractions of ALL draws
-    (all chains pooled); share_none = 1 - the three. The draw-level collapse code looks at the gap
-    only; where the equal slopes sit is checked at the fit level (rules 1b, 5, 5b).
+    Shares per labelling and ``share_collapsed`` are fractions of ALL draws (all chains pooled);
+    ``share_mode_A`` / ``share_mode_B`` are those of the two K = 2 labellings (NaN for K != 2),
+    ``share_modes`` the share in any labelling's basin. The draw-level collapse code looks at the
+    gap only; where the equal slopes sit is checked at the fit level (rules 1b, 5, 5b).
 
 Rule 1b (centre, minority share), reported for every non-failed fit, independent of the label
     The centre is the per-component median of the pooled slope draws. ``centre_class`` is
-    ``mode_A`` / ``mode_B`` if the rule-1 boxes put the centre in that basin; ``symmetric`` if
-    the centre's slope gap is within the collapse band of rule 1 AND the mean of its two slopes
-    is within ``collapse_location_fraction * sep`` of the one-line slope (rule 5); else
-    ``elsewhere``. ``centre_mass`` is the share of draws with the centre's rule-1 code
-    (``share_mode_A``, ``share_mode_B`` or ``share_collapsed``; NaN for ``elsewhere``, which is
-    no basin). Location and width are thus separate: a fit centred on mode A with
-    ``centre_mass`` 0.3 is on the mode but far too wide. ``minority_share`` =
-    ``min(share_A, share_B) / (share_A + share_B)``: how the draws that are in a basin split
-    between the two modes (0 for a clean single mode, 0.5 for an even split; NaN when neither
-    basin has a draw).
+    ``mode_A`` / ``mode_B`` (K = 2) or ``mode_single`` (K > 2, labelling in ``permutation``) if
+    the rule-1 boxes put the centre in a basin; ``symmetric`` if the centre's slopes are within
+    the collapse band of rule 1 AND their mean is within ``collapse_location_fraction * sep`` of
+    the one-line slope (rule 5); ``partial`` if the centre has the structure of rule 5c;
+    ``overfit`` (K_m > K_t) if it has the structure of rule 7; else ``elsewhere``.
+    ``centre_mass`` is the share of draws with the centre's code (its labelling's share,
+    ``share_collapsed``, or the share with the centre's rule-5c / rule-7 structure; NaN for
+    ``elsewhere``). Location and width are thus separate: a fit centred on mode A with
+    ``centre_mass`` 0.3 is on the mode but far too wide. ``minority_share`` = the share of the
+    draws in some basin that are NOT in the most populated one (K = 2: ``min(share_A, share_B) /
+    (share_A + share_B)``): 0 for a clean single mode, 0.5 for an even split of two; NaN when no
+    basin has a draw (and for K_m > K_t).
 
 Rule 2 (consistency of a basin), used by rules 3, 4 and 4b
-    For the draws assigned to basin M (M = A or B) take the median sigma and the median of each
-    weight. Basin M is consistent if ``1/sigma_ratio_max <= median sigma / truth.noise_sd <=
+    For the draws assigned to basin M (a labelling perm) take the median sigma and the median of
+    each weight. Basin M is consistent if ``1/sigma_ratio_max <= median sigma / truth.noise_sd <=
     sigma_ratio_max`` and ``|median weight_k - expected_k| <= weight_tolerance`` for every k,
-    where expected = truth.weights for A and truth.weights[::-1] for B.
+    where expected_k = truth.weights[perm[k]] (K = 2: truth.weights for A, [::-1] for B).
 
 Rule 3 (spanning)
-    ``share_mode_A >= span_min_share`` and ``share_mode_B >= span_min_share``: ``spanning`` if
-    both basins are consistent (rule 2), else ``not_converged`` (reason says which check failed).
+    Two or more labellings each hold ``>= span_min_share`` of the draws (K = 2: A and B):
+    ``spanning`` if all those basins are consistent (rule 2), else ``not_converged`` (reason says
+    which check of which basin failed).
 
 Rule 4 (single mode)
-    ``share_M >= 1 - span_min_share`` (then the other basin has < span_min_share): ``mode_M`` if
-    basin M is consistent (rule 2), else ``not_converged`` (reason names the sigma or weight
-    check, e.g. slopes in mode A but weights (0.33, 0.67)).
+    ``share_M >= 1 - span_min_share`` (then the other basins have < span_min_share): ``mode_M``
+    (K = 2) or ``mode_single`` with ``permutation`` M (K > 2) if basin M is consistent (rule 2),
+    else ``not_converged`` (reason names the sigma or weight check, e.g. slopes in mode A but
+    weights (0.33, 0.67)).
 
 Rule 4b (on a mode, too wide)
-    ``centre_class`` is ``mode_M``, ``0 < share_M < 1 - span_min_share``, the other basin holds
-    ``< span_min_share`` (else rule 3 applied) and so do the collapsed draws: ``mode_too_wide``
+    The centre is in basin M, ``0 < share_M < 1 - span_min_share``, no other basin holds
+    ``>= span_min_share`` with it (else rule 3 applied) and the collapsed draws hold
+    ``< span_min_share``: ``mode_too_wide`` (``permutation`` M)
     if basin M is consistent (rule 2), else ``not_converged`` (reason names the check). The
     location is right but the approximation spreads more than ``span_min_share`` of its mass
     outside the mode's box, e.g. a Gaussian centred on (3, -1) with slope sds 0.3 has only ~25% of
@@ -87,7 +119,7 @@ Rule 4b (on a mode, too wide)
 
 Rule 5 (collapsed)
     ``share_collapsed >= 1 - span_min_share``, AND the median over the collapsed draws of the
-    mean of the two slopes is within ``collapse_location_fraction * sep`` of the one-line slope
+    mean of the K slopes is within ``collapse_location_fraction * sep`` of the one-line slope
     ``sum_k truth.weights[k] * truth.slopes[k]`` (the least-squares slope through the origin of
     all points, E[xy] / E[x^2], whatever the distribution of x; the study: 1), AND the median
     sigma of the collapsed draws is at least ``sigma_ratio_max`` times the truth (one line
@@ -98,19 +130,47 @@ Rule 5 (collapsed)
 
 Rule 5b (collapsed, wide)
     A wide approximation centred on the symmetric point is mode averaging too: when fewer than
-    ``span_min_share`` of the draws are in either basin, at least half are collapsed, the median
-    slope gap is within the collapse tolerance, the median of the mean of the two slopes is
+    ``span_min_share`` of the draws are in any basin, at least half are collapsed, the median
+    slope gap (the largest over pairs i < j of ``|median(s_i - s_j)|``) is within the collapse
+    tolerance, the median of the mean of the K slopes is
     within the location tolerance of rule 5 and the median sigma is at least ``sigma_ratio_max``
     times the truth (the data are explained by one line), the label is ``collapsed``. This is
     PyMC's default optimiser after 10000 minibatch steps: centre at the symmetric point, sigma
     ~1.16, slope sds ~0.5, so only ~80% of draws have a gap below 1.
+
+Rule 5c (partial collapse; K_t >= 3)
+    The centre's components split into a MERGED group and the rest: for a group G of 2 to K-1
+    true components, with merged line ``m_G = sum_{j in G} w_j slopes_j / sum_{j in G} w_j``
+    (the least-squares line of their points), the |G| model components nearest m_G are all
+    within the rule-5 location tolerance of it and within the collapse gap of each other, and the
+    other components are assigned (optimal assignment) to the other true components, each within
+    its rule-1 tolerance. ``partial_collapse`` if at least ``1 - span_min_share`` of the draws
+    have that structure (the same components), fewer than ``span_min_share`` are in any basin or
+    collapsed, the merged components' median weights sum to within ``weight_tolerance`` of
+    ``sum_{j in G} w_j``, the others' match their true weights, and the median sigma is at least
+    ``sigma_ratio_max`` times the truth (one line through two lines' points leaves a large
+    residual, as in rule 5; k3 truth, -1 and 1 merged at 0: sigma ~0.46). Otherwise rule 6.
 
 Rule 6 (not_converged)
     Anything else: draws in no basin (far-off points, one slope at its prior, half-way between a
     mode and the symmetric point), or mixtures of basins that meet neither rule 3, 4, 4b nor 5
     (e.g. 80% in A and 20% collapsed).
 
-The rules are applied in the order 0, 3, 4, 4b, 5, 5b, 6. Each chain is ALSO classified on its own
+Rule 7 (over-fitted model, K_m > K_t; instead of rules 1b-5c)
+    Rules 0, 5 and 5b (full collapse, on all K_m slopes) apply as above. Otherwise, at the centre
+    (per-component medians of slopes and weights): a component whose median weight is at most
+    ``weight_tolerance`` is EMPTY (its slope is unidentified and ignored); every other component
+    must be within its rule-1 tolerance of its nearest true slope, every true component must get
+    at least one, the summed median weights per true component must be within
+    ``weight_tolerance`` of its weight, and the median sigma must pass rule 2. Then, if at least
+    ``1 - span_min_share`` of the draws have their non-empty components within tolerance of the
+    same true slopes (``centre_mass``): ``overfit_duplicated`` if some true component holds two
+    or more non-empty components (its weight split), else ``overfit_empty``. Anything else is
+    ``not_converged`` (e.g. chains in different labellings: their pooled medians match nothing;
+    ``chain_labels`` has each chain's own label). Shares of A/B and ``minority_share`` are NaN.
+
+The rules are applied in the order 0, 3, 4, 4b, 5, 5b, 5c, 6 (K_m > K_t: 0, 5, 5b, 7, 6). Each
+chain is ALSO classified on its own
 with the same rules (``chain_labels``, in chain order); the fit label is from the pooled draws, so
 two chains in different modes give ``spanning`` with chain_labels ("mode_A", "mode_B"). For a
 failed fit, chains without non-finite draws still get their own label.
@@ -124,18 +184,25 @@ equal slopes).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "OUTCOME_CLASSES",
+    "SINGLE_MODE_CLASSES",
     "CENTRE_CLASSES",
     "EDGE_RTOL",
     "TrueParameters",
     "ClassifierSettings",
     "Classification",
     "reference_slope_sd",
+    "separation",
+    "labellings",
+    "labelling_name",
+    "nearest_labelling",
     "slope_tolerances",
     "assign_draws",
     "one_line_slope",
@@ -143,17 +210,21 @@ __all__ = [
     "classify_failed",
 ]
 
-OUTCOME_CLASSES = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
-                   "failed")
+OUTCOME_CLASSES = ("mode_A", "mode_B", "mode_single", "mode_too_wide", "spanning",
+                   "partial_collapse", "collapsed", "overfit_empty", "overfit_duplicated",
+                   "not_converged", "failed")
+#: the classes that count as landing on one permutation mode (the pipeline's single_mode)
+SINGLE_MODE_CLASSES = ("mode_A", "mode_B", "mode_single")
 #: where the centre (per-component median) of a fit's slope draws sits (rule 1b)
-CENTRE_CLASSES = ("mode_A", "mode_B", "symmetric", "elsewhere")
+CENTRE_CLASSES = ("mode_A", "mode_B", "mode_single", "symmetric", "partial", "overfit",
+                  "elsewhere")
 
 #: relative slack on every tolerance, so that a value exactly at the edge (up to binary
 #: rounding of e.g. 3 + 0.2) counts as inside.
 EDGE_RTOL = 1e-9
 
-# draw-level codes
-_NONE, _A, _B, _COLLAPSED = 0, 1, 2, 3
+# draw-level codes: 0 none, 1 + p for labelling p (K = 2: 1 A, 2 B), 1 + K! collapsed
+_NONE, _A, _B = 0, 1, 2
 
 #: E[x^2] for x ~ U(-1, 1)
 X_SECOND_MOMENT_UNIFORM = 1.0 / 3.0
@@ -271,6 +342,10 @@ class Classification:
     centre_class: str | None = None
     centre_mass: float = float("nan")
     minority_share: float = float("nan")
+    #: labelling of a single mode / too-wide mode / centre in a basin, e.g. "0-2-1" (module doc)
+    permutation: str | None = None
+    #: share of the draws in any labelling's basin (K = 2: share_mode_A + share_mode_B)
+    share_modes: float = float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -283,6 +358,8 @@ class Classification:
             "centre_class": self.centre_class,
             "centre_mass": self.centre_mass,
             "minority_share": self.minority_share,
+            "permutation": self.permutation,
+            "share_modes": self.share_modes,
         }
 
 
@@ -313,11 +390,42 @@ def slope_tolerances(
     ref = np.broadcast_to(np.asarray(ref, dtype=float), (k,))
     if not np.all(np.isfinite(ref)) or np.any(ref < 0):
         raise ValueError("reference_sd must be finite and >= 0")
-    sep = abs(truth.slopes[0] - truth.slopes[1])
+    sep = separation(truth)
     tol = np.maximum(settings.slope_tolerance_sd * ref, settings.slope_tolerance_min_fraction * sep)
     if np.any(tol <= 0):
         raise ValueError("slope tolerance is 0: set slope_tolerance_min_fraction or reference_sd > 0")
     return tol
+
+
+def separation(truth: TrueParameters) -> float:
+    """The smallest distance between two true slopes (K = 2: |slopes[0] - slopes[1]|); 0 for
+    K = 1. Tolerances are fractions of it, so that the basin boxes stay disjoint for any K."""
+    t = np.sort(np.asarray(truth.slopes, dtype=float))
+    return float(np.min(np.diff(t))) if t.size > 1 else 0.0
+
+
+def labellings(n_components: int) -> tuple[tuple[int, ...], ...]:
+    """All K! labellings in ``itertools.permutations`` order (identity first; K = 2: A, B)."""
+    return tuple(itertools.permutations(range(n_components)))
+
+
+def labelling_name(perm) -> str:
+    """"0-2-1": model component k is true component perm[k]."""
+    return "-".join(str(int(j)) for j in perm)
+
+
+def nearest_labelling(slopes, truth: TrueParameters, tolerances) -> tuple[tuple[int, ...], float]:
+    """Optimal assignment of model components to true components for ONE slope vector (K,):
+    ``linear_sum_assignment`` on the scaled costs ``|s_k - slopes_j| / tol_j``. Returns the
+    labelling (perm[k] = true component of model component k) and its scaled distance
+    ``max_k |s_k - slopes_perm[k]| / tol_perm[k]`` (rule 1)."""
+    s = np.asarray(slopes, dtype=float)
+    true = np.asarray(truth.slopes, dtype=float)
+    tol = np.asarray(tolerances, dtype=float)
+    cost = np.abs(s[:, None] - true[None, :]) / tol[None, :]
+    rows, cols = linear_sum_assignment(cost)
+    perm = tuple(int(c) for c in cols[np.argsort(rows)])
+    return perm, float(np.max(cost[np.arange(s.size), list(perm)]))
 
 
 def one_line_slope(truth: TrueParameters) -> float:
@@ -341,11 +449,19 @@ def _as_arrays(slopes, weights, sigma, truth):
     if slopes.shape != weights.shape or slopes.shape[:2] != sigma.shape:
         raise ValueError(f"shape mismatch: {slopes.shape}, {weights.shape}, {sigma.shape}")
     k = len(truth.slopes)
-    if k != 2:
-        raise ValueError("the mode_A/mode_B taxonomy is defined for K == 2 components")
-    if slopes.shape[2] != k:
-        raise ValueError(f"draws have K={slopes.shape[2]} components, truth has {k}")
+    if k < 2:
+        raise ValueError("the taxonomy needs a truth with at least 2 components")
+    if slopes.shape[2] < k:
+        raise ValueError(f"draws have K={slopes.shape[2]} components, fewer than the truth's {k} "
+                         "(an under-fitted model has no outcome classes)")
     return slopes, weights, sigma
+
+
+def _boxes_disjoint(true: np.ndarray, tol: np.ndarray) -> bool:
+    gaps = np.abs(true[:, None] - true[None, :])
+    reach = tol[:, None] + tol[None, :]
+    off_diagonal = ~np.eye(true.size, dtype=bool)
+    return bool(np.all(gaps[off_diagonal] > reach[off_diagonal]))
 
 
 def assign_draws(
@@ -354,41 +470,63 @@ def assign_draws(
     settings: ClassifierSettings = ClassifierSettings(),
     reference_sd=None,
 ) -> np.ndarray:
-    """Draw-level assignment (rule 1). ``slopes`` (..., 2) finite; returns int codes of shape
-    ``slopes.shape[:-1]``: 0 none, 1 basin A, 2 basin B, 3 collapsed."""
+    """Draw-level assignment (rule 1). ``slopes`` (..., K) finite with K = the truth's K;
+    returns int codes of shape ``slopes.shape[:-1]``: 0 none, 1 + p in the basin of labelling p
+    (``labellings(K)[p]``; K = 2: 1 basin A, 2 basin B), 1 + K! collapsed (K = 2: 3)."""
     s = np.asarray(slopes, dtype=float)
     true = np.asarray(truth.slopes, dtype=float)
+    k = true.size
+    if s.shape[-1] != k:
+        raise ValueError(f"slopes have K={s.shape[-1]}, the truth {k}")
     tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
-    d_a = np.max(np.abs(s - true) / tol, axis=-1)
-    d_b = np.max(np.abs(s - true[::-1]) / tol[::-1], axis=-1)
-    sep = abs(true[0] - true[1])
-    gap = np.abs(s[..., 0] - s[..., 1])
-    in_a = (d_a <= 1.0) & (d_a < d_b)
-    in_b = (d_b <= 1.0) & (d_b < d_a)
-    collapsed = gap <= settings.collapse_gap_fraction * sep * (1.0 + EDGE_RTOL)
-    codes = np.full(s.shape[:-1], _NONE, dtype=np.int8)
-    codes[collapsed] = _COLLAPSED
-    codes[in_a] = _A
-    codes[in_b] = _B
-    return codes
+    perms = np.array(labellings(k))  # (P, K)
+    flat = s.reshape(-1, k)
+    cost = np.abs(flat[:, :, None] - true[None, None, :]) / tol[None, None, :]  # (n, k, j)
+    # d[n, p] = max_k cost[n, k, perms[p, k]]: each labelling's scaled box distance
+    dist = np.max(cost[:, np.arange(k)[None, :], perms], axis=-1)  # (n, P)
+    if _boxes_disjoint(true, tol * (1.0 + EDGE_RTOL)):
+        # the optimal assignment of a draw inside a box is that box's labelling (module doc)
+        index = {tuple(p): i for i, p in enumerate(perms.tolist())}
+        best = np.array([index[tuple(int(c) for c in linear_sum_assignment(c_n)[1])]
+                         for c_n in cost], dtype=int).reshape(-1)
+        d_best = dist[np.arange(len(best)), best]
+        in_basin = d_best <= 1.0
+    else:
+        # overlapping boxes: the unique smallest distance (K = 2: d_A < d_B), ties in no basin
+        best = np.argmin(dist, axis=1)
+        d_best = dist[np.arange(len(best)), best]
+        in_basin = (d_best <= 1.0) & (np.count_nonzero(dist == d_best[:, None], axis=1) == 1)
+    gap = flat.max(axis=1) - flat.min(axis=1)
+    collapsed = gap <= settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    codes = np.full(flat.shape[0], _NONE, dtype=np.int16)
+    codes[collapsed] = 1 + len(perms)
+    codes[in_basin] = 1 + best[in_basin]
+    if k == 2:
+        codes = codes.astype(np.int8)  # as before the K generalisation
+    return codes.reshape(s.shape[:-1])
 
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in np.atleast_1d(values)) + ")"
 
 
+def _sigma_problem(med_sigma, truth, settings) -> str:
+    ratio = med_sigma / truth.noise_sd
+    r = settings.sigma_ratio_max * (1.0 + EDGE_RTOL)
+    if not (1.0 / r <= ratio <= r):
+        return (f"median sigma {med_sigma:.4g} is {ratio:.3g}x the truth "
+                f"(allowed [1/{settings.sigma_ratio_max:g}, {settings.sigma_ratio_max:g}])")
+    return ""
+
+
 def _basin_consistency(weights, sigma, expected_weights, truth, settings) -> tuple[bool, str]:
     """Rule 2 on the draws of one basin (weights (n, K), sigma (n,), n >= 1)."""
     med_sigma = float(np.median(sigma))
     med_w = np.median(weights, axis=0)
-    ratio = med_sigma / truth.noise_sd
-    r = settings.sigma_ratio_max * (1.0 + EDGE_RTOL)
     problems = []
-    if not (1.0 / r <= ratio <= r):
-        problems.append(
-            f"median sigma {med_sigma:.4g} is {ratio:.3g}x the truth "
-            f"(allowed [1/{settings.sigma_ratio_max:g}, {settings.sigma_ratio_max:g}])"
-        )
+    sigma_problem = _sigma_problem(med_sigma, truth, settings)
+    if sigma_problem:
+        problems.append(sigma_problem)
     w_err = np.abs(med_w - expected_weights)
     if np.any(w_err > settings.weight_tolerance * (1.0 + EDGE_RTOL)):
         problems.append(
@@ -401,7 +539,7 @@ def _basin_consistency(weights, sigma, expected_weights, truth, settings) -> tup
 
 
 def _location_tolerance(truth, settings) -> float:
-    return settings.collapse_location_fraction * abs(truth.slopes[0] - truth.slopes[1])
+    return settings.collapse_location_fraction * separation(truth)
 
 
 def _at_one_line_slope(mean_slope, truth, settings) -> bool:
@@ -423,114 +561,311 @@ def _one_line_check(mean_slope, median_sigma, truth, settings) -> str:
     return "; ".join(problems)
 
 
-_CENTRE_NAMES = {_A: "mode_A", _B: "mode_B", _COLLAPSED: "symmetric", _NONE: "elsewhere"}
+class _Names:
+    """Labels and texts of the labellings of one K (K = 2 keeps the A/B vocabulary)."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.perms = labellings(k)
+        self.collapsed = 1 + len(self.perms)
+
+    def mode_label(self, p: int) -> str:
+        return ("mode_A", "mode_B")[p] if self.k == 2 else "mode_single"
+
+    def basin(self, p: int) -> str:
+        return ("A", "B")[p] if self.k == 2 else labelling_name(self.perms[p])
+
+    def mode_text(self, p: int) -> str:
+        return self.mode_label(p) if self.k == 2 else f"mode {labelling_name(self.perms[p])}"
 
 
-def _centre(flat_slopes, codes, truth, settings, reference_sd) -> tuple[str, float, np.ndarray]:
-    """Rule 1b: (centre_class, centre_mass, centre) of finite pooled slope draws (n, 2)."""
+def _centre_gap(flat) -> float:
+    """Rule 5b's median slope gap: the largest |median(s_i - s_j)| over pairs i < j."""
+    k = flat.shape[1]
+    return max(abs(float(np.median(flat[:, i] - flat[:, j])))
+               for i in range(k) for j in range(i + 1, k))
+
+
+def _partial_structure(centre, truth, settings, reference_sd):
+    """Rule 5c at the centre: (merged model comps, true group, other model comps, their perm) of
+    the first group G (in order of size, then index) that fits, or None."""
+    true = np.asarray(truth.slopes, dtype=float)
+    w = np.asarray(truth.weights, dtype=float)
+    k = true.size
+    tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
+    loc = _location_tolerance(truth, settings) * (1.0 + EDGE_RTOL)
+    gap = settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    for size in range(2, k):
+        for group in itertools.combinations(range(k), size):
+            merged = float(np.dot(w[list(group)], true[list(group)]) / w[list(group)].sum())
+            nearest = np.argsort(np.abs(centre - merged), kind="stable")[:size]
+            on_line = centre[nearest]
+            if np.any(np.abs(on_line - merged) > loc) or on_line.max() - on_line.min() > gap:
+                continue
+            rest_model = np.array([i for i in range(k) if i not in set(nearest.tolist())])
+            rest_true = np.array([j for j in range(k) if j not in group])
+            cost = np.abs(centre[rest_model][:, None] - true[rest_true][None, :]) / tol[rest_true]
+            rows, cols = linear_sum_assignment(cost)
+            if np.all(cost[rows, cols] <= 1.0):
+                return np.sort(nearest), group, rest_model[rows], rest_true[cols], merged
+    return None
+
+
+def _partial_share(flat, structure, truth, settings, reference_sd) -> np.ndarray:
+    """Per draw: has the rule-5c structure of the centre (same components)."""
+    merged_idx, _, rest_model, rest_true, merged = structure
+    true = np.asarray(truth.slopes, dtype=float)
+    tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
+    loc = _location_tolerance(truth, settings) * (1.0 + EDGE_RTOL)
+    gap = settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    on = flat[:, merged_idx]
+    ok = np.all(np.abs(on - merged) <= loc, axis=1) & (on.max(axis=1) - on.min(axis=1) <= gap)
+    if len(rest_model):
+        ok &= np.all(np.abs(flat[:, rest_model] - true[rest_true]) / tol[rest_true] <= 1.0, axis=1)
+    return ok
+
+
+def _centre(flat_slopes, codes, truth, settings, reference_sd, names):
+    """Rule 1b: (centre_class, centre_mass, centre, centre labelling or None, partial structure)
+    of finite pooled slope draws (n, K)."""
     centre = np.median(flat_slopes, axis=0)
     code = int(assign_draws(centre, truth, settings, reference_sd))
-    if code == _COLLAPSED and not _at_one_line_slope(float(centre.mean()), truth, settings):
+    if code == names.collapsed and not _at_one_line_slope(float(centre.mean()), truth, settings):
         # equal slopes away from the one-line slope are not where mode averaging lands
         code = _NONE
+    partial = None
+    if code == _NONE and names.k >= 3:
+        partial = _partial_structure(centre, truth, settings, reference_sd)
+    if partial is not None:
+        mass = float(np.mean(_partial_share(flat_slopes, partial, truth, settings, reference_sd)))
+        return "partial", mass, centre, None, partial
     mass = float(np.count_nonzero(codes == code) / codes.size) if code != _NONE else float("nan")
-    return _CENTRE_NAMES[code], mass, centre
+    if code == _NONE:
+        return "elsewhere", mass, centre, None, None
+    if code == names.collapsed:
+        return "symmetric", mass, centre, None, None
+    return names.mode_label(code - 1), mass, centre, code - 1, None
 
 
-def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
-    """Rules 1-6 on finite, non-empty draws; returns (label, shares, reason, centre info)."""
-    codes = assign_draws(slopes, truth, settings, reference_sd).ravel()
-    w = weights.reshape(-1, weights.shape[-1])
-    sg = sigma.ravel()
-    flat = slopes.reshape(-1, 2)
-    n = codes.size
-    share_a = float(np.count_nonzero(codes == _A) / n)
-    share_b = float(np.count_nonzero(codes == _B) / n)
-    share_c = float(np.count_nonzero(codes == _COLLAPSED) / n)
-    share_none = max(0.0, 1.0 - share_a - share_b - share_c)
-    shares = (share_a, share_b, share_c)
-    in_basins = share_a + share_b
-    minority = min(share_a, share_b) / in_basins if in_basins > 0 else float("nan")
-    centre_class, centre_mass, centre = _centre(flat, codes, truth, settings, reference_sd)
-    info = (centre_class, centre_mass, minority)
-    s = settings.span_min_share
-    share_txt = (
-        f"shares A={share_a:.3g} B={share_b:.3g} collapsed={share_c:.3g} none={share_none:.3g} "
-        f"of {n} draws; centre {_fmt(centre)} ({centre_class})"
-    )
-    true_w = np.asarray(truth.weights, dtype=float)
-    expected = {_A: true_w, _B: true_w[::-1]}
-
-    def consistency(code):
-        sel = codes == code
-        return _basin_consistency(w[sel], sg[sel], expected[code], truth, settings)
-
-    # Rule 3: spanning
-    if share_a >= s and share_b >= s:
-        ok_a, why_a = consistency(_A)
-        ok_b, why_b = consistency(_B)
-        if ok_a and ok_b:
-            return "spanning", shares, f"both basins hold >= {s:g} of draws; {share_txt}", info
-        bad = "; ".join(
-            f"basin {name}: {why}" for name, ok, why in (("A", ok_a, why_a), ("B", ok_b, why_b)) if not ok
-        )
-        return ("not_converged", shares,
-                f"draws in both basins but inconsistent: {bad}; {share_txt}", info)
-    # Rule 4: single mode
-    for code, share, name in ((_A, share_a, "mode_A"), (_B, share_b, "mode_B")):
-        if share >= 1.0 - s:
-            ok, why = consistency(code)
-            if ok:
-                return name, shares, f"{share_txt}; {why}", info
-            return "not_converged", shares, f"slopes in {name} basin but {why}; {share_txt}", info
-    # Rule 4b: centred on a mode, but too much of the mass outside its box
-    for code, share, name in ((_A, share_a, "mode_A"), (_B, share_b, "mode_B")):
-        if centre_class == name and share > 0 and share_c < s:
-            ok, why = consistency(code)
-            if ok:
-                return ("mode_too_wide", shares,
-                        f"centred in the {name} basin but only {share:.3g} of draws in it "
-                        f"(< {1.0 - s:g}); {share_txt}; {why}", info)
-            return ("not_converged", shares,
-                    f"centred in the {name} basin ({share:.3g} of draws in it) but {why}; "
-                    f"{share_txt}", info)
-    # Rule 5: collapsed, at the one-line slope and with the one-line residual sd
+def _collapse_rules(flat, sg, codes_collapsed, share_c, all_basins_small, truth, settings, s,
+                    share_txt):
+    """Rules 5 and 5b; None if neither applies."""
     if share_c >= 1.0 - s:
-        sel = codes == _COLLAPSED
+        sel = codes_collapsed
         mean_slope = float(np.median(flat[sel].mean(axis=1)))
         median_sigma = float(np.median(sg[sel]))
         problems = _one_line_check(mean_slope, median_sigma, truth, settings)
         if problems:
-            return ("not_converged", shares,
-                    f"slopes nearly equal but not mode averaging: {problems}; {share_txt}", info)
-        return (
-            "collapsed",
-            shares,
-            f"slopes nearly equal (median mean {mean_slope:.4g}), median sigma "
-            f"{median_sigma:.4g}; {share_txt}",
-            info,
-        )
-    # Rule 5b: collapsed but wide -- a wide approximation centred on the symmetric point
-    centre_gap = abs(float(np.median(flat[:, 0] - flat[:, 1])))
-    gap_tolerance = settings.collapse_gap_fraction * abs(truth.slopes[0] - truth.slopes[1])
-    if share_a < s and share_b < s and share_c >= 0.5 and centre_gap <= gap_tolerance:
+            return ("not_converged",
+                    f"slopes nearly equal but not mode averaging: {problems}; {share_txt}")
+        return ("collapsed", f"slopes nearly equal (median mean {mean_slope:.4g}), median sigma "
+                f"{median_sigma:.4g}; {share_txt}")
+    centre_gap = _centre_gap(flat)
+    gap_tolerance = settings.collapse_gap_fraction * separation(truth)
+    if all_basins_small and share_c >= 0.5 and centre_gap <= gap_tolerance:
         mean_slope = float(np.median(flat.mean(axis=1)))
         median_sigma = float(np.median(sg))
         problems = _one_line_check(mean_slope, median_sigma, truth, settings)
         if not problems:
-            return (
-                "collapsed",
-                shares,
-                f"centred on the symmetric point (median slope gap {centre_gap:.3g}, median mean "
-                f"{mean_slope:.4g}, median sigma {median_sigma:.4g}) with a wide spread; "
-                f"{share_txt}",
-                info,
-            )
-        return ("not_converged", shares,
-                f"wide with nearly equal slopes but not mode averaging: {problems}; {share_txt}",
-                info)
+            return ("collapsed",
+                    f"centred on the symmetric point (median slope gap {centre_gap:.3g}, median "
+                    f"mean {mean_slope:.4g}, median sigma {median_sigma:.4g}) with a wide spread; "
+                    f"{share_txt}")
+        return ("not_converged",
+                f"wide with nearly equal slopes but not mode averaging: {problems}; {share_txt}")
+    return None
+
+
+def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
+    """Rules 1-6 on finite, non-empty draws (K_m = K_t; rule 7 for K_m > K_t).
+
+    Returns (label, shares (A, B, collapsed), reason, centre info, extra) where centre info is
+    (centre_class, centre_mass, minority_share) and extra is (permutation, share_modes)."""
+    k = len(truth.slopes)
+    if slopes.shape[-1] > k:
+        return _classify_overfit(slopes, weights, sigma, truth, settings, reference_sd)
+    names = _Names(k)
+    codes = assign_draws(slopes, truth, settings, reference_sd).ravel()
+    w = weights.reshape(-1, weights.shape[-1])
+    sg = sigma.ravel()
+    flat = slopes.reshape(-1, k)
+    n = codes.size
+    n_perms = len(names.perms)
+    shares = np.array([np.count_nonzero(codes == 1 + p) / n for p in range(n_perms)])
+    share_c = float(np.count_nonzero(codes == names.collapsed) / n)
+    if k == 2:
+        share_a, share_b = float(shares[0]), float(shares[1])
+        share_triple = (share_a, share_b, share_c)
+        # the same floats (same order of operations) as before the generalisation
+        in_basins = share_a + share_b
+        share_none = max(0.0, 1.0 - share_a - share_b - share_c)
+    else:
+        share_triple = (float("nan"), float("nan"), share_c)
+        in_basins = float(shares.sum())
+        share_none = max(0.0, 1.0 - in_basins - share_c)
+    if in_basins > 0:
+        # the draws in a basin but not in the most populated one (K = 2: min(A, B) / (A + B))
+        minority = float(np.sort(shares)[:-1].sum()) / in_basins
+    else:
+        minority = float("nan")
+    centre_class, centre_mass, centre, centre_perm, partial = _centre(
+        flat, codes, truth, settings, reference_sd, names)
+    info = (centre_class, centre_mass, minority)
+    s = settings.span_min_share
+    if k == 2:
+        basin_txt = f"A={share_triple[0]:.3g} B={share_triple[1]:.3g}"
+    else:
+        basin_txt = " ".join(f"{names.basin(p)}={shares[p]:.3g}" for p in range(n_perms)
+                             if shares[p] > 0) or "in no labelling"
+    share_txt = (
+        f"shares {basin_txt} collapsed={share_c:.3g} none={share_none:.3g} "
+        f"of {n} draws; centre {_fmt(centre)} ({centre_class})"
+    )
+    true_w = np.asarray(truth.weights, dtype=float)
+
+    def consistency(p):
+        sel = codes == 1 + p
+        return _basin_consistency(w[sel], sg[sel], true_w[list(names.perms[p])], truth, settings)
+
+    def result(label, reason, perm=None):
+        perm_name = labelling_name(names.perms[perm]) if perm is not None else None
+        return label, share_triple, reason, info, (perm_name, float(shares.sum()))
+
+    # Rule 3: spanning
+    populated = [p for p in range(n_perms) if shares[p] >= s]
+    if len(populated) >= 2:
+        checks = [(p, *consistency(p)) for p in populated]
+        if all(ok for _, ok, _ in checks):
+            what = "both basins" if k == 2 else f"{len(populated)} basins"
+            return result("spanning", f"{what} hold >= {s:g} of draws; {share_txt}")
+        bad = "; ".join(f"basin {names.basin(p)}: {why}" for p, ok, why in checks if not ok)
+        what = "both basins" if k == 2 else "several basins"
+        return result("not_converged", f"draws in {what} but inconsistent: {bad}; {share_txt}")
+    # Rule 4: single mode
+    for p in range(n_perms):
+        if shares[p] >= 1.0 - s:
+            ok, why = consistency(p)
+            if ok:
+                return result(names.mode_label(p), f"{share_txt}; {why}", p)
+            return result("not_converged",
+                          f"slopes in {names.mode_text(p)} basin but {why}; {share_txt}", p)
+    # Rule 4b: centred on a mode, but too much of the mass outside its box
+    if centre_perm is not None and shares[centre_perm] > 0 and share_c < s:
+        p = centre_perm
+        ok, why = consistency(p)
+        if ok:
+            return result("mode_too_wide",
+                          f"centred in the {names.mode_text(p)} basin but only {shares[p]:.3g} of "
+                          f"draws in it (< {1.0 - s:g}); {share_txt}; {why}", p)
+        return result("not_converged",
+                      f"centred in the {names.mode_text(p)} basin ({shares[p]:.3g} of draws in "
+                      f"it) but {why}; {share_txt}", p)
+    # Rules 5 and 5b: collapsed at the one-line slope with the one-line residual sd
+    collapse = _collapse_rules(flat, sg, codes == names.collapsed, share_c,
+                               bool(np.all(shares < s)), truth, settings, s, share_txt)
+    if collapse is not None:
+        return result(*collapse)
+    # Rule 5c: partial collapse
+    if partial is not None and np.all(shares < s) and share_c < s:
+        return result(*_partial_label(partial, centre_mass, w, sg, truth, settings, s, share_txt))
     # Rule 6
-    return "not_converged", shares, f"no rule met; {share_txt}", info
+    return result("not_converged", f"no rule met; {share_txt}")
+
+
+def _partial_label(partial, mass, w, sg, truth, settings, s, share_txt):
+    merged_idx, group, rest_model, rest_true, merged = partial
+    true_w = np.asarray(truth.weights, dtype=float)
+    med_w = np.median(w, axis=0)
+    median_sigma = float(np.median(sg))
+    wt = settings.weight_tolerance * (1.0 + EDGE_RTOL)
+    what = (f"components {list(map(int, merged_idx))} merged at {merged:.4g} (true components "
+            f"{list(group)}), the others on true {list(map(int, rest_true))}")
+    problems = []
+    if mass < 1.0 - s:
+        problems.append(f"only {mass:.3g} of draws have that structure (< {1.0 - s:g})")
+    if abs(med_w[merged_idx].sum() - true_w[list(group)].sum()) > wt or np.any(
+            np.abs(med_w[rest_model] - true_w[rest_true]) > wt):
+        problems.append(f"median weights {_fmt(med_w)} do not match")
+    if not median_sigma >= settings.sigma_ratio_max * truth.noise_sd * (1.0 - EDGE_RTOL):
+        problems.append(f"median sigma {median_sigma:.4g} is below {settings.sigma_ratio_max:g}x "
+                        f"the truth {truth.noise_sd:.4g}")
+    if problems:
+        return "not_converged", f"{what}, but {'; '.join(problems)}; {share_txt}"
+    return "partial_collapse", f"{what}; median sigma {median_sigma:.4g}; {share_txt}"
+
+
+def _classify_overfit(slopes, weights, sigma, truth, settings, reference_sd):
+    """Rules 5, 5b and 7 for a model with more components than the truth."""
+    k_m = slopes.shape[-1]
+    true = np.asarray(truth.slopes, dtype=float)
+    true_w = np.asarray(truth.weights, dtype=float)
+    tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
+    flat = slopes.reshape(-1, k_m)
+    w = weights.reshape(-1, k_m)
+    sg = sigma.ravel()
+    n = flat.shape[0]
+    gap = flat.max(axis=1) - flat.min(axis=1)
+    collapsed = gap <= settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    share_c = float(np.count_nonzero(collapsed) / n)
+    centre = np.median(flat, axis=0)
+    med_w = np.median(w, axis=0)
+    median_sigma = float(np.median(sg))
+    nan = float("nan")
+    s = settings.span_min_share
+
+    # rule 7's structure at the centre
+    active = np.flatnonzero(med_w > settings.weight_tolerance * (1.0 + EDGE_RTOL))
+    cost = np.abs(centre[active][:, None] - true[None, :]) / tol[None, :]
+    target = np.argmin(cost, axis=1) if active.size else np.array([], dtype=int)
+    problems = []
+    if active.size == 0 or np.any(cost[np.arange(active.size), target] > 1.0):
+        problems.append("a non-empty component is on no true slope")
+    counts = np.bincount(target, minlength=true.size)
+    if np.any(counts == 0):
+        problems.append(f"true components {np.flatnonzero(counts == 0).tolist()} have no component")
+    summed = np.bincount(target, weights=med_w[active], minlength=true.size)
+    if np.any(np.abs(summed - true_w) > settings.weight_tolerance * (1.0 + EDGE_RTOL)):
+        problems.append(f"summed median weights {_fmt(summed)} vs {_fmt(true_w)}")
+    sigma_problem = _sigma_problem(median_sigma, truth, settings)
+    if sigma_problem:
+        problems.append(sigma_problem)
+    structure_ok = not problems[:2]  # slopes placed: the centre is on the truth's lines
+    if structure_ok and active.size:
+        on_lines = np.all(np.abs(flat[:, active] - true[target]) / tol[target] <= 1.0, axis=1)
+        mass = float(np.mean(on_lines))
+        centre_class = "overfit"
+    else:
+        mass = nan
+        centre_class = "symmetric" if (centre.max() - centre.min() <= settings.collapse_gap_fraction
+                                       * separation(truth) * (1.0 + EDGE_RTOL)
+                                       and _at_one_line_slope(float(centre.mean()), truth,
+                                                              settings)) else "elsewhere"
+        if centre_class == "symmetric":
+            mass = share_c
+    info = (centre_class, mass, nan)
+    share_txt = (f"K={k_m} model on K={true.size} truth; collapsed={share_c:.3g} of {n} draws; "
+                 f"centre {_fmt(centre)} ({centre_class}), median weights {_fmt(med_w)}")
+
+    def result(label, reason):
+        return label, (nan, nan, share_c), reason, info, (None, nan)
+
+    collapse = _collapse_rules(flat, sg, collapsed, share_c, centre_class != "overfit", truth,
+                               settings, s, share_txt)
+    if collapse is not None:
+        return result(*collapse)
+    if problems:
+        return result("not_converged", f"over-fitted model off the truth: "
+                      f"{'; '.join(problems)}; {share_txt}")
+    if mass < 1.0 - s:
+        return result("not_converged", f"centre on the truth's lines but only {mass:.3g} of draws "
+                      f"there (< {1.0 - s:g}); {share_txt}")
+    empty = [int(i) for i in range(k_m) if i not in set(active.tolist())]
+    shared = [int(j) for j in np.flatnonzero(counts >= 2)]
+    if shared:
+        return result("overfit_duplicated", f"true components {shared} each shared by several "
+                      f"components (weights split), empty components {empty}; {share_txt}")
+    return result("overfit_empty", f"empty components {empty}, the others on the truth; "
+                  f"{share_txt}")
 
 
 def classify_draws(
@@ -543,8 +878,9 @@ def classify_draws(
 ) -> Classification:
     """Classify a fit from its draws (see the module docstring for the exact rules).
 
-    slopes, weights: (chains, draws, 2); sigma: (chains, draws). ``reference_sd``: scalar or
-    (2,) slope sd replacing ``reference_slope_sd(truth)`` in the slope tolerance.
+    slopes, weights: (chains, draws, K_m); sigma: (chains, draws); K_m >= the truth's K.
+    ``reference_sd``: scalar or (K,) slope sd replacing ``reference_slope_sd(truth)`` in the
+    slope tolerance.
     """
     slopes, weights, sigma = _as_arrays(slopes, weights, sigma, truth)
     n_chains, n_draws = sigma.shape
@@ -574,10 +910,10 @@ def classify_draws(
             "failed", nan, nan, nan, chain_labels,
             f"non-finite (NaN/inf) values in {bad} of {finite.size} draws",
         )
-    label, (a, b, c), reason, (centre_class, centre_mass, minority) = _classify_finite(
-        slopes, weights, sigma, truth, settings, reference_sd)
+    label, (a, b, c), reason, (centre_class, centre_mass, minority), (perm, share_modes) = \
+        _classify_finite(slopes, weights, sigma, truth, settings, reference_sd)
     return Classification(label, a, b, c, chain_labels, reason, centre_class, centre_mass,
-                          minority)
+                          minority, perm, share_modes)
 
 
 def classify_failed(message: str) -> Classification:

@@ -54,6 +54,10 @@ class Cell:
     seeds: tuple[int, ...]
     engine: str = "pymc"
     checkpoints: tuple[int, ...] = ()
+    #: the model's K where it differs from the data regime's K (over-fitting); None = as many
+    #: components as the truth. A level equal to the data's K is stored as None, so that a cell
+    #: has one id however it was declared and existing cell ids do not change.
+    components: int | None = None
 
     @property
     def cell_id(self) -> str:
@@ -72,6 +76,8 @@ class Cell:
             parts += [f"c{self.chains}"]
         if self.data_regime != "default":
             parts.append(f"data-{self.data_regime}")
+        if self.components is not None:
+            parts.append(f"k{self.components}")
         return "__".join(parts)
 
     def axes(self) -> dict[str, Any]:
@@ -232,15 +238,18 @@ def validate_config(raw: dict, source: str = "config") -> dict:
     config = _fill_defaults(copy.deepcopy(raw), schema, schema)
 
     for name, regime in config["data_regimes"].items():
+        if len(regime["weights"]) != len(regime["slopes"]):
+            problems.append(f"config.data_regimes.{name}.weights: expected one weight per slope "
+                            f"({len(regime['slopes'])}), found {len(regime['weights'])}")
         if abs(sum(regime["weights"]) - 1.0) > 1e-9:
             problems.append(f"config.data_regimes.{name}.weights: expected weights summing to 1, "
                             f"found {regime['weights']} (sum {sum(regime['weights'])})")
         if regime["x_low"] >= regime["x_high"]:
             problems.append(f"config.data_regimes.{name}: expected x_low < x_high, found "
                             f"{regime['x_low']} >= {regime['x_high']}")
-        if regime["slopes"][0] == regime["slopes"][1]:
-            problems.append(f"config.data_regimes.{name}.slopes: expected two different slopes "
-                            f"(the modes must be distinct), found {regime['slopes']}")
+        if len(set(regime["slopes"])) != len(regime["slopes"]):
+            problems.append(f"config.data_regimes.{name}.slopes: expected all slopes distinct "
+                            f"(the permutation modes must be distinct), found {regime['slopes']}")
 
     grid_names = [g["name"] for g in config["grids"]]
     for name in {n for n in grid_names if grid_names.count(n) > 1}:
@@ -256,6 +265,7 @@ def validate_config(raw: dict, source: str = "config") -> dict:
                     suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                     problems.append(f"config.grids[{index}].{axis}: unknown {axis[:-1]} '{value}'; "
                                     f"expected one of {list(known)}{suggestion}")
+        problems += _component_problems(config, grid, index)
         if "svgd" in grid["methods"] and any(b != 0 for b in grid["batch_sizes"]):
             problems.append(f"config.grids[{index}].batch_sizes: SVGD in PyMC does not support "
                             f"minibatches; expected [0] (full batch), found {grid['batch_sizes']}")
@@ -300,12 +310,45 @@ def validate_config(raw: dict, source: str = "config") -> dict:
     return config
 
 
+def model_components(config: dict, components: int | None, regime: str) -> int:
+    """The model's K of a cell: its `components` level, or None = the data regime's K."""
+    return len(config["data_regimes"][regime]["slopes"]) if components is None else components
+
+
+def _component_problems(config: dict, grid: dict, index: int) -> list[str]:
+    """The model K of every (model, components, data regime) of a grid must be one the models
+    and the classifier support: the question's variants are K = 2 only, and the outcome
+    taxonomy has classes for K_model >= K_data (over-fitting), none for an under-fitted model."""
+    from vimodes.model_specs import MODEL_SPECS
+
+    problems = []
+    for components, regime in itertools.product(grid["components"], grid["data_regimes"]):
+        if regime not in config["data_regimes"]:
+            continue  # reported as an unknown data regime
+        k_model = model_components(config, components, regime)
+        k_data = len(config["data_regimes"][regime]["slopes"])
+        level = "null (as the data)" if components is None else str(components)
+        for model in grid["models"]:
+            spec = MODEL_SPECS.get(model)
+            if spec is not None and spec.question_likelihood and k_model != 2:
+                problems.append(f"config.grids[{index}].components: model '{model}' is the "
+                                f"question's 2-component model, but components {level} on data "
+                                f"regime '{regime}' gives K = {k_model}")
+        if k_model < k_data:
+            problems.append(f"config.grids[{index}].components: K = {k_model} is fewer than the "
+                            f"{k_data} components of data regime '{regime}' (under-fitting has no "
+                            f"outcome classes)")
+    return problems
+
+
 def _grid_cells(config: dict, grid: dict) -> list[Cell]:
     cells: dict[str, Cell] = {}
     seeds = tuple(_seed_list(grid["seeds"]))
-    for model, method, opt, iters, init, batch, chains, regime, engine in itertools.product(
+    for (model, method, opt, iters, init, batch, chains, regime, engine,
+         components) in itertools.product(
         grid["models"], grid["methods"], grid["optimizers"], grid["iterations"], grid["inits"],
         grid["batch_sizes"], grid["chains"], grid["data_regimes"], grid["engines"],
+        grid["components"],
     ):
         uses_optimizer = method in VI_METHODS
         uses_iterations = method in (*VI_METHODS, "cavi")
@@ -327,6 +370,8 @@ def _grid_cells(config: dict, grid: dict) -> list[Cell]:
             engine=engine if method in VECTORISED_METHODS else "pymc",
             checkpoints=tuple(sorted(grid["checkpoints"])) if method in VECTORISED_METHODS
             else (),
+            components=None if model_components(config, components, regime) == len(
+                config["data_regimes"][regime]["slopes"]) else components,
         )
         # Axes that do not apply to a method collapse onto one cell.
         cells.setdefault(cell.cell_id, cell)

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from vimodes.classify import SINGLE_MODE_CLASSES
+
 __all__ = [
     "CONTRAST_AXES",
     "CONTRAST_COLUMNS",
@@ -42,7 +44,7 @@ __all__ = [
 # seed s is the same data set only within one regime)
 CONTRAST_AXES = ("model", "method", "optimizer", "iterations", "init", "batch_size", "chains",
                  "engine")
-SINGLE_MODE = ("mode_A", "mode_B")
+SINGLE_MODE = SINGLE_MODE_CLASSES  # mode_A, mode_B and (K > 2) mode_single
 # methods whose result is a deterministic function of the data set and the start (CAVI's
 # updates are exact; ADVI/SVGD/Pathfinder/NUTS draw random numbers while fitting)
 DETERMINISTIC_METHODS = ("cavi",)
@@ -198,7 +200,8 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     are confounded and left out (e.g. NUTS vs ADVI, which also differ in optimiser and batch
     size because those axes do not apply to NUTS; missing levels compare equal to each other).
     The two cells are matched on the seeds both have (inner join on seed); a fit that failed
-    or did not converge counts as not single-mode (single_mode = outcome in mode_A, mode_B).
+    or did not converge counts as not single-mode (single_mode = outcome in mode_A, mode_B,
+    mode_single). Cells with different model K (``components``) are never paired.
     Pairs with no seed in common are left out.
 
     cell_a is the cell whose cell_id sorts first. level_a/level_b are the differing axis's
@@ -219,11 +222,14 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         single = pd.Series(group["outcome"].isin(SINGLE_MODE).to_numpy(),
                            index=group["seed"].to_numpy())
         cells.append({"cell_id": cell_id, "regime": _level(first["data_regime"]),
+                      # a K = 3 model on K = 2 data has no single mode to compare: the model's
+                      # K, like the data regime, must be shared by the two cells
+                      "components": _level(first.get("components")),
                       "levels": {axis: _level(first.get(axis)) for axis in CONTRAST_AXES},
                       "single": single})
     rows = []
     for x, y in itertools.combinations(cells, 2):
-        if x["regime"] != y["regime"]:
+        if x["regime"] != y["regime"] or x["components"] != y["components"]:
             continue
         differing = [axis for axis in CONTRAST_AXES if x["levels"][axis] != y["levels"][axis]]
         if len(differing) != 1:

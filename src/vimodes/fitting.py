@@ -22,7 +22,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
-from vimodes.config import VI_METHODS
+from vimodes.config import VI_METHODS, model_components
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
 
@@ -62,6 +62,7 @@ class FitSettings:
     threads: int = 1
     engine: str = "pymc"  # VI engine: PyMC's own loop or the vectorised JAX engine
     checkpoints: tuple[int, ...] = ()  # iterations at which the approximation is also stored
+    n_components: int = 2  # the model's K (resolved from the cell and its data regime)
 
     @classmethod
     def from_cell(cls, cell, config: dict, threads: int = 1) -> FitSettings:
@@ -79,6 +80,8 @@ class FitSettings:
             else config["nuts"]["likelihood"],
             khat_draws=config["vi"]["khat_draws"], threads=threads,
             engine=cell.engine, checkpoints=tuple(cell.checkpoints),
+            n_components=model_components(config, getattr(cell, "components", None),
+                                          cell.data_regime),
         )
 
 
@@ -189,7 +192,8 @@ class _Fitter:
         # minibatch VI keeps pm.NormalMixture: at 128 points per batch the fused Op is no faster
         full_data = settings.method in ("nuts", "pathfinder") or not batch_size
         self.model = build_model(settings.model, self.x_data, self.y_data, batch_size=batch_size,
-                                 likelihood=settings.likelihood if full_data else "pymc")
+                                 likelihood=settings.likelihood if full_data else "pymc",
+                                 n_components=settings.n_components)
 
     def set_data(self, data: Dataset) -> None:
         if data.x.shape != self.x_data.get_value(borrow=True).shape:
@@ -383,7 +387,8 @@ class VIFitter(_Fitter):
 
         fused = not MODEL_SPECS[self.settings.model].question_likelihood
         full = build_model(self.settings.model, self.x_data, self.y_data, batch_size=0,
-                           likelihood="fused" if fused else "pymc")
+                           likelihood="fused" if fused else "pymc",
+                           n_components=self.settings.n_components)
         flat = pt.vector("flat")
         replacements = {}
         for value_var in full.value_vars:
@@ -508,11 +513,12 @@ class CaviFitter:
 
     def _initial_slopes(self, rng: np.random.Generator) -> np.ndarray:
         s = self.settings
+        k = s.n_components
         if s.init_kind == "default":
-            return np.zeros(2)  # PyMC's initial point: on the symmetry axis
+            return np.zeros(k)  # PyMC's initial point: on the symmetry axis
         if s.init_kind == "jitter":
-            return rng.normal(0.0, s.init_scale, size=2)
-        return rng.normal(0.0, s.init_scale * 2.0, size=2)  # a draw from the slope prior
+            return rng.normal(0.0, s.init_scale, size=k)
+        return rng.normal(0.0, s.init_scale * 2.0, size=k)  # a draw from the slope prior
 
     def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
         from vimodes.cavi import fit_cavi, sample_cavi
@@ -522,7 +528,8 @@ class CaviFitter:
         init = self._initial_slopes(rng)
         started = time.perf_counter()
         try:
-            result = fit_cavi(data.x, data.y, init_slopes=init, rng=rng, max_iter=s.iterations)
+            result = fit_cavi(data.x, data.y, init_slopes=init, rng=rng, max_iter=s.iterations,
+                              n_components=s.n_components)
         except NUMERICAL_ERRORS as err:
             return FitResult("failed", f"{type(err).__name__}: {err}")
         runtime = time.perf_counter() - started

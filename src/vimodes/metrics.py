@@ -14,11 +14,11 @@ Conventions
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 
 import numpy as np
 from scipy import stats
+from scipy.optimize import linear_sum_assignment
 
 from .classify import TrueParameters
 
@@ -42,20 +42,37 @@ INTERVAL_PROB = 0.94
 def nearest_permutation(slope_means, true_slopes) -> tuple[int, ...]:
     """Permutation ``perm`` minimising ``sum_k (slope_means[perm[k]] - true_slopes[k])**2``.
 
-    Exhaustive over the K! permutations (K is small); ties go to the first permutation in
-    lexicographic order (the identity first)."""
+    An optimal assignment (``scipy.optimize.linear_sum_assignment`` on the squared differences),
+    so any K is cheap (no K! enumeration). Ties go to the first permutation in lexicographic
+    order (the identity first), as the former exhaustive search did: the assignment's cost is
+    compared with the identity's and every lexicographically earlier permutation is only
+    needed when costs tie exactly, which is checked for small K. NaN means: no informative
+    ordering (the identity).
+    """
     m = np.asarray(slope_means, dtype=float).ravel()
     t = np.asarray(true_slopes, dtype=float).ravel()
     if m.shape != t.shape:
         raise ValueError(f"shape mismatch: {m.shape} vs {t.shape}")
-    best, best_cost = None, math.inf
-    for perm in itertools.permutations(range(m.size)):
-        cost = float(np.sum((m[list(perm)] - t) ** 2))
-        if cost < best_cost:
-            best, best_cost = perm, cost
-    if best is None:  # NaN means: no informative ordering
-        best = tuple(range(m.size))
-    return tuple(int(i) for i in best)
+    identity = tuple(range(m.size))
+    if not np.all(np.isfinite(m)) or not np.all(np.isfinite(t)):
+        return identity
+    cost = (m[None, :] - t[:, None]) ** 2  # cost[k, i]: true k taken by model component i
+    rows, cols = linear_sum_assignment(cost)
+    best = tuple(int(c) for c in cols[np.argsort(rows)])
+    best_cost = float(cost[np.arange(m.size), list(best)].sum())
+    if m.size <= _TIE_CHECK_MAX_K:
+        # keep the documented lexicographic tie-break: the first permutation with the least
+        # cost (the assignment solver's choice among equal costs is unspecified)
+        for perm in itertools.permutations(range(m.size)):
+            if perm >= best:
+                break
+            if float(cost[np.arange(m.size), list(perm)].sum()) <= best_cost:
+                return tuple(int(i) for i in perm)
+    return best
+
+
+#: up to this K the exact lexicographic tie-break of nearest_permutation is checked (K! small)
+_TIE_CHECK_MAX_K = 6
 
 
 def relabel(array, permutation) -> np.ndarray:
@@ -86,6 +103,20 @@ def relabel_per_chain(slopes, weights, reference=None):
         out_s[c], out_w[c] = relabel(s[c], perm), relabel(w[c], perm)
         perms.append(perm)
     return out_s, out_w, tuple(perms)
+
+
+def _draw_permutations(s, t_s) -> np.ndarray:
+    """Per draw, the nearest permutation of the truth (sum of squares), (n, K).
+
+    K = 2 (and K <= 3) compares all K! permutations at once, vectorised, first minimum =
+    lexicographic tie-break; larger K solves one optimal assignment per draw instead of
+    enumerating K! permutations."""
+    k = s.shape[1]
+    if k <= 3:
+        all_perms = np.array(list(itertools.permutations(range(k))))
+        cost = ((s[:, all_perms] - t_s) ** 2).sum(axis=-1)  # (n, K!)
+        return all_perms[np.argmin(cost, axis=1)]  # first minimum = lexicographic tie-break
+    return np.array([nearest_permutation(row, t_s) for row in s], dtype=int).reshape(-1, k)
 
 
 def _central_interval(draws, prob=INTERVAL_PROB):
@@ -124,9 +155,7 @@ def relabelled_errors(slopes, weights, sigma, truth: TrueParameters, relabel_by:
         s, w = relabel(s, perms), relabel(w, perms)
     elif relabel_by == "draw":
         s, w = s.reshape(-1, k), w.reshape(-1, k)
-        all_perms = np.array(list(itertools.permutations(range(k))))
-        cost = ((s[:, all_perms] - t_s) ** 2).sum(axis=-1)  # (n, K!)
-        best = all_perms[np.argmin(cost, axis=1)]  # first minimum = lexicographic tie-break
+        best = _draw_permutations(s, t_s)
         rows = np.arange(s.shape[0])[:, None]
         s, w, perms = s[rows, best], w[rows, best], None
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study, config_hash
 from vimodes.records import package_versions, read_json, write_json
 from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
@@ -137,9 +138,13 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
         draws = read_posterior(fit_record_path(fit_dir, seed, "nc"))
         c = classify_draws(draws["slopes"], draws["weights"], draws["sigma"], truth, settings)
         relabel_by = "draw" if record["method"] in ("svgd", "pathfinder") else "chain"
-        errors = relabelled_errors(draws["slopes"], draws["weights"], draws["sigma"], truth,
-                                   relabel_by=relabel_by)
-        errors.pop("permutations", None)
+        errors = {}
+        if draws["slopes"].shape[-1] == len(truth.slopes):
+            # label-invariant errors need one model component per true one; an over-fitted
+            # model's components are judged by the classifier (rule 7) instead
+            errors = relabelled_errors(draws["slopes"], draws["weights"], draws["sigma"], truth,
+                                       relabel_by=relabel_by)
+            errors.pop("permutations", None)
         diagnostics = {}
         if record["method"] == "nuts":
             diagnostics = convergence_diagnostics(draws["slopes"], draws["weights"], draws["sigma"])
@@ -149,7 +154,8 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                      "outcome_reason": c.reason, "share_mode_A": c.share_mode_A,
                      "share_mode_B": c.share_mode_B, "share_collapsed": c.share_collapsed,
                      "centre_class": c.centre_class, "centre_mass": c.centre_mass,
-                     "minority_share": c.minority_share,
+                     "minority_share": c.minority_share, "permutation": c.permutation,
+                     "share_modes": c.share_modes, "model_components": draws["slopes"].shape[-1],
                      **errors, **diagnostics, **_posterior_summary(draws)})
         checkpoint_file = fit_record_path(fit_dir, seed, "checkpoints.nc")
         if checkpoint_file.exists():
@@ -207,7 +213,8 @@ def iterations_to_stabilise(record: dict, truth, settings) -> float:
 # columns copied from a fit record into the tables
 _RECORD_COLUMNS = (
     "cell_id", "grid", "model", "method", "optimizer", "optimizer_name", "learning_rate",
-    "iterations", "init", "batch_size", "chains", "data_regime", "seed", "status", "error",
+    "iterations", "init", "batch_size", "chains", "data_regime", "components", "seed", "status",
+    "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
     "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences", "engine",
     "max_depth_hits", "gradient_evaluations", "draws_done", "n_obs", "config_hash", "version_pymc",
@@ -238,15 +245,16 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             frame.to_parquet(tmp, index=False)
 
 
-HEADLINE_CLASSES = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
-                    "failed")
+# the vocabulary is the classifier's (one place); single_mode is the sum of SINGLE_MODE
+HEADLINE_CLASSES = OUTCOME_CLASSES
+SINGLE_MODE = SINGLE_MODE_CLASSES
 CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "init",
              "batch_size", "chains", "data_regime", "engine")
 
 
 def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode = A + B
-    (``mode_too_wide`` is not in it), and the exact binomial test that modes A and B are equally
+    """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode =
+    mode_A + mode_B + mode_single (``mode_too_wide`` is not in it), and the exact binomial test that modes A and B are equally
     likely among single-mode fits (NaN for an ordered model: it has one mode by construction)."""
     from vimodes.metrics import equal_modes_pvalue, wilson_interval
     from vimodes.model_specs import MODEL_SPECS
@@ -255,12 +263,15 @@ def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
     fit_rows = fits[fits["level"] == "fit"]
     for cell_id, group in fit_rows.groupby("cell_id", sort=True):
         first = group.iloc[0]
-        row = {axis: first[axis] for axis in CELL_AXES}
+        row = {axis: first.get(axis) for axis in CELL_AXES}
+        # the model's K where it differs from the data's (None: as the data); tables written
+        # before the K generalisation have no such column
+        row["components"] = first.get("components")
         n = len(group)
         row["n_fits"] = n
         counts = group["outcome"].value_counts()
         for label in (*HEADLINE_CLASSES, "single_mode"):
-            k = int(counts.get("mode_A", 0) + counts.get("mode_B", 0)) if label == "single_mode" \
+            k = int(sum(counts.get(c, 0) for c in SINGLE_MODE)) if label == "single_mode" \
                 else int(counts.get(label, 0))
             low, high = wilson_interval(k, n)
             row[f"n_{label}"] = k
@@ -276,18 +287,21 @@ def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SINGLE_MODE = ("mode_A", "mode_B")
 
 
 def add_reference_sd_ratio(fits: pd.DataFrame) -> pd.DataFrame:
     """``sd_ratio_vs_nuts``: a single-mode fit's posterior sd of the slopes relative to that of
     single-chain NUTS on the marginal model for the same data set (VI under-dispersion < 1).
-    The mean of the two slopes' sds is label-invariant within one mode."""
+    The mean of the K slopes' sds (K = 2: (sd_0 + sd_1) / 2) is label-invariant within one mode;
+    a table mixing K leaves the missing components' columns NaN, and they are skipped."""
     fits = fits.copy()
     if "slopes_0_sd" not in fits:
         fits["sd_ratio_vs_nuts"] = np.nan
         return fits
-    slope_sd = (fits["slopes_0_sd"] + fits["slopes_1_sd"]) / 2
+    sd_columns = sorted((c for c in fits.columns
+                         if c.startswith("slopes_") and c.endswith("_sd") and c[7:-3].isdigit()),
+                        key=lambda c: int(c[7:-3]))
+    slope_sd = fits[sd_columns].mean(axis=1)
     single = (fits["level"] == "fit") & fits["outcome"].isin(SINGLE_MODE)
     is_reference = single & (fits["method"] == "nuts") & (fits["model"] == "marginal") & \
         (fits["chains"] == 1)

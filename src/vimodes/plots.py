@@ -32,6 +32,7 @@ from matplotlib.colors import BoundaryNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
 from vimodes.records import atomic_path, read_json  # noqa: E402
 
 log = logging.getLogger("vimodes")
@@ -39,24 +40,31 @@ log = logging.getLogger("vimodes")
 # ---------------------------------------------------------------------------------------------
 # Orders, labels and colours (one place: changing them only reruns the figure rules)
 
-OUTCOME_ORDER = ("mode_A", "mode_B", "mode_too_wide", "spanning", "collapsed", "not_converged",
-                 "failed")
+OUTCOME_ORDER = OUTCOME_CLASSES  # the classifier's vocabulary, in its order
 RATE_CLASSES = ("single_mode", *OUTCOME_ORDER)
 OUTCOME_COLORS = {
     "single_mode": "#000000",
     "mode_A": "#1b9e77",
     "mode_B": "#7570b3",
+    "mode_single": "#1f78b4",
     "mode_too_wide": "#66a61e",
+    "partial_collapse": "#fdae61",
+    "overfit_empty": "#a6cee3",
+    "overfit_duplicated": "#cab2d6",
     "spanning": "#e7298a",
     "collapsed": "#d95f02",
     "not_converged": "#7f7f7f",
     "failed": "#b8860b",
 }
 OUTCOME_LABELS = {
-    "single_mode": "single mode (A or B)",
+    "single_mode": "single mode (A, B or one labelling)",
     "mode_A": "mode A",
     "mode_B": "mode B",
+    "mode_single": "single mode (K > 2)",
     "mode_too_wide": "on a mode, too wide",
+    "partial_collapse": "partial collapse (two lines merged)",
+    "overfit_empty": "over-fitted, extra component empty",
+    "overfit_duplicated": "over-fitted, a line duplicated",
     "spanning": "spanning (both modes)",
     "collapsed": "collapsed (modes averaged)",
     "not_converged": "not converged",
@@ -574,7 +582,7 @@ def fig_runtime(fits: pd.DataFrame) -> Figure:
     return fig
 
 
-MINORITY_CLASSES = ("mode_A", "mode_B", "spanning")
+MINORITY_CLASSES = (*SINGLE_MODE_CLASSES, "spanning")
 
 
 def fig_minority_share(fits: pd.DataFrame) -> Figure:
@@ -665,7 +673,7 @@ def fig_question_model(fits: pd.DataFrame, data_summary: pd.DataFrame) -> Figure
             if sub.empty:
                 continue
             n = len(sub)
-            hits = int(sub["outcome"].isin(["mode_A", "mode_B"]).sum())
+            hits = int(sub["outcome"].isin(SINGLE_MODE_CLASSES).sum())
             low, high = wilson_interval(hits, n)
             pos = x - 0.4 + width * (k + 0.5)
             axes[2].errorbar([pos], [hits / n], yerr=[[hits / n - low], [high - hits / n]],

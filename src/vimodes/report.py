@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.metrics import wilson_interval
 from vimodes.plots import (
     KHAT_GOOD,
@@ -44,9 +45,9 @@ from vimodes.records import atomic_path, package_versions
 
 ADVI_METHODS = ("advi", "fullrank_advi")
 OTHER_METHODS = ("svgd", "pathfinder", "cavi")
-SINGLE = ("mode_A", "mode_B")
+SINGLE = SINGLE_MODE_CLASSES
 # the outcome classes after the single modes, in report order
-OTHER_CLASSES = ("mode_too_wide", "spanning", "collapsed", "not_converged", "failed")
+OTHER_CLASSES = tuple(c for c in OUTCOME_CLASSES if c not in SINGLE_MODE_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -692,10 +693,12 @@ GRID_STEP = 0.1  # ... in steps of this (so that the true slopes are grid points
 
 def report_dataset(study) -> tuple[str, int]:
     """The data set of the log-density grid: the smallest fitted seed (0 when fitted) of the
-    question's regime ``default``, or of the first regime in use."""
+    question's regime ``default``, or of the first two-component regime in use (the grid is a
+    (w0, w1) plane), or of the first regime in use."""
     datasets = study.datasets()
     regimes = [regime for regime, _ in datasets]
-    regime = "default" if "default" in regimes else regimes[0]
+    two = [r for r in regimes if len(study.config["data_regimes"][r]["slopes"]) == 2]
+    regime = "default" if "default" in regimes else (two or regimes)[0]
     return regime, min(seed for r, seed in datasets if r == regime)
 
 

@@ -13,12 +13,24 @@ from vimodes.records import atomic_path
 
 @dataclass(frozen=True)
 class DataRegime:
+    """A K-component data setting; K = len(slopes) (``components``)."""
+
     n_obs: int = 100_000
-    slopes: tuple[float, float] = (3.0, -1.0)
-    weights: tuple[float, float] = (0.5, 0.5)
+    slopes: tuple[float, ...] = (3.0, -1.0)
+    weights: tuple[float, ...] = (0.5, 0.5)
     noise_sd: float = 0.1
     x_low: float = -1.0
     x_high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.slopes) != len(self.weights):
+            raise ValueError(f"slopes {self.slopes} and weights {self.weights} differ in length")
+
+    @property
+    def components(self) -> int:
+        """The truth's K. Derived, not a separate setting, so that it cannot disagree with the
+        slopes; the model's K is a property of the fit (``FitSettings.n_components``)."""
+        return len(self.slopes)
 
     @classmethod
     def from_config(cls, regime: dict) -> DataRegime:
@@ -42,7 +54,8 @@ def data_rng(seed_base: int, seed: int) -> np.random.Generator:
 
 
 def simulate(regime: DataRegime, seed: int, seed_base: int) -> Dataset:
-    """x ~ U(x_low, x_high); component z ~ Categorical(weights); y = slope_z x + N(0, noise_sd)."""
+    """x ~ U(x_low, x_high); component z ~ Categorical(weights) over K = len(weights) components;
+    y = slope_z x + N(0, noise_sd). The K = 2 stream is unchanged by the K generalisation."""
     rng = data_rng(seed_base, seed)
     x = rng.uniform(regime.x_low, regime.x_high, size=regime.n_obs)
     component = rng.choice(len(regime.weights), size=regime.n_obs, p=np.asarray(regime.weights))

@@ -113,7 +113,8 @@ class VectorisedVIFitter:
         # pm.NormalMixture model, step by step): XLA runs it ~4x faster than the generic graph
         fused = not MODEL_SPECS[s.model].question_likelihood
         self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0,
-                                 likelihood="fused" if fused else "pymc")
+                                 likelihood="fused" if fused else "pymc",
+                                 n_components=s.n_components)
         with self.model:
             inference = pm.ADVI(random_seed=0) if s.method == "advi" else \
                 pm.FullRankADVI(random_seed=0)
