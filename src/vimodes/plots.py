@@ -691,6 +691,65 @@ def fig_question_model(fits: pd.DataFrame, data_summary: pd.DataFrame) -> Figure
     return fig
 
 
+def checkpoint_curves(fits: pd.DataFrame) -> pd.DataFrame:
+    """Per cell with stored checkpoints and per checkpoint iteration: fits, single-mode and
+    collapsed counts and rates with 95% Wilson intervals (the table behind the budget figure)."""
+    from vimodes.metrics import wilson_interval
+
+    if "level" not in fits or not (fits["level"] == "checkpoint").any():
+        return pd.DataFrame()
+    rows = fits[fits["level"] == "checkpoint"]
+    out = []
+    for (cell_id, iteration), group in rows.groupby(["cell_id", "checkpoint_iteration"]):
+        first = group.iloc[0]
+        row = {"cell_id": cell_id, "method": first["method"], "model": first["model"],
+               "optimizer": first["optimizer"], "init": first["init"],
+               "iteration": int(iteration), "n_fits": len(group)}
+        for name, labels in (("single_mode", SINGLE_MODE_CLASSES), ("collapsed", ("collapsed",))):
+            k = int(group["outcome"].isin(labels).sum())
+            low, high = wilson_interval(k, len(group))
+            row.update({f"n_{name}": k, f"rate_{name}": k / len(group),
+                        f"rate_{name}_low": low, f"rate_{name}_high": high})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def fig_budget_curves(fits: pd.DataFrame) -> Figure:
+    """Share of fits on a single mode and share still collapsed against the iteration budget,
+    one line per cell (optimiser x start x method) with 95% Wilson bands, read from the
+    checkpoints of long runs (a checkpoint is what a run of that length returns)."""
+    curves = checkpoint_curves(fits)
+    if curves.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no fit stored checkpoints")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained", sharey=True)
+    cells = sorted(curves["cell_id"].unique())
+    palette = plt.get_cmap("tab10")
+    handles = []
+    for index, cell_id in enumerate(cells):
+        cell = curves[curves["cell_id"] == cell_id].sort_values("iteration")
+        first = cell.iloc[0]
+        color = palette(index % 10)
+        style = "-" if first["init"] == "default" else "--"
+        for ax, name in zip(axes, ("single_mode", "collapsed")):
+            ax.plot(cell["iteration"], cell[f"rate_{name}"], style, color=color, marker="o",
+                    markersize=3, linewidth=1.2)
+            ax.fill_between(cell["iteration"], cell[f"rate_{name}_low"],
+                            cell[f"rate_{name}_high"], color=color, alpha=0.15, linewidth=0)
+        handles.append(Line2D([], [], color=color, linestyle=style, label=(
+            f"{method_label(first['method'])}, {first['model']}, optimiser "
+            f"{first['optimizer']}, start {first['init']} (n={int(cell['n_fits'].max())})")))
+    for ax, title in zip(axes, ("on a single mode", "collapsed (mode averaging)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("iterations (checkpoint of one long run)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(color="#dddddd", linewidth=0.5)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("share of fits")
+    fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=7)
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "outcome_rates": fig_outcome_rates,
     "slope_draws": fig_slope_draws,
@@ -699,6 +758,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "khat_by_class": fig_khat_by_class,
     "runtime": fig_runtime,
     "minority_share": fig_minority_share,
+    "budget_curves": fig_budget_curves,
     "question_model": fig_question_model,
 }
 

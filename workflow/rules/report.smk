@@ -19,6 +19,7 @@ FIGURE_NAMES = [
     "khat_by_class",
     "errors_by_class",
     "minority_share",
+    "budget_curves",
     "runtime",
 ]
 FIGURE_FILES = expand("figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg"])
@@ -298,6 +299,32 @@ rule plot_minority_share:
         runtime=5,
     params:
         figure="minority_share",
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_budget_curves:
+    """Single-mode and collapsed shares against the iteration budget (checkpoints)."""
+    input:
+        fits="data/tables/fits.parquet",
+    output:
+        png=report(
+            "figures/budget_curves.png",
+            caption="../report/budget_curves.rst",
+            category="2. Factors",
+        ),
+        svg="figures/budget_curves.svg",
+    log:
+        "logs/figures/budget_curves.log",
+    benchmark:
+        "logs/benchmarks/figures/budget_curves.tsv"
+    conda:
+        "../envs/vimodes.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        figure="budget_curves",
     script:
         "../scripts/plot_figure.py"
 
