@@ -353,11 +353,11 @@ def mechanism_rows(data: Dataset, seed_base: int, settings: MechanismSettings = 
                    data_regime: str = "default") -> pd.DataFrame:
     """Every quantity of the mechanism for one data set, one row each (:data:`TABLE_COLUMNS`)."""
     jax = _jax()
-    collapse_fitter, collapsed, collapse_info = fit_endpoint(
+    # both fitters share model, family and objective: the first one evaluates everything
+    fitter, collapsed, collapse_info = fit_endpoint(
         settings, settings.collapse_optimizer, "default", data, seed_base)
-    single_fitter, single, single_info = fit_endpoint(
+    _, single, single_info = fit_endpoint(
         settings, settings.single_optimizer, "jitter", data, seed_base)
-    fitter = collapse_fitter  # both fitters share model, family and objective
     key = jax.random.key(int(np.random.default_rng([seed_base, data.seed, 2]).integers(2**31)))
     elbo_key, draws_key, noise_key = jax.random.split(key, 3)
     elbo_c = full_elbo(fitter, collapsed, data, settings.n_draws, elbo_key)
@@ -398,9 +398,10 @@ def mechanism_rows(data: Dataset, seed_base: int, settings: MechanismSettings = 
         {"name": "loss_normaliser", "value": float(fitter.scaling.normaliser), "unit": "",
          "explanation": "the engine's loss is -ELBO / this (N / batch for a total_size model)"},
     ]
+    symmetric_text = ("the exactly symmetric point (slope means and sds averaged, equal "
+                      "weights)")
     for label, point, what in (("collapsed", at_collapsed, "the collapsed fit's parameters"),
-                               ("symmetric", at_symmetric, "the exactly symmetric point (slope "
-                                "means and sds averaged, equal weights)")):
+                               ("symmetric", at_symmetric, symmetric_text)):
         rows += [
             {"name": f"gradient_u_{label}", "value": point.gradient,
              "error": point.gradient_mcse, "error_kind": "mcse", "unit": loss_unit,
