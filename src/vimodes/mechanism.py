@@ -142,8 +142,15 @@ def full_elbo(fitter: VectorisedVIFitter, params, data: Dataset, n_draws: int,
 # The label-swap symmetry and the direction that breaks it
 
 
+def _flat_slice(fitter: VectorisedVIFitter, variable: str) -> slice:
+    """The flat coordinates of a model variable (by its value variable: the name carries the
+    transform, e.g. ``slopes_ordered__``)."""
+    model = fitter.model
+    return fitter.ordering[model.rvs_to_values[model[variable]].name][1]
+
+
 def slope_indices(fitter: VectorisedVIFitter) -> tuple[int, int]:
-    slc = fitter.ordering["slopes"][1]
+    slc = _flat_slice(fitter, "slopes")
     return slc.start, slc.start + 1
 
 
@@ -164,7 +171,7 @@ def swap_matrix(fitter: VectorisedVIFitter) -> np.ndarray:
     swap = np.eye(d)
     i, j = slope_indices(fitter)
     swap[[i, j]] = swap[[j, i]]
-    weights = fitter.ordering["weights_simplex__"][1]
+    weights = _flat_slice(fitter, "weights")
     swap[weights, weights] *= -1
     z = np.linspace(-0.7, 0.9, d)
     a, b = fitter.to_variables(z), fitter.to_variables(swap @ z)
