@@ -135,9 +135,18 @@ def test_table_has_the_documented_columns(data, repo):
         ["elbo_collapsed", "elbo_single_mode", "curvature_u_symmetric"], "value"]).all()
     text = (repo / "workflow" / "report" / "columns.md").read_text()
     section = text.split("## `data/tables/mechanism.{csv,parquet}`")[1].split("\n## ")[0]
-    documented = set(re.findall(r"^\| `(\w+)`", section, re.MULTILINE))
+    first_cells = re.findall(r"^\| ([^|]+) \|", section, re.MULTILINE)
+    documented = {name for cell in first_cells for name in re.findall(r"`(\w+)`", cell)}
     assert set(mech.TABLE_COLUMNS) <= documented
     for name in table["name"]:  # every quantity is named in the dictionary
         generic = re.sub(r"_(0|1)$", "_k", re.sub(r"_(adagrad_window|adam)(_|$)", r"_<opt>\2",
                                                    name))
         assert f"`{generic}`" in section, name
+    # the report's section states the table's numbers, none typed
+    from vimodes.report import mechanism_section, num
+
+    text = " ".join(mechanism_section(table).paragraphs)
+    values = table.set_index("name")["value"]
+    for name in ("elbo_collapsed", "curvature_u_symmetric", "rate_adagrad_window", "rate_adam"):
+        assert num(values[name]) in text, name
+    assert mechanism_section(table.iloc[:0]).paragraphs

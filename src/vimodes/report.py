@@ -662,8 +662,12 @@ def mechanism_section(mechanism: pd.DataFrame) -> Section:
             return num(value(name)) + ("" if is_missing(error) else f" ± {num(error, 2)}")
 
         def steps(name):
-            return "never (no negative curvature)" if value(name) == float("inf") else \
-                f"~{num(value(name), 2)}"
+            if value(name) == float("inf"):
+                return "never (no negative curvature)"
+            return "n/a" if is_missing(value(name)) else f"~{float(f'{value(name):.2g}'):,.0f}"
+
+        def beyond_error(name, sign):  # value clearly (2 MCSEs) on the side of `sign`
+            return sign * value(name) > 2 * by_name["error"].get(name, float("nan"))
 
         def point(label):
             return (f"slopes ({num(value(f'{label}_slope_0'))}, {num(value(f'{label}_slope_1'))}),"
@@ -676,10 +680,13 @@ def mechanism_section(mechanism: pd.DataFrame) -> Section:
             f"{integer(value('collapsed_iterations'))} steps PyMC's default optimiser from the "
             f"symmetric start ends at {point('collapsed')}, where the full-data ELBO is "
             f"{est('elbo_collapsed')}; adam from a jittered start ends at {point('single_mode')} "
-            f"with ELBO {est('elbo_single_mode')}, higher by {est('elbo_difference')} nats: the "
-            f"collapse is not an optimum that the ELBO prefers.")
+            f"with ELBO {est('elbo_single_mode')}: a difference of {est('elbo_difference')} "
+            "nats" + (", so the collapse is not an optimum that the ELBO prefers."
+                      if beyond_error("elbo_difference", 1) else "."))
+        saddle = beyond_error("curvature_u_symmetric", -1)
         section.paragraphs.append(
-            f"The symmetric point is a saddle: along u = (slope_0 − slope_1)/√2, the expected "
+            f"The symmetric point is {'a saddle' if saddle else 'not shown to be a saddle'}: "
+            f"along u = (slope_0 − slope_1)/√2, the expected "
             f"loss (full data, common draws; loss = −ELBO / {num(value('loss_normaliser'))}) "
             f"has gradient {est('gradient_u_symmetric')} and curvature "
             f"{est('curvature_u_symmetric')} at the exactly symmetric point, gradient "
