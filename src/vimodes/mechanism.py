@@ -117,6 +117,14 @@ def expected_loss(fitter: VectorisedVIFitter, params, eps, x, y):
     return (log_q - prior_term - weight * data_term) / s.normaliser
 
 
+def _compiled(fitter: VectorisedVIFitter, name: str, build):
+    """A jitted function kept on the fitter, so a second point or draw count reuses it."""
+    cache = fitter.__dict__.setdefault("_mechanism_jit", {})
+    if name not in cache:
+        cache[name] = build()
+    return cache[name]
+
+
 def _blocked(function, eps, *args):
     """Stack a vmapped per-draw function over blocks of draws (memory stays O(block * N))."""
     out = [np.asarray(function(eps[i:i + _BLOCK], *args)) for i in range(0, len(eps), _BLOCK)]
@@ -132,8 +140,8 @@ def full_elbo(fitter: VectorisedVIFitter, params, data: Dataset, n_draws: int,
     jnp = jax.numpy
     eps = jax.random.normal(key, (n_draws, fitter.ddim))
     params = tuple(jnp.asarray(p, dtype=float) for p in params)
-    per_draw = jax.jit(jax.vmap(lambda e, p, x, y: elbo_term(fitter, p, e, x, y),
-                                in_axes=(0, None, None, None)))
+    per_draw = _compiled(fitter, "elbo", lambda: jax.jit(jax.vmap(
+        lambda e, p, x, y: elbo_term(fitter, p, e, x, y), in_axes=(0, None, None, None))))
     values = _blocked(per_draw, eps, params, jnp.asarray(data.x), jnp.asarray(data.y))
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(n_draws))
 
@@ -245,9 +253,8 @@ def directional_derivatives(fitter: VectorisedVIFitter, params, direction: np.nd
     ``(mu + t u, scales)`` (forward-mode jvp of a jvp), on the full data."""
     jax = _jax()
     jnp = jax.numpy
-    u = jnp.asarray(direction, dtype=float)
 
-    def along(e, p, x, y):
+    def along(e, p, u, x, y):
         mu, scale_params = p
 
         def f(t):
@@ -259,10 +266,11 @@ def directional_derivatives(fitter: VectorisedVIFitter, params, direction: np.nd
         g, h = jax.jvp(first, (0.0,), (1.0,))
         return jnp.stack([g, h])
 
-    per_draw = jax.jit(jax.vmap(along, in_axes=(0, None, None, None), out_axes=1))
+    per_draw = _compiled(fitter, "directional", lambda: jax.jit(jax.vmap(
+        along, in_axes=(0, None, None, None, None), out_axes=1)))
     params = tuple(jnp.asarray(p, dtype=float) for p in params)
-    values = _blocked(per_draw, jnp.asarray(eps), params, jnp.asarray(data.x),
-                      jnp.asarray(data.y))
+    values = _blocked(per_draw, jnp.asarray(eps), params, jnp.asarray(direction, dtype=float),
+                      jnp.asarray(data.x), jnp.asarray(data.y))
     # draw i and i + n/2 are swap partners (common_draws): their mean is one independent value
     half = values.shape[1] // 2
     pairs = (values[:, :half] + values[:, half:]) / 2 if values.shape[1] % 2 == 0 else values
