@@ -7,6 +7,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/mechanism.smk"
 include: "workflow/rules/report.smk"
 
 

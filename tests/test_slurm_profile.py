@@ -16,7 +16,7 @@ from vimodes.config import load_study
 
 BIN = Path(sys.executable).parent
 PROFILE = "profiles/slurm"
-SUBMITTED_RULES = {"fit_chunk"}  # every other rule is a localrule (workflow/rules/common.smk)
+SUBMITTED_RULES = {"fit_chunk", "mechanism"}  # the rest are localrules (workflow/rules/common.smk)
 
 
 def parse_dry_run(output: str) -> list[dict]:

@@ -251,6 +251,11 @@ def validate_config(raw: dict, source: str = "config") -> dict:
             problems.append(f"config.data_regimes.{name}.slopes: expected all slopes distinct "
                             f"(the permutation modes must be distinct), found {regime['slopes']}")
 
+    mechanism_regime = config["mechanism"]["data_regime"]
+    if mechanism_regime not in config["data_regimes"]:
+        problems.append(f"config.mechanism.data_regime: unknown data regime '{mechanism_regime}'; "
+                        f"expected one of {list(config['data_regimes'])}")
+
     grid_names = [g["name"] for g in config["grids"]]
     for name in {n for n in grid_names if grid_names.count(n) > 1}:
         problems.append(f"config.grids: grid name '{name}' is used more than once")

@@ -12,4 +12,5 @@ with script_logging(snakemake.log[0]):
                                     figures_command=p.figures_command)
     write_report(i.cells, i.fits, i.data_summary, figures, Path(i.html_template).parent,
                  out.html, out.md, provenance,
-                 table_paths={"headline": out.headline, "question": out.question})
+                 table_paths={"headline": out.headline, "question": out.question},
+                 mechanism_path=i.mechanism)

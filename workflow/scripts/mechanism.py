@@ -1,0 +1,12 @@
+from vimodes.runtime import script_logging
+
+with script_logging(snakemake.log[0]):
+    from vimodes.mechanism import mechanism_table, settings_from_config
+    from vimodes.pipeline import write_table
+    from vimodes.simulate import read_dataset
+
+    p = snakemake.params
+    datasets = [(p.regime, read_dataset(path)) for path in snakemake.input.data]
+    table = mechanism_table(datasets, p.seed_base, settings_from_config(p.mechanism, p.vi))
+    write_table(table, snakemake.output.csv)
+    write_table(table, snakemake.output.parquet)
