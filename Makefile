@@ -40,7 +40,7 @@ bench: $(BIN)/snakemake
 ## only the table, figure and report rules are allowed to run)
 FIGURE_RULES := figures summary loss_traces representative_draws posterior_grid write_report \
 	plot_outcome_rates plot_question_model plot_loss_traces plot_slope_draws plot_khat_by_class \
-	plot_errors_by_class plot_minority_share plot_runtime
+	plot_errors_by_class plot_minority_share plot_budget_curves plot_runtime
 figures: $(BIN)/snakemake
 	$(BIN)/snakemake figures --cores $(CORES) --allowed-rules $(FIGURE_RULES)
 

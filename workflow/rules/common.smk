@@ -55,6 +55,7 @@ localrules:
     plot_khat_by_class,
     plot_errors_by_class,
     plot_minority_share,
+    plot_budget_curves,
     plot_runtime,
     write_report,
 

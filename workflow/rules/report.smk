@@ -35,7 +35,8 @@ rule figures:
 
     snakemake figures --cores 2 --allowed-rules figures write_report plot_outcome_rates
         plot_question_model plot_loss_traces plot_slope_draws plot_khat_by_class
-        plot_errors_by_class plot_minority_share plot_runtime [--configfile config/smoke.yaml]
+        plot_errors_by_class plot_minority_share plot_budget_curves plot_runtime
+        [--configfile config/smoke.yaml]
         [--forceall]
 
     (`--allowed-rules` makes the tables in data/tables/ inputs that must already exist;
