@@ -249,7 +249,44 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                      "level_b": _text(y["levels"][axis]), "cell_a": x["cell_id"],
                      "cell_b": y["cell_id"], "data_regime": _text(x["regime"]), "shared": shared,
                      **result, "deterministic": deterministic})
+    rows.extend(checkpoint_contrasts(fits, level))
     table = pd.DataFrame(rows, columns=[c for c in CONTRAST_COLUMNS if c != "p_holm"])
     table.insert(CONTRAST_COLUMNS.index("p_holm"), "p_holm", holm_adjust(table["p_mcnemar"]))
     return table.astype({"n_pairs": int, "n_01": int, "n_10": int, "identical_outcomes": bool,
                          "deterministic": bool})
+
+
+def checkpoint_contrasts(fits: pd.DataFrame, level: float = 0.95) -> list[dict]:
+    """The budget contrasts within a cell that stored checkpoints: its shortest checkpoint
+    against the full budget, on the same seeds -- the same runs, so the pairing is exact.
+
+    Rows use ``axis = "iterations"`` and the cell id on both sides, with the budgets as
+    levels; a fit that failed counts as not single-mode at every budget.
+    """
+    if "level" not in fits or "checkpoint_iteration" not in fits:
+        return []
+    rows = fits[fits["level"] == "checkpoint"]
+    out = []
+    for cell_id, group in rows.groupby("cell_id", sort=True):
+        budgets = sorted(group["checkpoint_iteration"].dropna().unique())
+        if len(budgets) < 2:
+            continue
+        first, last = budgets[0], budgets[-1]
+        single = {b: pd.Series(group.loc[group["checkpoint_iteration"] == b, "outcome"]
+                               .isin(SINGLE_MODE).to_numpy(),
+                               index=group.loc[group["checkpoint_iteration"] == b, "seed"])
+                  for b in (first, last)}
+        seeds = sorted(set(fits.loc[(fits["level"] == "fit") & (fits["cell_id"] == cell_id),
+                                    "seed"]))
+        a = single[first].reindex(seeds, fill_value=False).to_numpy()
+        b = single[last].reindex(seeds, fill_value=False).to_numpy()
+        result = paired_contrast(a, b, level)
+        head = group.iloc[0]
+        shared = ", ".join(f"{name}={_text(_level(head.get(name)))}" for name in CONTRAST_AXES
+                           if name != "iterations" and _level(head.get(name)) not in
+                           (None, "none"))
+        out.append({"axis": "iterations", "level_a": str(int(first)),
+                    "level_b": str(int(last)), "cell_a": cell_id, "cell_b": cell_id,
+                    "data_regime": _text(_level(head["data_regime"])), "shared": shared,
+                    **result, "deterministic": False})
+    return out

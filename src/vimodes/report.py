@@ -35,6 +35,7 @@ from vimodes.plots import (
     MODEL_ORDER,
     OUTCOME_LABELS,
     OUTCOME_ORDER,
+    checkpoint_curves,
     fit_rows,
     method_label,
     numeric,
@@ -216,39 +217,22 @@ def headline_table(cells: pd.DataFrame) -> Table:
 
 
 def headline_section(cells: pd.DataFrame) -> Section:
-    section = Section("headline", "How often does ADVI land on a single mode?",
+    """Every ADVI cell's own rate (rates are never pooled over cells with different settings:
+    the pooled number would only reflect the grid's mix)."""
+    section = Section("headline", "How often does ADVI land on a single mode? Every cell",
                       figures=["outcome_rates"])
     vi = cells[cells["method"].isin(ADVI_METHODS)]
     if vi.empty:
         section.paragraphs.append("This study has no meanfield or fullrank ADVI cells.")
         return section
-    corrected, name = corrected_cells(vi)
-    if corrected.empty:
-        corrected, name = vi, "all models"
-    parts = []
-    for method in ordered(corrected["method"], ADVI_METHODS):
-        sub = corrected[corrected["method"] == method]
-        parts.append(f"{method_label(method)} in {pooled_cells(sub, 'single_mode').text()} "
-                     f"of its fits")
-    low = corrected.loc[corrected["rate_single_mode"].idxmin()]
-    high = corrected.loc[corrected["rate_single_mode"].idxmax()]
-    text = (f"Over all {len(corrected)} settings of {name} with ADVI, "
-            f"{' and '.join(parts)} landed on a single posterior mode.")
-    if len(corrected) > 1:
-        text += (f" Per setting the single-mode rate ranged from {pct(low['rate_single_mode'])} "
-                 f"({code(low['cell_id'])}, {integer(low['n_fits'])} fits) to "
-                 f"{pct(high['rate_single_mode'])} ({code(high['cell_id'])}, "
-                 f"{integer(high['n_fits'])} fits).")
-    others = [f"{OUTCOME_LABELS[label]} {pooled_cells(corrected, label).text()}"
-              for label in OTHER_CLASSES if pooled_cells(corrected, label).k]
-    if others:
-        text += " The rest: " + "; ".join(others) + "."
-    section.paragraphs.append(text)
-    asked = vi[vi["model"] == "as_asked"]
-    if not asked.empty:
-        section.paragraphs.append(
-            f"The question's model as asked (`as_asked`) landed on a single mode in "
-            f"{pooled_cells(asked, 'single_mode').text()} of its ADVI fits.")
+    low = vi.loc[vi["rate_single_mode"].idxmin()]
+    high = vi.loc[vi["rate_single_mode"].idxmax()]
+    section.paragraphs.append(
+        f"Per cell, the single-mode rate of ADVI ranges from {pct(low['rate_single_mode'])} "
+        f"({code(low['cell_id'])}, {integer(low['n_fits'])} fits) to "
+        f"{pct(high['rate_single_mode'])} ({code(high['cell_id'])}, "
+        f"{integer(high['n_fits'])} fits): where VI lands depends on the setting, so every "
+        f"rate below belongs to its cell.")
     section.tables.append(headline_table(cells))
     return section
 
@@ -752,6 +736,243 @@ def reproduce_section(fits: pd.DataFrame, provenance: dict) -> Section:
 
 
 # ---------------------------------------------------------------------------------------------
+# Claims backed by paired contrasts (data/tables/contrasts.parquet)
+
+ALPHA = 0.05
+
+
+def _pvalue(value) -> str:
+    if is_missing(value):
+        return "n/a"
+    value = float(value)
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def oriented(row: pd.Series, level_a) -> dict:
+    """A contrast row as a dict with side ``a`` at ``level_a`` (the table sorts its sides by
+    cell id; a flipped contrast negates the difference and swaps everything paired)."""
+    out = row.to_dict()
+    if str(row["level_a"]) == str(level_a):
+        return out
+    swap = {"level_a": "level_b", "cell_a": "cell_b", "rate_a": "rate_b", "n_01": "n_10",
+            "odds_ratio_low": "odds_ratio_high"}
+    for x, y in swap.items():
+        out[x], out[y] = row[y], row[x]
+    out["diff"] = -row["diff"]
+    out["diff_low"], out["diff_high"] = -row["diff_high"], -row["diff_low"]
+    if not is_missing(row["odds_ratio"]):
+        out["odds_ratio"] = 1 / row["odds_ratio"] if row["odds_ratio"] else math.inf
+        out["odds_ratio_low"] = 1 / row["odds_ratio_high"] if row["odds_ratio_high"] else math.inf
+        out["odds_ratio_high"] = 1 / row["odds_ratio_low"] if row["odds_ratio_low"] else math.inf
+    return out
+
+
+def find_contrast(contrasts: pd.DataFrame, cells: pd.DataFrame, axis: str, level_a, level_b,
+                  **fixed) -> dict | None:
+    """The contrast of ``axis`` between ``level_a`` and ``level_b`` whose cells have the
+    ``fixed`` axis values (from the cell table); oriented so that side a is ``level_a``."""
+    if contrasts is None or contrasts.empty:
+        return None
+    by_id = cells.set_index("cell_id")
+    rows = contrasts[(contrasts["axis"] == axis)
+                     & (contrasts[["level_a", "level_b"]].astype(str)
+                        .apply(set, axis=1) == {str(level_a), str(level_b)})]
+    for _, row in rows.iterrows():
+        ok = True
+        for cell_id in (row["cell_a"], row["cell_b"]):
+            if cell_id not in by_id.index:
+                ok = False
+                break
+            cell = by_id.loc[cell_id]
+            ok &= all(str(cell.get(k)) == str(v) for k, v in fixed.items())
+        if ok:
+            return oriented(row, level_a)
+    return None
+
+
+def contrast_text(c: dict, label_a: str, label_b: str) -> str:
+    """"label_a k/n vs label_b k/n single-mode (paired difference d, 95% CI, p, Holm p)"."""
+    n = int(c["n_pairs"])
+    k_a, k_b = round(c["rate_a"] * n), round(c["rate_b"] * n)
+    verdict = "a difference" if c["p_holm"] < ALPHA else "no difference detectable"
+    return (f"{label_a} {k_a}/{n} vs {label_b} {k_b}/{n} seeds on a single mode: {verdict} "
+            f"(paired difference {100 * c['diff']:+.0f} points, 95% CI "
+            f"{100 * c['diff_low']:+.0f} to {100 * c['diff_high']:+.0f}; exact McNemar "
+            f"p {_pvalue(c['p_mcnemar'])}, Holm-adjusted {_pvalue(c['p_holm'])})")
+
+
+def _cell(cells: pd.DataFrame, **axes) -> pd.Series | None:
+    mask = pd.Series(True, index=cells.index)
+    for key, value in axes.items():
+        mask &= cells[key].astype(str) == str(value)
+    return cells[mask].iloc[0] if mask.any() else None
+
+
+def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
+                   contrasts: pd.DataFrame | None) -> Section:
+    """The answer first, in a few sentences, each backed by its paired contrast."""
+    section = Section("answer", "The answer")
+    items = []
+    asked = cells[(cells["model"] == "as_asked") & (cells["grid"] == "question")]
+    for _, row in asked.iterrows():
+        items.append(f"**The question's fit.** The question's model as written, with its "
+                     f"settings ({method_label(row['method'])}, {setting_text(row)}), landed "
+                     f"on a single mode in {cell_rate(row, 'single_mode')} of "
+                     f"{integer(row['n_fits'])} seeds; median posterior sigma "
+                     f"{num(row.get('median_sigma'))} (truth 0.1).")
+    if contrasts is not None and not contrasts.empty:
+        working = cells[cells["grid"] == "ablation_working"]
+        fixes = []
+        for error in MODEL_ERRORS:
+            if error.model is None:
+                continue
+            c = find_contrast(contrasts, working, "model", error.model, "as_asked")
+            if c is not None:
+                fixes.append(f"fixing {error.id} ({error.title}) alone: "
+                             + contrast_text(c, code(error.model), code("as_asked")))
+        if fixes:
+            items.append("**Which errors matter** (under a setting where the corrected model "
+                         "succeeds: adam 1e-2, jittered start): " + "; ".join(fixes) + ".")
+    for method in ADVI_METHODS:
+        asked_setting = _cell(cells, grid="main", model="marginal", method=method,
+                              optimizer="default", init="default")
+        if asked_setting is None:
+            continue
+        text = (f"**The corrected model with {method_label(method)}.** With the question's "
+                f"settings (PyMC's default optimiser, default start, 10000 iterations) it "
+                f"landed on a single mode in {cell_rate(asked_setting, 'single_mode')}; "
+                f"collapsed in {integer(asked_setting['n_collapsed'])}.")
+        opt = find_contrast(contrasts, cells[cells["grid"] == "main"], "optimizer",
+                            "adam_1e-2", "default", method=method, model="marginal",
+                            init="jitter")
+        start = find_contrast(contrasts, cells[cells["grid"] == "main"], "init", "jitter",
+                              "default", method=method, model="marginal",
+                              optimizer="adam_1e-2")
+        if opt is not None:
+            text += " Optimiser, from a jittered start: " + contrast_text(
+                opt, "adam 1e-2", "the default optimiser") + "."
+        if start is not None:
+            text += " Start, with adam: " + contrast_text(start, "jittered", "symmetric") + "."
+        items.append(text)
+    budget = contrasts[(contrasts["axis"] == "iterations")
+                       & (contrasts["cell_a"] == contrasts["cell_b"])] \
+        if contrasts is not None and not contrasts.empty else pd.DataFrame()
+    for _, row in budget.iterrows():
+        cell = _cell(cells, cell_id=row["cell_a"])
+        if cell is None or cell["optimizer"] != "default":
+            continue
+        c = oriented(row, row["level_b"])
+        items.append(f"**Budget** ({method_label(cell['method'])}, default optimiser, "
+                     f"{cell['init']} start, checkpoints of one run per seed): "
+                     + contrast_text(c, f"{int(row['level_b'])} iterations",
+                                     f"{int(row['level_a'])} iterations") + ".")
+    references = []
+    for model, chains in (("marginal", 1), ("marginal", 4), ("ordered", 1)):
+        row = _cell(cells, method="nuts", model=model, chains=float(chains)) \
+            if "chains" in cells else None
+        if row is None:
+            row = _cell(cells, method="nuts", model=model, chains=chains)
+        if row is not None:
+            references.append(f"NUTS on `{model}` with {chains} chain(s): single mode in "
+                              f"{cell_rate(row, 'single_mode')}, spanning "
+                              f"{integer(row['n_spanning'])}/{integer(row['n_fits'])}")
+    if references:
+        items.append("**What to do instead.** " + "; ".join(references) + ".")
+    section.items = items or ["This study has none of the cells the answer is drawn from."]
+    section.notes.append(
+        "Every comparison is paired (the same seeds, so the same data sets, in both cells); "
+        "intervals are Newcombe's for a paired difference of proportions, p-values exact "
+        "McNemar tests, adjusted by Holm over every contrast in the table at the end. Rates of "
+        "single cells carry 95% Wilson intervals over their seeds; no rate is pooled across "
+        "cells with different settings.")
+    return section
+
+
+def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Section:
+    """PyMC's engine against the vectorised one on the same cells and seeds."""
+    section = Section("engines", "Cross-check: PyMC's engine against the vectorised engine")
+    rows = contrasts[contrasts["axis"] == "engine"] if contrasts is not None and \
+        not contrasts.empty else pd.DataFrame()
+    if rows.empty:
+        section.paragraphs.append("This study runs no cell on both engines.")
+        return section
+    table, disagree = [], []
+    for _, row in rows.iterrows():
+        c = oriented(row, "pymc")
+        n = int(c["n_pairs"])
+        table.append([code(c["cell_a"]), str(n), f"{round(c['rate_a'] * n)}/{n}",
+                      f"{round(c['rate_b'] * n)}/{n}",
+                      f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
+                      f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_mcnemar"]),
+                      _pvalue(c["p_holm"])])
+        if c["p_holm"] < ALPHA:
+            disagree.append(code(c["cell_a"]))
+    section.tables.append(Table(
+        ["cell (PyMC engine)", "paired seeds", "PyMC single mode", "vectorised single mode",
+         "difference, points (95% CI)", "McNemar p", "Holm p"], table,
+        "The same cells fitted by both engines on the same seeds and data sets. The engines "
+        "draw different random numbers, so they agree in distribution, not fit by fit."))
+    section.paragraphs.append(
+        f"Of {len(rows)} cells run by both engines, "
+        + (f"the engines disagree beyond chance (Holm-adjusted p < {ALPHA}) on "
+           f"{', '.join(disagree)}." if disagree else
+           f"none differs beyond chance (every Holm-adjusted p >= {ALPHA})."))
+    return section
+
+
+def budget_section(fits: pd.DataFrame) -> Section:
+    """Single-mode and collapsed shares at each checkpoint of the long runs."""
+    section = Section("budget", "Budget, optimiser and start, deconfounded",
+                      figures=["budget_curves"])
+    curves = checkpoint_curves(fits)
+    if curves.empty:
+        section.paragraphs.append("No cell of this study stored checkpoints.")
+        return section
+    budgets = sorted(curves["iteration"].unique())
+    rows = []
+    for cell_id, group in curves.groupby("cell_id", sort=True):
+        by = group.set_index("iteration")
+        first = group.iloc[0]
+        rows.append([code(first["method"]), code(first["optimizer"]), code(first["init"])]
+                    + [f"{integer(by.loc[b, 'n_single_mode'])}/{integer(by.loc[b, 'n_fits'])}"
+                       f" ({integer(by.loc[b, 'n_collapsed'])})" if b in by.index else "–"
+                       for b in budgets])
+    section.tables.append(Table(
+        ["method", "optimiser", "start"] + [f"{int(b)} it." for b in budgets], rows,
+        "Fits on a single mode / fits (in brackets: still collapsed) at each checkpoint of one "
+        "long run per seed; a checkpoint is what a run of that many iterations returns."))
+    section.paragraphs.append(
+        "PyMC's default optimiser is only run for 10000 iterations in the question. These runs "
+        "go on to the longest budget from both starts, so that the optimiser, the budget and "
+        "the start are no longer confounded; the paired budget contrasts (shortest vs longest "
+        "checkpoint of the same runs) are in the contrast table.")
+    return section
+
+
+def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
+    section = Section("contrasts", "Every paired contrast")
+    if contrasts is None or contrasts.empty:
+        section.paragraphs.append("No pair of cells differs in exactly one factor.")
+        return section
+    rows = []
+    for _, c in contrasts.sort_values(["axis", "cell_a"]).iterrows():
+        n = int(c["n_pairs"])
+        rows.append([c["axis"], f"{c['level_a']} vs {c['level_b']}", c["shared"], str(n),
+                     f"{round(c['rate_a'] * n)} vs {round(c['rate_b'] * n)}",
+                     f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
+                     f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_mcnemar"]),
+                     _pvalue(c["p_holm"])
+                     + (" (deterministic)" if c.get("deterministic") else "")])
+    section.tables.append(Table(
+        ["factor", "levels (a vs b)", "held fixed", "seeds", "single mode (a vs b)",
+         "difference, points (95% CI)", "McNemar p", "Holm p"], rows,
+        f"All {len(contrasts)} pairs of cells of one data regime that differ in exactly one "
+        "factor, matched on seed (and, for the budget, the checkpoints of the same runs); "
+        "Holm's adjustment runs over this whole family."))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
 # Helpers of the Snakemake rules (workflow/rules/report.smk)
 
 GRID_MARGIN = 2.5  # the log-density grid spans the true slopes +- this ...
@@ -811,21 +1032,29 @@ FIGURE_INFO = {
                        "Empirical CDF per method of min(A, B) / (A + B), the share of the draws "
                        "in a basin that are in the less populated mode, over the fits labelled "
                        "mode A, mode B or spanning: 0 is a clean single mode, 0.5 an even split."),
+    "budget_curves": ("Single-mode and collapsed shares against the iteration budget",
+                      "From the checkpoints of one long run per seed, per optimiser and start, "
+                      "with 95% Wilson bands over the seeds; solid: symmetric default start, "
+                      "dashed: jittered start."),
     "runtime": ("Runtime per method",
                 "Fit time of every successful fit (compilation excluded); bar: median."),
 }
 
 
 def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.DataFrame,
-                  provenance: dict) -> dict:
+                  provenance: dict, contrasts: pd.DataFrame | None = None) -> dict:
     sections = [
+        answer_section(cells, fits, contrasts),
         headline_section(cells),
         question_section(fits, data_summary),
+        budget_section(fits),
         factor_section(cells, fits),
         reference_section(cells, fits),
         other_methods_section(cells),
         diagnostics_section(fits),
+        engine_section(cells, contrasts),
         runtime_section(fits),
+        contrasts_section(contrasts),
         reproduce_section(fits, provenance),
     ]
     n_fits = int(cells["n_fits"].sum()) if len(cells) else 0
@@ -915,12 +1144,14 @@ def report_tables(cells: pd.DataFrame, fits: pd.DataFrame) -> dict[str, pd.DataF
 def write_report(cells_path, fits_path, data_summary_path, figures: dict[str, str | Path],
                  template_dir: str | Path, html_path, md_path, provenance: dict,
                  table_paths: dict[str, str | Path] | None = None,
-                 mechanism_path: str | Path | None = None) -> dict:
+                 mechanism_path: str | Path | None = None,
+                 contrasts_path: str | Path | None = None) -> dict:
     """Render report.html (figures embedded) and report.md (figures linked) from the tables."""
     cells = pd.read_parquet(cells_path)
     fits = pd.read_parquet(fits_path)
     data_summary = pd.read_parquet(data_summary_path)
-    context = build_context(cells, fits, data_summary, provenance)
+    contrasts = pd.read_parquet(contrasts_path) if contrasts_path is not None else None
+    context = build_context(cells, fits, data_summary, provenance, contrasts)
     if mechanism_path is not None:  # before "How to reproduce", which stays last
         context["sections"].insert(-1, mechanism_section(pd.read_parquet(mechanism_path)))
     md_dir = Path(md_path).resolve().parent

@@ -364,6 +364,7 @@ rule write_report:
         fits="data/tables/fits.parquet",
         data_summary="data/tables/data_summary.parquet",
         mechanism="data/tables/mechanism.parquet",
+        contrasts="data/tables/contrasts.parquet",
         figures=expand("figures/{name}.png", name=FIGURE_NAMES),
         svgs=expand("figures/{name}.svg", name=FIGURE_NAMES),
         html_template=workflow.source_path("../report/report.html.j2"),

@@ -13,4 +13,4 @@ with script_logging(snakemake.log[0]):
     write_report(i.cells, i.fits, i.data_summary, figures, Path(i.html_template).parent,
                  out.html, out.md, provenance,
                  table_paths={"headline": out.headline, "question": out.question},
-                 mechanism_path=i.mechanism)
+                 mechanism_path=i.mechanism, contrasts_path=i.contrasts)
