@@ -126,6 +126,43 @@ def bench_vi(chunk: int, folder: Path) -> dict:
             "floor_s_per_fit": floor, "chunk_size": chunk}
 
 
+def bench_vectorised(chunk_sizes, folder: Path, iterations: int = 10000) -> list[dict]:
+    """The vectorised engine in one process, per chunk size: the compiled loop (JIT compile
+    excluded: a warm-up chunk of the same size runs first), then the per-seed draws, k-hat and
+    records, then writing the fit files -- separate rows, so that what dominates shows."""
+    from vimodes.fitting import FitSettings
+    from vimodes.idata import write_posterior
+    from vimodes.records import write_json
+    from vimodes.simulate import DataRegime, simulate
+    from vimodes.vectorised import VectorisedVIFitter
+
+    regime = DataRegime.from_config({"n_obs": 100_000, "slopes": [3.0, -1.0],
+                                     "weights": [0.5, 0.5], "noise_sd": 0.1,
+                                     "x_low": -1.0, "x_high": 1.0})
+    vi = default_study_config()["vi"]
+    settings = FitSettings(model="marginal", method="advi", optimizer_name="adagrad_window",
+                           learning_rate=0.001, iterations=iterations, init_kind="default",
+                           batch_size=128, convergence_tolerance=vi["convergence_tolerance"],
+                           khat_draws=vi["khat_draws"], draws=1000, engine="vectorised")
+    fitter = VectorisedVIFitter(settings, regime.n_obs)
+    base = simulate(regime, 0, SEED_BASE)
+    out = []
+    for size in chunk_sizes:
+        # one data set repeated: the arithmetic is the same as for distinct data sets
+        datasets = [base] * size
+        fitter.fit_many(datasets, SEED_BASE, list(range(size)))  # JIT compile for this size
+        results = fitter.fit_many(datasets, SEED_BASE, list(range(size)))
+        timing = dict(fitter.last_timings)
+        started = time.perf_counter()
+        for seed, result in enumerate(results[:min(size, 20)]):
+            record = {"seed": seed, **result.info}
+            write_posterior(folder / f"vec-{seed}.nc", result, record)
+            write_json(record, folder / f"vec-{seed}.json")
+        timing["write_s_per_fit"] = (time.perf_counter() - started) / min(size, 20)
+        out.append(timing)
+    return out
+
+
 def bench_study_scaling(seed_counts, folder: Path, cores: int = 2) -> list[tuple[int, float]]:
     """Wall time of a whole `snakemake --cores 2` study run (simulate, fit, classify, aggregate,
     figures, report) of one main cell -- marginal model, meanfield ADVI, adam 1e-2, jittered
@@ -211,12 +248,20 @@ def main() -> None:
                         help="seed counts of the study-scaling rows ('' to skip)")
     parser.add_argument("--quick", action="store_true", help="skip PyMC's NUTS and the N scan")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--vectorised-chunks", default="1,10,100,1000",
+                        help="chunk sizes of the vectorised-engine rows ('' to skip)")
+    parser.add_argument("--vectorised-only", action="store_true",
+                        help="only the vectorised-engine rows and the chunked PyMC row they "
+                             "are compared with (the GPU run: see benchmarks/README.md)")
     args = parser.parse_args()
     args.chunk = args.chunk or default_study_config()["chunk_size"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vi = bench_vi(args.chunk, folder)
+        rows += vectorised_rows(args, folder, vi)
+        if args.vectorised_only:
+            return print_rows(rows, args)
         rows += [("VI naive: one process per fit", f"{vi['naive_s_per_fit']:.2f} s/fit"),
                  (f"VI chunked ({args.chunk} seeds per process)", f"{vi['chunked_s_per_fit']:.2f} s/fit"),
                  ("VI floor: 10000 step-function calls", f"{vi['floor_s_per_fit']:.2f} s/fit"),
@@ -255,6 +300,39 @@ def main() -> None:
                 slope, fixed = np.polyfit(*np.array(scaling).T, 1)
                 rows.append(("study wall time ~ fixed + slope x seeds",
                              f"{fixed:.1f} s + {slope:.2f} s/seed"))
+    print_rows(rows, args)
+
+
+def vectorised_rows(args, folder: Path, vi: dict) -> list[tuple[str, str]]:
+    import jax
+
+    sizes = [int(n) for n in args.vectorised_chunks.split(",") if n]
+    if not sizes:
+        return []
+    rows = [("vectorised engine device", f"{jax.default_backend()} ({jax.devices()[0]})")]
+    flops_per_seed_step = 128 * 2 * 30  # batch x components x ~(forward + backward) flops
+    for timing in bench_vectorised(sizes, folder):
+        n = timing["seeds"]
+        loop = timing["loop_s"] / n
+        step = timing["loop_s"] / 1e4
+        gflops = flops_per_seed_step * n / step / 1e9
+        rows += [(f"vectorised, chunk {n}: loop (10000 steps)",
+                  f"{loop:.4f} s/fit ({1 / loop:.1f} fits/s; {step * 1e6:.0f} us/step for the "
+                  f"chunk, ~{gflops:.2f} GFLOP/s)"),
+                 (f"vectorised, chunk {n}: draws + k-hat + record",
+                  f"{timing['post_s'] / n:.4f} s/fit"),
+                 (f"vectorised, chunk {n}: writing the fit files",
+                  f"{timing['write_s_per_fit']:.4f} s/fit")]
+        if n == 100 or n == max(sizes):
+            total = loop + timing["post_s"] / n + timing["write_s_per_fit"]
+            ratio = vi["chunked_s_per_fit"] / total
+            rows.append((f"VI ratio PyMC chunked / vectorised (chunk {n}, all rows) "
+                         f"(target >= 20)",
+                         f"{ratio:.1f} ({'target met' if ratio >= 20 else 'target not met'})"))
+    return rows
+
+
+def print_rows(rows, args) -> None:
     width = max(len(r[0]) for r in rows)
     header = (f"# benchmarks {time.strftime('%Y-%m-%d')} on {platform.node()} "
               f"({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)")

@@ -70,8 +70,11 @@ def _pymc_step(model_name, method, optimizer, learning_rate, data, batch_size):
 
 @pytest.mark.parametrize("method", ["advi", "fullrank_advi"])
 @pytest.mark.parametrize("optimizer,learning_rate", [("adam", 0.01), ("adagrad_window", 0.001)])
-@pytest.mark.parametrize("model_name,batch_size", [("marginal", BATCH), ("marginal", 0),
-                                                   ("as_asked", BATCH)])
+@pytest.mark.parametrize("model_name,batch_size", [
+    ("marginal", BATCH),
+    # the full batch and the question's own likelihood: same code path, in `make test-slow`
+    pytest.param("marginal", 0, marks=pytest.mark.slow),
+    pytest.param("as_asked", BATCH, marks=pytest.mark.slow)])
 def test_steps_equal_pymc(datasets, method, optimizer, learning_rate, model_name, batch_size):
     data = datasets[0]
     fn, params, eps_type = _pymc_step(model_name, method, optimizer, learning_rate, data,
