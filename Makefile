@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PYTENSOR_FLAGS ?= compile__timeout=1800
 
-.PHONY: run test test-slow test-slurm bench lint format figures report clean-outputs
+.PHONY: run test test-slow test-slurm bench lint format figures report readme clean-outputs
 
 $(BIN)/snakemake: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ FIGURE_RULES := figures summary loss_traces representative_draws posterior_grid 
 	plot_errors_by_class plot_minority_share plot_budget_curves plot_runtime
 figures: $(BIN)/snakemake
 	$(BIN)/snakemake figures --cores $(CORES) --allowed-rules $(FIGURE_RULES)
+
+## make readme: regenerate the README's results block from report/report.md (after make run)
+readme: $(BIN)/snakemake
+	$(BIN)/python -c "from vimodes.report import update_readme; update_readme('report/report.md', 'README.md')"
 
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint

@@ -85,3 +85,17 @@ def test_contrast_table_lists_every_contrast(tables):
     section = report.contrasts_section(contrasts)
     assert len(section.tables[0].rows) == len(contrasts)
     assert np.isfinite(contrasts["p_holm"]).all()
+
+
+def test_readme_block_is_the_reports_answer(tmp_path):
+    report_md = tmp_path / "report.md"
+    report_md.write_text("# Where does VI land? Study x\n\nsub\n\n## The answer\n\n- one\n- two\n\n"
+                         "## Next\n\nmore\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold text\n{report.README_END}\noutro\n")
+    text = report.update_readme(report_md, readme)
+    assert "- one\n- two" in text and "old text" not in text and "more" not in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    readme.write_text("no block\n")
+    with pytest.raises(ValueError, match="no results block"):
+        report.update_readme(report_md, readme)
