@@ -129,6 +129,10 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                                weights=tuple(record["true_weights"]),
                                noise_sd=record["true_noise_sd"], n_obs=record["n_obs"])
         base = {key: record.get(key) for key in _RECORD_COLUMNS}
+        checkpoint_file = fit_record_path(fit_dir, seed, "checkpoints.nc")
+        if checkpoint_file.exists():  # also for a fit that failed after some checkpoints
+            rows.extend(_checkpoint_rows(base, record, read_posterior(checkpoint_file), truth,
+                                         settings))
         if record["status"] != "ok":
             label = "failed" if record["status"] == "failed" else "not_converged"
             c = classify_failed(record["error"] or record["status"])
@@ -157,10 +161,6 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                      "minority_share": c.minority_share, "permutation": c.permutation,
                      "share_modes": c.share_modes, "model_components": draws["slopes"].shape[-1],
                      **errors, **diagnostics, **_posterior_summary(draws)})
-        checkpoint_file = fit_record_path(fit_dir, seed, "checkpoints.nc")
-        if checkpoint_file.exists():
-            rows.extend(_checkpoint_rows(base, record, read_posterior(checkpoint_file), truth,
-                                         settings))
         if draws["slopes"].shape[0] > 1:
             for chain, chain_label in enumerate(c.chain_labels):
                 one = {k: v[chain:chain + 1] for k, v in draws.items()}
@@ -175,8 +175,9 @@ def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings) -> 
     """One row (``level='checkpoint'``) per stored checkpoint of a fit: the class of the
     approximation as a run of that many iterations would have returned it.
 
-    Only fits that finished have checkpoints; a failed fit counts as failed at every budget
-    (a simplification that matters only if failures are frequent: they are counted apart)."""
+    A fit that failed has the checkpoints it passed (the vectorised engine stores them; they
+    are exactly the shorter runs, which finished); at the budgets after its failure it has no
+    row and counts as not single-mode in the budget contrasts."""
     from vimodes.classify import classify_draws
 
     rows = []

@@ -20,8 +20,9 @@ and tested step by step against PyMC's own compiled step (``tests/test_vectorise
   ``adagrad_window`` (squared gradients of the last ``n_win`` steps, ``epsilon`` inside the root);
 * the question's ``CheckParametersConvergence`` (every 100 iterations, relative difference,
   infinity norm, first reference after iteration 1) stops a seed exactly where PyMC's would;
-* a non-finite loss marks that seed failed at that iteration (PyMC raises); its parameters are
-  frozen there and the other seeds go on.
+* a non-finite loss marks that seed failed at that iteration (as the project's PyMC loop does;
+  ``pm.fit`` itself raises on NaN only); its parameters are frozen there and the other seeds go
+  on.
 
 The log densities are compiled from the PyMC model by PyTensor's JAX backend (value variables
 as slices of the flat vector, data as arguments), so every model variant of the study -- also
@@ -31,7 +32,7 @@ Random numbers differ from PyMC's (JAX keys, not numpy generators), so the engin
 distribution, not draw by draw; the study's cross-check grid measures that. Each seed's stream is
 ``fold_in(key(seed), iteration)``: a fit depends only on (settings, data, seed), never on the
 other seeds of its chunk or on the total budget, so a 10000-iteration checkpoint of a long run is
-the 10000-iteration run (tested).
+the 10000-iteration run (tested on the CPU; XLA on a GPU gives no bitwise guarantee).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from vimodes.fitting import (
+    NUMERICAL_ERRORS,
     TRACE_EVERY,
     VARIABLES,
     FitResult,
@@ -309,10 +311,10 @@ class VectorisedVIFitter:
         width = self.ddim * 2 if not self.fullrank else self.ddim + len(self.tril[0])
         carry = (state, jnp.ones(n, bool), jnp.zeros(n, int), jnp.zeros(n, int),
                  jnp.zeros((n, width)))
-        total_blocks = -(-s.iterations // TRACE_EVERY)
-        if s.iterations % TRACE_EVERY:
+        if s.iterations % TRACE_EVERY or any(c <= 0 or c % TRACE_EVERY for c in s.checkpoints):
             raise ValueError(f"the vectorised engine runs whole blocks of {TRACE_EVERY} "
-                             f"iterations; {s.iterations} is not a multiple")
+                             f"iterations; budget {s.iterations} and checkpoints "
+                             f"{list(s.checkpoints)} must be positive multiples")
         run = self._runner()
         checkpoints = sorted({c for c in s.checkpoints if c < s.iterations} | {s.iterations})
         loss_blocks, mean_blocks, saved = [], [], {}
@@ -335,11 +337,20 @@ class VectorisedVIFitter:
         final_params = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
         results = []
         for i, (data, seed) in enumerate(zip(datasets, seeds)):
-            results.append(self._result(
-                i, data, rngs[i], losses[i], means[i], int(failed_at[i]), int(stopped_at[i]),
-                (final_params[0][i], final_params[1][i]),
-                {c: (p[0][i], p[1][i]) for c, p in saved.items()}, starts[i], fit_seconds,
-                seed_base, seed))
+            if i and seeds[i] == seeds[0] and len(seeds) == 2:
+                break  # the duplicate of a chunk of one
+            try:
+                result = self._result(
+                    i, data, rngs[i], losses[i], means[i], int(failed_at[i]),
+                    int(stopped_at[i]), (final_params[0][i], final_params[1][i]),
+                    {c: (p[0][i], p[1][i]) for c, p in saved.items()}, starts[i], fit_seconds,
+                    seed_base, seed)
+            except NUMERICAL_ERRORS as err:
+                # e.g. a full-rank covariance that is numerically not positive definite: this
+                # seed's outcome, never the chunk's
+                result = FitResult("failed", f"{type(err).__name__}: {err}",
+                                   info={"fit_seconds": fit_seconds, "engine": "vectorised"})
+            results.append(result)
         # where a chunk's time goes (read by the benchmarks): the compiled loop, then the
         # per-seed draws, diagnostics and records
         self.last_timings = {"loop_s": loop_done - started,
@@ -376,8 +387,14 @@ class VectorisedVIFitter:
         if failed_at:
             value = losses[failed_at - 1]
             kind = "NaN" if np.isnan(value) else "infinite"
+            # checkpoints before the failure are exactly the shorter runs, which finished
+            before = {c: list(self.moments(p)) for c, p in saved.items() if c < failed_at}
+            stored = {}
+            if s.checkpoints and before:
+                info.update(checkpoint_info(before))
+                stored = checkpoint_draws(self.to_variables, before, s.draws, seed_base, seed)
             return FitResult("failed", f"NumericalFailure: {kind} loss at iteration {failed_at}",
-                             info=info)
+                             info=info, checkpoint_draws=stored)
         mean, cov = self.moments(params)
         info.update(approx_mean=mean, approx_cov=cov)
         flat = rng.multivariate_normal(mean, cov, size=s.draws, method="cholesky")
