@@ -477,6 +477,12 @@ def _group_alive(pgid: int) -> list[str]:
     return [line for line in ps.splitlines() if line.split()[1][0] != "Z"]
 
 
+def _mid_chunks(work: Path) -> list[str]:
+    """The two-seed chunks that hold the record of their first seed but not of their second."""
+    return [str(d.relative_to(work)) for d in (work / "data" / "fits").glob("*/chunk-0")
+            if (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGINT-group", "SIGKILL-group"])
 def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_path, how):
@@ -494,9 +500,10 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY], cwd=work,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not list((work / "data" / "fits").glob("*/chunk-0/seed-0.json")):
+    while not _mid_chunks(work):
         assert proc.poll() is None and time.monotonic() < deadline, "study ended before the kill"
         time.sleep(0.05)
+    mid_at_kill = _mid_chunks(work)
     sig = signal.SIGKILL if how.startswith("SIGKILL") else signal.SIGINT
     if how.endswith("-group"):
         os.killpg(proc.pid, sig)
@@ -508,12 +515,13 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     assert not (work / "data" / "tables" / "cells.parquet").exists()  # interrupted mid-study
     locked, incomplete = snakemake_state(work)
     print(f"{how}: locked={locked}, incomplete={sorted(incomplete)}")
-    # interrupted mid-chunk: a two-seed chunk holds the record of its first seed only, and it
-    # is marked incomplete (so that --rerun-incomplete redoes it)
-    mid_chunks = [str(d.relative_to(work)) for d in (work / "data" / "fits").glob("*/chunk-0")
-                  if (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
-    assert mid_chunks, "the interrupt did not land in the middle of a chunk"
-    assert set(mid_chunks) <= incomplete, (mid_chunks, incomplete)
+    # interrupted mid-chunk: a two-seed chunk held the record of its first seed only; it is
+    # marked incomplete (so that --rerun-incomplete redoes it) and nothing wrote its second
+    # seed after the interrupt
+    assert mid_at_kill, "the interrupt did not land in the middle of a chunk"
+    assert set(mid_at_kill) <= incomplete, (mid_at_kill, incomplete)
+    for chunk in mid_at_kill:
+        assert not (work / chunk / "seed-1.json").exists(), chunk
     # Snakemake releases its lock on SIGINT; a SIGKILL leaves it (hence --unlock)
     assert locked == (sig == signal.SIGKILL), f"{how}: locked={locked}"
 
