@@ -157,26 +157,27 @@ def makefile_figure_rules(repo) -> list[str]:
 
 def test_make_figures_never_refits(repo, smoke_run, tmp_path):
     """`make figures`' snakemake command (target `figures`, --allowed-rules FIGURE_RULES) on a
-    finished study whose fits are out of date (every data set newer than them): figures and
-    report are rebuilt, no fit (and nothing upstream of the tables) runs."""
+    finished study whose VI fits are out of date (a fit setting, `vi.khat_draws`, changed: the
+    fit rule's params trigger): figures and report are rebuilt, no fit (and nothing upstream of
+    the tables) runs."""
     rules = makefile_figure_rules(repo)
     assert "figures" in rules and "write_report" in rules
     work = tmp_path / "copy"
     shutil.copytree(smoke_run, work, symlinks=True)  # keeps mtimes and .snakemake
-    future = time.time() + 60
-    for data in (work / "data" / "sim").rglob("*.nc"):
-        os.utime(data, (future, future))
+    config = "config/smoke_stale.yaml"
+    text = (work / "config" / "smoke.yaml").read_text()
+    assert "khat_draws: 50" in text
+    (work / config).write_text(text.replace("khat_draws: 50", "khat_draws: 40"))
     fits_before = {p: p.stat().st_mtime_ns for p in (work / "data" / "fits").rglob("*")}
     # the fits are out of date: an unrestricted run would refit
-    plain = snakemake("-n", "--quiet", "rules", "--configfile", "config/smoke.yaml",
-                      cwd=work).stdout
+    plain = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
     assert job_count(plain, "fit_chunk") > 0
-    planned = snakemake("figures", "-n", "--quiet", "rules", "--configfile", "config/smoke.yaml",
+    planned = snakemake("figures", "-n", "--quiet", "rules", "--configfile", config,
                         "--allowed-rules", *rules, cwd=work).stdout
     assert job_count(planned, "fit_chunk") == 0
     report = work / "report" / "report.html"
     report_before = report.stat().st_mtime_ns
-    ran = snakemake("figures", "--cores", "2", "--configfile", "config/smoke.yaml",
+    ran = snakemake("figures", "--cores", "2", "--configfile", config,
                     "--allowed-rules", *rules, cwd=work)
     text = ran.stdout + ran.stderr
     started = set(re.findall(r"^(?:local)?rule (\w+):$", text, re.MULTILINE))
