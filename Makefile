@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PYTENSOR_FLAGS ?= compile__timeout=1800
 
-.PHONY: run test test-slow test-slurm bench lint format figures report readme clean-outputs
+.PHONY: run test test-slow test-slurm test-render bench lint format figures report readme clean-outputs
 
 $(BIN)/snakemake: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ test-slow: $(BIN)/snakemake
 ## make test-slurm: the smoke study on a real single-node SLURM cluster, compared with a local run
 test-slurm: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q -m slurm -o addopts=""
+
+## make test-render: the report rendered in headless Chromium (tests/check_report_render.sh);
+## installs chromium with apt-get when it is missing (needs root then)
+test-render: $(BIN)/snakemake
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && \
+	    ! command -v google-chrome >/dev/null; then \
+	    if [ "$$(id -u)" != 0 ]; then \
+	        echo "test-render: chromium is missing; run as root to apt-get install it" >&2; \
+	        exit 1; \
+	    fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+	$(BIN)/python -m pytest -q -m render -o addopts=""
 
 ## make bench: performance benchmarks (prints a table; see benchmarks/README.md)
 bench: $(BIN)/snakemake

@@ -4,7 +4,7 @@
 # it), every <img> of the loaded DOM is an embedded base64 PNG, nothing refers to an external
 # file or URL, and every embedded PNG decodes to a non-empty image.
 # Usage: tests/check_report_render.sh [report.html] [screenshot.png]
-# Skips (exit 0) with a message when chromium is not installed (apt-get install -y chromium).
+# Fails (exit 1) when chromium is not installed: `make test-render` installs it (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 html="$(realpath "${1:-report/report.html}")"
@@ -12,8 +12,9 @@ shot="${2:-/tmp/report.png}"
 
 chrome="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
 if [[ -z "$chrome" ]]; then
-    echo "SKIP: chromium is not installed (apt-get install -y chromium); report not rendered"
-    exit 0
+    echo "FAIL: chromium is not installed (make test-render installs it as root:" \
+         "apt-get install -y chromium); report not rendered" >&2
+    exit 1
 fi
 if [[ ! -f "$html" ]]; then
     echo "FAIL: $html does not exist (run: snakemake --cores 2 figures)" >&2

@@ -21,6 +21,47 @@ def repo() -> Path:
     return REPO
 
 
+# The working tree's outputs belong to the user: no test may create, change or delete anything
+# under these paths (tests run Snakemake only in copies made by copy_workflow).
+GUARDED = ("data", "figures", "report", "logs", ".snakemake")
+
+
+def output_snapshot(root: Path = REPO) -> dict[str, tuple[int, int]]:
+    """Every file and folder under the guarded paths of `root`: (mtime_ns, size) by path."""
+    found = {}
+    for name in GUARDED:
+        top = root / name
+        if not top.exists():
+            continue
+        found[name] = (top.stat().st_mtime_ns, 0)
+        for folder, dirs, files in os.walk(top):
+            for entry in dirs + files:
+                path = Path(folder) / entry
+                st = path.lstat()
+                found[str(path.relative_to(root))] = (st.st_mtime_ns, st.st_size)
+    return found
+
+
+def snapshot_changes(before: dict, after: dict) -> list[str]:
+    changes = [f"created {p}" for p in sorted(after.keys() - before.keys())]
+    changes += [f"deleted {p}" for p in sorted(before.keys() - after.keys())]
+    changes += [f"modified {p}" for p in sorted(before.keys() & after.keys())
+                if before[p] != after[p]]
+    return changes
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_tree_outputs_untouched():
+    """Fails the session (an error at teardown) if any test touched the working tree's data/,
+    figures/, report/, logs/ or .snakemake/ (e.g. a Snakemake run in the repository itself,
+    whose start-up integrity check could mark the user's outputs incomplete)."""
+    before = output_snapshot()
+    yield
+    changes = snapshot_changes(before, output_snapshot())
+    assert not changes, ("the test session changed the working tree's outputs:\n"
+                         + "\n".join(changes[:50]))
+
+
 def copy_workflow(target: Path, profiles: bool = False) -> Path:
     """A runnable copy of the workflow (sources only) in `target`.
 

@@ -180,3 +180,47 @@ def test_a_numerical_error_anywhere_in_a_fit_is_a_failed_record(tmp_path, monkey
     assert [(r["seed"], r["status"]) for r in records] == [(0, "failed"), (1, "ok")]
     assert records[0]["error"] == "LinAlgError: not positive definite"
     assert (tmp_path / "fits" / "seed-0.json").exists()
+
+
+def test_fit_seed_formula_is_default_rng_of_seed_base_seed_1(datasets):
+    """README: every fit of seed s draws from default_rng([seed_base, s, 1]): the jittered
+    start of ADVI (after one draw that reseeds PyMC's generators) and of CAVI, recomputed."""
+    advi = make_fitter(settings(iterations=1, init_scale=0.7), N)
+    rng = np.random.default_rng([SEED_BASE, 2, 1])
+    rng.integers(2**31)  # the draw that reseeds the model's random generators
+    expected = advi.default_start + rng.normal(0.0, 0.7, size=advi.default_start.shape)
+    np.testing.assert_array_equal(advi.fit(datasets[2], SEED_BASE, 2).info["flat_start"],
+                                  expected)
+    cavi = make_fitter(settings(method="cavi", iterations=5, init_scale=0.7), N)
+    np.testing.assert_array_equal(cavi.fit(datasets[2], SEED_BASE, 2).info["flat_start"],
+                                  np.random.default_rng([SEED_BASE, 2, 1]).normal(0, 0.7, 2))
+    np.testing.assert_array_equal(fit_rng(SEED_BASE, 2).normal(size=4),
+                                  np.random.default_rng([SEED_BASE, 2, 1]).normal(size=4))
+
+
+def test_cells_share_common_random_numbers_per_seed(datasets):
+    """Two cells that differ in their optimiser start every seed from the same point (and read
+    the same data set, tests/test_workflow.py::test_cells_read_the_same_data_set_per_seed):
+    common random numbers across cells."""
+    adam = make_fitter(settings(iterations=1), N)
+    window = make_fitter(settings(iterations=1, optimizer_name="adagrad_window",
+                                  learning_rate=0.001), N)
+    for seed in (0, 1):
+        a = adam.fit(datasets[seed], SEED_BASE, seed).info["flat_start"]
+        b = window.fit(datasets[seed], SEED_BASE, seed).info["flat_start"]
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, adam.fit(datasets[0], SEED_BASE, 0).info["flat_start"])
+
+
+def test_cavi_fit_does_not_depend_on_the_seeds_fitted_before(datasets):
+    """As for ADVI: fitting seeds [0, 2] in one CAVI fitter gives seed 2 exactly the result of
+    a fitter that fits seed 2 alone."""
+    s = settings(method="cavi", iterations=50)
+    chunk = make_fitter(s, N)
+    in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 2)]
+    alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
+    assert in_chunk[1].status == alone.status == "ok"
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
+    np.testing.assert_array_equal(in_chunk[1].info["loss_trace"], alone.info["loss_trace"])
+    assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])

@@ -14,11 +14,14 @@ PATHS = 4
 DRAWS = 200
 MODES = (np.array([3.0, -1.0]), np.array([-1.0, 3.0]))
 
-# Fit seeds whose paths all reach a permutation mode on this data set. Not every seed does: a
-# path can converge to a local optimum instead (e.g. pymc_extras random_seed=1 on this data set:
-# one path at slopes ~(-0.14, 3.28), sigma ~0.92, ELBO ~3200 nats below the others) -- a real
-# outcome of the method that the classifier has to see, not a bug of the fitter.
-FIT_SEEDS = (1, 2)
+# The first fit seeds as they come (not chosen because they pass): every property below must hold
+# for each of them.
+FIT_SEEDS = tuple(range(4))
+# A path may converge to a local optimum instead of a permutation mode (e.g. pymc_extras
+# random_seed=1 on this data set: one path at slopes ~(-0.14, 3.28), sigma ~0.92, ELBO ~3200 nats
+# below the others) -- a real outcome of the method, not a bug of the fitter; such a path must
+# have a clearly lower ELBO than the paths in a mode.
+LOCAL_OPTIMUM_ELBO_GAP = 100.0
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,34 @@ def fitter():
 
 
 @pytest.fixture(scope="module")
-def first_fit(fitter, data):
-    return fitter.fit(data, SEED_BASE, FIT_SEEDS[0])
+def fits(fitter, data):
+    """Every seed of FIT_SEEDS fitted once, with the log densities each surviving path returned
+    (logP, logQ at its first `logp_draws` draws), captured from the library's path results."""
+    original = fitter._single_path
+    captured = []
+
+    def recording(path_seed):
+        result = original(path_seed)
+        if result.samples is not None:
+            log_p = np.asarray(result.logP)[0]
+            captured.append((log_p, np.asarray(result.logQ)[0][:len(log_p)]))
+        return result
+
+    out = {}
+    fitter._single_path = recording
+    try:
+        for seed in FIT_SEEDS:
+            captured.clear()
+            result = fitter.fit(data, SEED_BASE, seed)
+            out[seed] = (result, list(captured), fitter.khat(data, 50, SEED_BASE, seed))
+    finally:
+        fitter._single_path = original
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_fit(fits):
+    return fits[FIT_SEEDS[0]][0]
 
 
 def test_shapes_finite_and_info(first_fit):
@@ -58,20 +87,27 @@ def test_shapes_finite_and_info(first_fit):
 
 
 @pytest.mark.parametrize("seed", FIT_SEEDS)
-def test_each_path_sits_in_one_permutation_mode(fitter, data, first_fit, seed):
-    r = first_fit if seed == FIT_SEEDS[0] else fitter.fit(data, SEED_BASE, seed)
+def test_paths_sit_in_a_permutation_mode_or_below_it(fits, seed):
+    """Each path either sits in one permutation mode (slopes, sigma and weights near the
+    simulated ones) or has a clearly lower ELBO than the paths that do; at least one does."""
+    r = fits[seed][0]
     assert r.status == "ok", r.error
+    in_mode = []
     for path, slopes in enumerate(r.draws["slopes"]):
-        near = [bool(np.all(np.abs(slopes - mode) < 0.3)) for mode in MODES]
-        assert any(near), f"seed {seed} path {path}: slopes mean {slopes.mean(axis=0)}"
-    # sigma and weights of a permutation mode: near the simulated 0.1 and (0.5, 0.5)
-    assert np.all(np.abs(r.draws["sigma"] - 0.1) < 0.02)
-    assert np.all(np.abs(r.draws["weights"] - 0.5) < 0.1)
+        in_mode.append(any(bool(np.all(np.abs(slopes - mode) < 0.3)) for mode in MODES))
+        if in_mode[-1]:  # sigma and weights of a permutation mode: near 0.1 and (0.5, 0.5)
+            assert np.all(np.abs(r.draws["sigma"][path] - 0.1) < 0.02), path
+            assert np.all(np.abs(r.draws["weights"][path] - 0.5) < 0.1), path
+    assert any(in_mode), f"seed {seed}: no path in a mode, {r.draws['slopes'].mean(axis=1)}"
+    best = max(e for e, ok in zip(r.info["path_elbo"], in_mode) if ok)
+    for path, ok in enumerate(in_mode):
+        if not ok:
+            assert r.info["path_elbo"][path] < best - LOCAL_OPTIMUM_ELBO_GAP, (seed, path)
 
 
-def test_same_seed_same_draws_whatever_ran_before(fitter, data, first_fit):
-    other = fitter.fit(data, SEED_BASE, FIT_SEEDS[1])
-    again = fitter.fit(data, SEED_BASE, FIT_SEEDS[0])
+def test_same_seed_same_draws_whatever_ran_before(fitter, data, fits, first_fit):
+    other = fits[FIT_SEEDS[1]][0]
+    again = fitter.fit(data, SEED_BASE, FIT_SEEDS[0])  # after all other seeds
     for name in ("slopes", "weights", "sigma"):
         np.testing.assert_array_equal(again.draws[name], first_fit.draws[name])
         assert not np.allclose(other.draws[name], first_fit.draws[name]), name
@@ -92,12 +128,34 @@ def test_draws_equal_pymc_extras_fit(fitter, data, first_fit):
                                    rtol=0, atol=1e-12, err_msg=name)
 
 
-def test_khat_is_worst_path(fitter, data):
-    r = fitter.fit(data, SEED_BASE, FIT_SEEDS[0])
-    khats = [k for k in r.info["path_khat"] if k is not None]
-    assert fitter.khat(data, 50, SEED_BASE, FIT_SEEDS[0]) == (max(khats) if khats else None)
+@pytest.mark.parametrize("seed", FIT_SEEDS)
+def test_khat_and_elbo_recomputed_from_the_log_weights(fits, seed):
+    """Every path of an ok fit on good data has a finite k-hat and ELBO; both equal an
+    independent recomputation from the path's log weights logP - logQ (ArviZ's PSIS directly,
+    reff = 1), and the fit's k-hat is the worst (largest) path's."""
+    import arviz as az
+
+    r, captured, khat = fits[seed]
+    assert r.status == "ok", r.error
+    assert len(captured) == r.info["chains_done"] == PATHS
+    expected_khat, expected_elbo = [], []
+    for log_p, log_q in captured:
+        assert len(log_p) == r.info["logp_draws"] == 50
+        log_w = log_p - log_q
+        assert np.all(np.isfinite(log_w))
+        expected_khat.append(float(az.psislw(log_w.copy(), reff=1.0)[1]))
+        expected_elbo.append(float(log_w.mean()))
+    assert all(k is not None and np.isfinite(k) for k in r.info["path_khat"]), r.info["path_khat"]
+    np.testing.assert_allclose(r.info["path_khat"], expected_khat, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(r.info["path_elbo"], expected_elbo, rtol=1e-12, atol=0)
+    assert khat == pytest.approx(max(expected_khat), rel=1e-12)
+
+
+def test_khat_refuses_a_seed_it_did_not_fit_last(fitter, data, fits):
+    fitter.fit(data, SEED_BASE, FIT_SEEDS[1])
     with pytest.raises(ValueError):
-        fitter.khat(data, 50, SEED_BASE, FIT_SEEDS[1])
+        fitter.khat(data, 50, SEED_BASE, FIT_SEEDS[0])
+    assert fitter.khat(data, 50, SEED_BASE, FIT_SEEDS[1]) == fits[FIT_SEEDS[1]][2]
 
 
 def test_all_paths_failing_is_a_failed_fit(fitter, data, monkeypatch):

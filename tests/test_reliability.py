@@ -371,7 +371,7 @@ def test_integrity_check_is_fast_for_thousands_of_outputs(tmp_path):
     for k in range(4000):
         folder = tmp_path / "many" / f"chunk-{k}"
         folder.mkdir(parents=True)
-        os.link(chunk / "seed-0.nc", folder / "seed-0.nc")
+        shutil.copyfile(chunk / "seed-0.nc", folder / "seed-0.nc")  # distinct files, not links
         (folder / "seed-0.json").write_text(record)
         (folder / "seed-1.json").write_text(record.replace('"seed": 0', '"seed": 1')
                                             .replace('"ok"', '"failed"'))
@@ -379,9 +379,16 @@ def test_integrity_check_is_fast_for_thousands_of_outputs(tmp_path):
     data_files = []
     for s in range(100):
         data_files.append(str(tmp_path / f"data-{s}.nc"))
-        os.link(data, data_files[-1])
+        shutil.copyfile(data, data_files[-1])
+    tables = []
+    for s in range(100):
+        tables.append(str(tmp_path / f"table-{s}.parquet"))
+        shutil.copyfile(table, tables[-1])
+    files = [*data_files, *tables,
+             *(str(p) for p in (tmp_path / "many").rglob("*") if p.is_file())]
+    assert len({os.stat(f).st_ino for f in files}) == len(files) == 12_200
     started = time.perf_counter()
-    assert find_damage(data_files, chunks, [str(table)] * 100) == []
+    assert find_damage(data_files, chunks, tables) == []
     elapsed = time.perf_counter() - started
     print(f"integrity check of 12,200 files: {elapsed:.2f} s")
     assert elapsed < 10  # about 0.5 s on an idle 2-core machine
@@ -470,6 +477,12 @@ def _group_alive(pgid: int) -> list[str]:
     return [line for line in ps.splitlines() if line.split()[1][0] != "Z"]
 
 
+def _mid_chunks(work: Path) -> list[str]:
+    """The two-seed chunks that hold the record of their first seed but not of their second."""
+    return [str(d.relative_to(work)) for d in (work / "data" / "fits").glob("*/chunk-0")
+            if (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGINT-group", "SIGKILL-group"])
 def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_path, how):
@@ -487,10 +500,10 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY], cwd=work,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not list((work / "data" / "fits").glob("*/chunk-0/seed-0.json")):
+    while not _mid_chunks(work):
         assert proc.poll() is None and time.monotonic() < deadline, "study ended before the kill"
         time.sleep(0.05)
-    mid_chunk = not list((work / "data" / "fits").glob("*/chunk-0/seed-1.json"))
+    mid_at_kill = _mid_chunks(work)
     sig = signal.SIGKILL if how.startswith("SIGKILL") else signal.SIGINT
     if how.endswith("-group"):
         os.killpg(proc.pid, sig)
@@ -501,7 +514,16 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     assert _group_alive(proc.pid) == [], "jobs survived the interrupted Snakemake"
     assert not (work / "data" / "tables" / "cells.parquet").exists()  # interrupted mid-study
     locked, incomplete = snakemake_state(work)
-    print(f"{how}: mid-chunk={mid_chunk}, locked={locked}, incomplete={sorted(incomplete)}")
+    print(f"{how}: locked={locked}, incomplete={sorted(incomplete)}")
+    # interrupted mid-chunk: a two-seed chunk held the record of its first seed only; it is
+    # marked incomplete (so that --rerun-incomplete redoes it) and nothing wrote its second
+    # seed after the interrupt
+    assert mid_at_kill, "the interrupt did not land in the middle of a chunk"
+    assert set(mid_at_kill) <= incomplete, (mid_at_kill, incomplete)
+    for chunk in mid_at_kill:
+        assert not (work / chunk / "seed-1.json").exists(), chunk
+    # Snakemake releases its lock on SIGINT; a SIGKILL leaves it (hence --unlock)
+    assert locked == (sig == signal.SIGKILL), f"{how}: locked={locked}"
 
     # the recipe (tests/RELIABILITY.md): --unlock if the directory is still locked, then
     # --rerun-incomplete
@@ -556,14 +578,42 @@ def test_compile_cache_flags(monkeypatch):
     assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,base_compiledir=/tmp/y"
 
 
+# sitecustomize.py put first on the fit jobs' PYTHONPATH: each fit_chunk.py process writes the
+# compile settings PyTensor ran with when it exits.
+COMPILE_SETTINGS_PROBE = textwrap.dedent('''
+    import atexit, json, os, sys
+
+    def _report():
+        if "fit_chunk" not in " ".join(sys.argv) or "pytensor" not in sys.modules:
+            return
+        config = sys.modules["pytensor"].config
+        path = os.path.join(os.environ["VIMODES_TEST_PROBES"], f"{os.getpid()}.json")
+        with open(path, "w") as handle:
+            json.dump({"argv": sys.argv, "compile__timeout": config.compile__timeout,
+                       "base_compiledir": str(config.base_compiledir)}, handle)
+
+    atexit.register(_report)
+''')
+
+
 @pytest.mark.slow
 def test_parallel_fits_on_a_cold_compile_cache_all_succeed(tmp_path):
     """Six fit jobs at once (--cores 6 on any machine) on an empty base_compiledir with no
     compile__timeout given: runtime.configure_compile_cache raises the lock timeout, so jobs
     queued behind the compile lock wait instead of crashing (pymc#6818)."""
+    from vimodes.runtime import COMPILE_LOCK_TIMEOUT_S
+
     work = copy_workflow(tmp_path / "wf")
     compiledir = tmp_path / "pytensor-cold"
-    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}")
+    probe_dir, probes = tmp_path / "probe", tmp_path / "probes"
+    probe_dir.mkdir()
+    probes.mkdir()
+    (probe_dir / "sitecustomize.py").write_text(COMPILE_SETTINGS_PROBE)
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}",
+               VIMODES_TEST_PROBES=str(probes),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(probe_dir),
+                                                        os.environ.get("PYTHONPATH")])))
+    env.pop("VIMODES_COMPILEDIR", None)
     study = load_study(work / TINY)
     targets = [f"data/fits/{cell}/chunk-{chunk}" for cell, chunk in study.fit_chunks()]
     started = time.perf_counter()
@@ -579,5 +629,12 @@ def test_parallel_fits_on_a_cold_compile_cache_all_succeed(tmp_path):
     logs = " ".join(p.read_text() for p in (work / "logs" / "fit").rglob("*.log"))
     assert "Timeout" not in logs and "filelock" not in logs
     assert any(compiledir.rglob("*.so"))  # the cache was built by these jobs
+    # every fit job compiled with the raised lock timeout, in the given cache: without
+    # configure_compile_cache() the timeout is PyTensor's default (120 s) and this fails
+    seen = [json.loads(p.read_text()) for p in probes.glob("*.json")]
+    assert len(seen) == len(targets), seen
+    for job in seen:
+        assert job["compile__timeout"] == COMPILE_LOCK_TIMEOUT_S, job
+        assert job["base_compiledir"] == str(compiledir), job
     print(f"cold parallel fits: {len(targets)} jobs in {elapsed:.0f} s, "
           f"setup {min(setup):.0f}-{max(setup):.0f} s")

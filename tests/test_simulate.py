@@ -70,3 +70,19 @@ def test_k3_file_roundtrip_and_length_check(tmp_path):
     assert back.regime == data.regime and back.regime.components == 3
     with pytest.raises(ValueError):
         DataRegime(slopes=(3.0, -1.0, 1.0), weights=(0.5, 0.5))
+
+
+def test_data_seed_formula_is_default_rng_of_seed_base_seed_0():
+    """README: data set s is drawn from default_rng([seed_base, s, 0]) -- recomputed here
+    independently (x, then the components, then the noise)."""
+    regime = DataRegime(n_obs=300)
+    data = simulate(regime, seed=5, seed_base=11)
+    rng = np.random.default_rng([11, 5, 0])
+    x = rng.uniform(regime.x_low, regime.x_high, size=300)
+    component = rng.choice(len(regime.weights), size=300, p=np.asarray(regime.weights))
+    y = np.asarray(regime.slopes)[component] * x + regime.noise_sd * rng.standard_normal(300)
+    np.testing.assert_array_equal(data.x, x)
+    np.testing.assert_array_equal(data.component, component)
+    np.testing.assert_array_equal(data.y, y)
+    # the seed base matters as much as the seed
+    assert not np.allclose(simulate(regime, seed=5, seed_base=12).y, y)

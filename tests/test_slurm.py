@@ -185,8 +185,3 @@ def test_slurm_rerun_has_nothing_to_do(slurm_run):
                             env=slurm_run["env"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
-
-
-def test_print_timings(slurm_run, local_run, request):
-    say(request, f"\n[slurm] smoke study: SLURM {slurm_run['seconds']:.0f} s, "
-                 f"local --cores 2 {local_run['seconds']:.0f} s")

@@ -4,6 +4,7 @@ resources sbatch needs. The real run on a local cluster is tests/test_slurm.py (
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,57 @@ def test_every_fit_job_has_slurm_resources(slurm_dry_run):
         assert int(res["mem_mb"]) >= 1000, job
         assert int(res["runtime"]) >= 5, job
         assert res["slurm_account"] and res["slurm_partition"], job
+
+
+FAKE_SLURM = {
+    # the user's accounts, as `sacctmgr -n -s list user $USER format=account%256` prints them
+    "sacctmgr": 'echo "  myaccount"\n',
+    # every submission is recorded and refused, so that nothing runs
+    "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho "sbatch: error: fake cluster" >&2\nexit 1\n',
+    "sacct": "exit 0\n", "squeue": "exit 0\n", "scancel": "exit 0\n", "sinfo": "exit 0\n",
+    "sshare": "exit 0\n", "scontrol": "exit 0\n",
+}
+
+
+def _fake_slurm_run(work: Path, tmp_path: Path, *extra: str) -> tuple[str, str]:
+    """The real profile (not a dry run) on one fit chunk of tiny.yaml, with fake SLURM commands
+    on PATH: the output, and the sbatch calls made."""
+    bin_dir = tmp_path / "fake-slurm-bin"
+    bin_dir.mkdir(parents=True)
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "FAKE_SLURM_LOG": str(log)}
+    study = load_study(work / "config" / "tiny.yaml")
+    cell, chunk = study.fit_chunks()[0]
+    result = subprocess.run([str(BIN / "snakemake"), f"data/fits/{cell}/chunk-{chunk}",
+                             "--profile", PROFILE, "--configfile", "config/tiny.yaml",
+                             "--retries", "0", "--slurm-init-seconds-before-status-checks", "1",
+                             *extra], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode != 0  # the fake sbatch refuses everything
+    return result.stdout + result.stderr, log.read_text() if log.exists() else ""
+
+
+def test_profile_ships_no_usable_placeholder_and_the_override_is_submitted(tmp_path):
+    """The shipped profile's account/partition are placeholders: a real run with them stops
+    before anything is submitted (the plugin refuses the unknown account). The documented
+    override (--default-resources slurm_account=... slurm_partition=... mem_mb=... runtime=...)
+    reaches sbatch with that account and partition."""
+    work = copy_workflow(tmp_path / "wf")
+    output, sbatch = _fake_slurm_run(work, tmp_path / "placeholder")
+    assert "The given account FILL_IN_account appears to be invalid" in output, output[-3000:]
+    assert sbatch == "", "a job was submitted with the placeholder account"
+
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    output, sbatch = _fake_slurm_run(
+        work, tmp_path / "override", "--default-resources", "slurm_account=myaccount",
+        "slurm_partition=cpu", "mem_mb=1000", "runtime=10")
+    assert "appears to be invalid" not in output, output[-3000:]
+    calls = sbatch.splitlines()
+    assert calls, output[-3000:]
+    for call in calls:
+        assert "-A myaccount" in call and "-p cpu" in call, call
+        assert "FILL_IN" not in call, call

@@ -2,7 +2,11 @@
 end-to-end run of the smoke study whose outputs are checked."""
 
 import json
+import os
+import re
+import shutil
 import subprocess
+import time
 
 import pandas as pd
 import pytest
@@ -45,9 +49,14 @@ def test_bad_config_stops_before_any_job(repo, tmp_path):
     assert not (work / "data" / "sim").exists()
 
 
-def test_lint_is_clean(repo):
-    result = snakemake("--lint", cwd=repo, check=False)
-    assert "Lints for" not in result.stdout + result.stderr, result.stdout[-3000:]
+def test_lint_is_clean(tmp_path):
+    """`snakemake --lint` on a copy of the workflow (never in the repository: its start-up
+    integrity check may mark the user's outputs incomplete): exit 0 and no lint."""
+    work = copy_workflow(tmp_path / "wf")
+    result = snakemake("--lint", cwd=work, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Lints for" not in output, output[-3000:]
 
 
 def test_snakefmt_clean(repo):
@@ -101,3 +110,124 @@ def test_smoke_study_end_to_end(smoke_run):
 def test_smoke_rerun_has_nothing_to_do(smoke_run):
     result = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=smoke_run)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def _dry_run_jobs(output: str, rule: str) -> list[dict[str, str]]:
+    """The `input:` and `wildcards:` lines of every `rule` job of a (non-quiet) dry run."""
+    jobs, current = [], None
+    for line in output.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line)
+        if match:
+            current = {} if match.group(1) == rule else None
+            if current is not None:
+                jobs.append(current)
+        elif current is not None and re.match(r"^    (input|wildcards): ", line):
+            key, value = line.strip().split(": ", 1)
+            current[key] = value
+    return jobs
+
+
+def test_cells_read_the_same_data_set_per_seed(tmp_path):
+    """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/seed-s.nc, the
+    one data set of that seed, whatever the cell."""
+    work = copy_workflow(tmp_path / "wf")
+    study = load_study(work / "config" / "smoke.yaml")
+    out = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=work).stdout
+    jobs = _dry_run_jobs(out, "fit_chunk")
+    assert len(jobs) == len(study.fit_chunks())
+    readers = {}
+    for job in jobs:
+        wildcards = dict(item.split("=", 1) for item in job["wildcards"].split(", "))
+        cell = study.cell_by_id[wildcards["cell"]]
+        seeds = study.chunk_seeds(cell.cell_id, int(wildcards["chunk"]))
+        assert job["input"].split(", ") == [f"data/sim/{cell.data_regime}/seed-{s}.nc"
+                                            for s in seeds]
+        for s in seeds:
+            readers.setdefault((cell.data_regime, s), set()).add(cell.cell_id)
+    assert len(readers) == len(study.datasets())
+    assert all(len(cells) > 1 for cells in readers.values())  # shared by several cells
+
+
+def makefile_figure_rules(repo) -> list[str]:
+    """FIGURE_RULES of the Makefile (the --allowed-rules of `make figures`)."""
+    text = (repo / "Makefile").read_text().replace("\\\n", " ")
+    match = re.search(r"^FIGURE_RULES :=(.*)$", text, re.MULTILINE)
+    assert match, "no FIGURE_RULES in the Makefile"
+    return match.group(1).split()
+
+
+def test_make_figures_never_refits(repo, smoke_run, tmp_path):
+    """`make figures`' snakemake command (target `figures`, --allowed-rules FIGURE_RULES) on a
+    finished study whose VI fits are out of date (a fit setting, `vi.khat_draws`, changed: the
+    fit rule's params trigger): figures and report are rebuilt, no fit (and nothing upstream of
+    the tables) runs."""
+    rules = makefile_figure_rules(repo)
+    assert "figures" in rules and "write_report" in rules
+    work = tmp_path / "copy"
+    shutil.copytree(smoke_run, work, symlinks=True)  # keeps mtimes and .snakemake
+    config = "config/smoke_stale.yaml"
+    text = (work / "config" / "smoke.yaml").read_text()
+    assert "khat_draws: 50" in text
+    (work / config).write_text(text.replace("khat_draws: 50", "khat_draws: 40"))
+    fits_before = {p: p.stat().st_mtime_ns for p in (work / "data" / "fits").rglob("*")}
+    # the fits are out of date: an unrestricted run would refit
+    plain = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
+    assert job_count(plain, "fit_chunk") > 0
+    planned = snakemake("figures", "-n", "--quiet", "rules", "--configfile", config,
+                        "--allowed-rules", *rules, cwd=work).stdout
+    assert job_count(planned, "fit_chunk") == 0
+    report = work / "report" / "report.html"
+    report_before = report.stat().st_mtime_ns
+    ran = snakemake("figures", "--cores", "2", "--configfile", config,
+                    "--allowed-rules", *rules, cwd=work)
+    text = ran.stdout + ran.stderr
+    started = set(re.findall(r"^(?:local)?rule (\w+):$", text, re.MULTILINE))
+    assert started and started <= set(rules), started
+    assert "fit_chunk" not in started and "simulate" not in started
+    assert {p: p.stat().st_mtime_ns for p in (work / "data" / "fits").rglob("*")} == fits_before
+    assert report.stat().st_mtime_ns > report_before  # rebuilt from the existing fits
+
+
+def _documented_columns(repo) -> dict[str, list[str]]:
+    """workflow/report/columns.md: the backquoted names of each table's section, by table."""
+    sections, prose, table = {}, {}, None
+    for line in (repo / "workflow" / "report" / "columns.md").read_text().splitlines():
+        heading = re.match(r"^## `data/tables/(\w+)\.", line)
+        if heading:
+            table = heading.group(1)
+            sections[table], prose[table] = [], ""
+        elif table and line.startswith("| ") and not line.startswith("| column"):
+            sections[table] += re.findall(r"`([^`]+)`", line.split("|")[1])
+        elif table and not line.startswith("|"):
+            prose[table] += " " + line
+    for table, text in prose.items():  # "For each metric in `a`, `b`: `<metric>_n`, ..."
+        if "<metric>" in text:
+            suffixes = re.findall(r"`<metric>_(\w+)`", text)
+            metrics = re.findall(r"`(\w+)`", text.split("<metric>")[0])
+            sections[table] += [f"{m}_{q}" for m in metrics for q in suffixes]
+    return sections
+
+
+def _pattern(name: str) -> re.Pattern:
+    """A documented name as a regex: `*` any suffix, `<class>` an outcome class or single_mode,
+    `_k_` a component index."""
+    classes = "single_mode|mode_A|mode_B|spanning|collapsed|not_converged|failed"
+    text = re.escape(name).replace(r"\*", r"\w+").replace("<class>", f"(?:{classes})")
+    text = text.replace("_k_", r"_\d+_")
+    return re.compile(f"^{text}$")
+
+
+def test_every_table_column_is_documented_and_every_documented_column_exists(repo, smoke_run):
+    documented = _documented_columns(repo)
+    assert {"fits", "cells", "metrics_by_class"} <= set(documented)
+    fit_columns = set(pd.read_parquet(smoke_run / "data" / "tables" / "fits.parquet").columns)
+    for table, names in documented.items():
+        columns = set(pd.read_parquet(smoke_run / "data" / "tables" / f"{table}.parquet").columns)
+        patterns = [_pattern(n) for n in names]
+        if table != "fits":  # "cell axes: as above" / keyed by cell and class
+            axes = {c for c in columns if c in fit_columns}
+            patterns += [re.compile(f"^{re.escape(c)}$") for c in axes]
+        undocumented = sorted(c for c in columns if not any(p.match(c) for p in patterns))
+        assert not undocumented, f"{table}: columns missing from columns.md: {undocumented}"
+        missing = sorted(n for n, p in zip(names, patterns) if not any(map(p.match, columns)))
+        assert not missing, f"{table}: documented columns absent from the table: {missing}"
