@@ -86,6 +86,10 @@ def fit_runtime_minutes(wildcards):
         per_fit = 1.0 * n_obs / 100_000
     elif cell.method == "cavi":
         per_fit = 0.05
+    elif cell.engine == "vectorised":
+        # the chunk's compiled loop is shared; per fit: ~0.05 min per 10000 steps on a loaded
+        # 2-core machine, plus its draws and k-hat
+        per_fit = cell.iterations / 10_000 * 0.05 + 0.02
     elif cell.batch_size == 0:
         per_fit = cell.iterations * 0.03 * n_obs / 100_000 / 60
     else:
