@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vimodes import plots, report
+from vimodes import plots, report, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
 from vimodes.metrics import wilson_interval
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
@@ -279,7 +279,7 @@ def test_headline_console(tmp_path, cells):
 
 
 def test_study_command_puts_targets_before_configfile():
-    assert report.study_command(["config/smoke.yaml"], "figures") == \
+    assert workflow_plan.study_command(["config/smoke.yaml"], "figures") == \
         "snakemake figures --cores N --configfile config/smoke.yaml"
 
 
@@ -357,7 +357,7 @@ def test_posterior_grid_peaks_at_the_modes():
     from vimodes.simulate import DataRegime, simulate
 
     data = simulate(DataRegime(n_obs=500), 0, 20180913)
-    low, high, points = report.grid_limits(data.regime.slopes)
+    low, high, points = workflow_plan.grid_limits(data.regime.slopes)
     grid, summary = plots.make_posterior_grid(data, low, high, points)
     assert len(grid) == points ** 2 and (grid["delta"] >= 0).all()
     best = grid.loc[grid["delta"].idxmin()]
