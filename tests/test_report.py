@@ -481,3 +481,22 @@ def test_summary_markdown_counts_too_wide(cells):
     cell = cells[cells["n_mode_too_wide"] > 0].iloc[0]
     line = next(x for x in text.splitlines() if f"`{cell['cell_id']}`" in x)
     assert line.split(" | ")[4] == str(int(cell["n_mode_too_wide"]))
+
+
+def test_every_registered_figure_has_a_report_section(cells, fits, data_summary, monkeypatch):
+    """Sections list their figures from the registry; a figure whose section the report does
+    not have is still shown, under "Other figures"."""
+    from vimodes.figure_specs import FIGURE_SPECS, FigureSpec
+
+    def shown(context):
+        return {s.id: s.figures for s in context["sections"] if s.figures}
+
+    provenance = report.default_provenance("test", "abc123", 1)
+    sections = shown(report.build_context(cells, fits, data_summary, provenance))
+    assert sorted(f for figures in sections.values() for f in figures) == sorted(FIGURE_SPECS)
+    assert "other_figures" not in sections
+    monkeypatch.setitem(FIGURE_SPECS, "dummy", FigureSpec("dummy", "Dummy", "A test.", "9. Test",
+                                                          ("fits",), section="nowhere"))
+    context = report.build_context(cells, fits, data_summary, provenance)
+    assert shown(context)["other_figures"] == ["dummy"]
+    assert context["sections"][-1].id == "reproduce"

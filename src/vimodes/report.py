@@ -20,7 +20,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -976,8 +976,22 @@ def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
 # ---------------------------------------------------------------------------------------------
 # Context and rendering
 
-# name -> (title, caption) of every registered figure (the templates read it as `figure_info`)
-FIGURE_INFO = {name: (spec.title, spec.caption) for name, spec in FIGURE_SPECS.items()}
+class _FigureInfo(Mapping):
+    """name -> (title, caption) of every figure of the registry, read live (a figure registered
+    after this import is included); the templates read it as ``figure_info``."""
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        spec = FIGURE_SPECS[name]
+        return spec.title, spec.caption
+
+    def __iter__(self):
+        return iter(FIGURE_SPECS)
+
+    def __len__(self) -> int:
+        return len(FIGURE_SPECS)
+
+
+FIGURE_INFO = _FigureInfo()
 
 
 def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.DataFrame,
