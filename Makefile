@@ -49,13 +49,12 @@ test-render: $(BIN)/snakemake
 bench: $(BIN)/snakemake
 	$(BIN)/python benchmarks/run_benchmarks.py
 
-## make figures: rebuild figures and the report from existing fits only (never refits:
-## only the table, figure and report rules are allowed to run)
-FIGURE_RULES := figures summary loss_traces representative_draws posterior_grid write_report \
-	plot_outcome_rates plot_question_model plot_loss_traces plot_slope_draws plot_khat_by_class \
-	plot_errors_by_class plot_minority_share plot_budget_curves plot_runtime
+## make figures: rebuild figures and the report from existing fits only (never refits: only
+## the rules of vimodes.figure_specs.FIGURE_RULES -- figure, report and figure-table rules -- run)
+CONFIGFILE ?=
 figures: $(BIN)/snakemake
-	$(BIN)/snakemake figures --cores $(CORES) --allowed-rules $(FIGURE_RULES)
+	$(BIN)/snakemake figures --cores $(CORES) $(if $(CONFIGFILE),--configfile $(CONFIGFILE)) \
+		--allowed-rules $$($(BIN)/python -m vimodes.figure_specs)
 
 ## make readme: regenerate the README's results block from report/report.md (after make run)
 readme: $(BIN)/snakemake

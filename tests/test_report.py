@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vimodes import plots, report
+from vimodes import plots, report, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
 from vimodes.metrics import wilson_interval
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
@@ -279,7 +279,7 @@ def test_headline_console(tmp_path, cells):
 
 
 def test_study_command_puts_targets_before_configfile():
-    assert report.study_command(["config/smoke.yaml"], "figures") == \
+    assert workflow_plan.study_command(["config/smoke.yaml"], "figures") == \
         "snakemake figures --cores N --configfile config/smoke.yaml"
 
 
@@ -533,7 +533,7 @@ def test_posterior_grid_peaks_at_the_modes():
     from vimodes.simulate import DataRegime, simulate
 
     data = simulate(DataRegime(n_obs=500), 0, 20180913)
-    low, high, points = report.grid_limits(data.regime.slopes)
+    low, high, points = workflow_plan.grid_limits(data.regime.slopes)
     grid, summary = plots.make_posterior_grid(data, low, high, points)
     assert len(grid) == points ** 2 and (grid["delta"] >= 0).all()
     best = grid.loc[grid["delta"].idxmin()]
@@ -659,3 +659,22 @@ def test_summary_markdown_counts_too_wide(cells):
     cell = cells[cells["n_mode_too_wide"] > 0].iloc[0]
     line = next(x for x in text.splitlines() if f"`{cell['cell_id']}`" in x)
     assert line.split(" | ")[4] == str(int(cell["n_mode_too_wide"]))
+
+
+def test_every_registered_figure_has_a_report_section(cells, fits, data_summary, monkeypatch):
+    """Sections list their figures from the registry; a figure whose section the report does
+    not have is still shown, under "Other figures"."""
+    from vimodes.figure_specs import FIGURE_SPECS, FigureSpec
+
+    def shown(context):
+        return {s.id: s.figures for s in context["sections"] if s.figures}
+
+    provenance = report.default_provenance("test", "abc123", 1)
+    sections = shown(report.build_context(cells, fits, data_summary, provenance))
+    assert sorted(f for figures in sections.values() for f in figures) == sorted(FIGURE_SPECS)
+    assert "other_figures" not in sections
+    monkeypatch.setitem(FIGURE_SPECS, "dummy", FigureSpec("dummy", "Dummy", "A test.", "9. Test",
+                                                          ("fits",), section="nowhere"))
+    context = report.build_context(cells, fits, data_summary, provenance)
+    assert shown(context)["other_figures"] == ["dummy"]
+    assert context["sections"][-1].id == "reproduce"

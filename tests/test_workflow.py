@@ -49,6 +49,23 @@ def test_bad_config_stops_before_any_job(repo, tmp_path):
     assert not (work / "data" / "sim").exists()
 
 
+def test_dry_run_imports_no_pymc(tmp_path):
+    """Planning reads only light modules: PyMC (and matplotlib) are imported by the jobs that
+    fit or draw, never by `snakemake -n` (every command pays for what planning imports)."""
+    import sys
+
+    work = copy_workflow(tmp_path / "wf")
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "-n",
+                             "--configfile", "config/smoke.yaml"], cwd=work,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "vimodes.figure_specs" in imported  # the probe sees the workflow's own imports
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("pymc", "pytensor", "matplotlib"))
+    assert not heavy, heavy
+
+
 def test_lint_is_clean(tmp_path):
     """`snakemake --lint` on a copy of the workflow (never in the repository: its start-up
     integrity check may mark the user's outputs incomplete): exit 0 and no lint."""

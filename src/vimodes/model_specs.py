@@ -41,3 +41,4 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     )
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
+SLOPE_PRIOR_SD = 2.0  # sd of the slopes' Normal(0, sd) prior (vimodes.models; the report's grid)

@@ -32,10 +32,9 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from vimodes.model_specs import MODEL_NAMES, MODEL_SPECS, ModelSpec  # noqa: F401
+from vimodes.model_specs import MODEL_NAMES, MODEL_SPECS, SLOPE_PRIOR_SD, ModelSpec  # noqa: F401
 
 N_COMPONENTS = 2  # the question's K, and the default of build_model
-SLOPE_PRIOR_SD = 2.0
 SIGMA_PRIOR_SD = 1.0
 
 

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
+from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.records import atomic_path, read_json  # noqa: E402
 
 log = logging.getLogger("vimodes")
@@ -96,7 +97,6 @@ FIT_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
 VI_METHODS = ("advi", "fullrank_advi", "svgd")
 TRACE_EVERY = {"cavi": 1}  # iterations per stored loss value; VI default below
 VI_TRACE_EVERY = 100  # vimodes.fitting.TRACE_EVERY (not imported: that would import PyMC)
-KHAT_GOOD, KHAT_OK = 0.5, 0.7  # Pareto k-hat thresholds of Yao et al. (2018)
 
 DPI = 130
 STYLE = {

@@ -20,13 +20,14 @@ import math
 import os
 import platform
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
+from vimodes.figure_specs import FIGURE_SPECS, figures_in
 from vimodes.metrics import wilson_interval
 from vimodes.plots import (
     KHAT_GOOD,
@@ -220,7 +221,7 @@ def headline_section(cells: pd.DataFrame) -> Section:
     """Every ADVI cell's own rate (rates are never pooled over cells with different settings:
     the pooled number would only reflect the grid's mix)."""
     section = Section("headline", "How often does ADVI land on a single mode? Every cell",
-                      figures=["outcome_rates"])
+                      figures=figures_in("headline"))
     vi = cells[cells["method"].isin(ADVI_METHODS)]
     if vi.empty:
         section.paragraphs.append("This study has no meanfield or fullrank ADVI cells.")
@@ -281,7 +282,7 @@ def model_summary(rows: pd.DataFrame) -> dict:
 
 def question_section(fits: pd.DataFrame, data_summary: pd.DataFrame) -> Section:
     section = Section("question", "The question: is the model specified wrong, and what else?",
-                      figures=["question_model"])
+                      figures=figures_in("question"))
     rows = question_comparison_rows(fits)
     summary = data_summary.iloc[0] if not data_summary.empty else None
     by_model = {m: model_summary(rows[rows["model"] == m]) for m in ordered(rows["model"],
@@ -423,7 +424,7 @@ def optimizer_labels(fits: pd.DataFrame) -> dict:
 
 def factor_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
     section = Section("factors", "Dependence on optimiser, iterations and initialisation",
-                      figures=["loss_traces", "slope_draws"])
+                      figures=figures_in("factors"))
     vi = cells[cells["method"].isin((*ADVI_METHODS, "svgd"))]
     labels = optimizer_labels(fits)
     rows = []
@@ -559,7 +560,7 @@ def other_methods_section(cells: pd.DataFrame) -> Section:
 
 def diagnostics_section(fits: pd.DataFrame) -> Section:
     section = Section("diagnostics", "Diagnostics by outcome class",
-                      figures=["khat_by_class", "errors_by_class", "minority_share"])
+                      figures=figures_in("diagnostics"))
     rows = fit_rows(fits)
     with_khat = rows[numeric(rows, "psis_khat").notna()]
     table = []
@@ -613,7 +614,7 @@ def minority_text(rows: pd.DataFrame) -> str:
 
 
 def runtime_section(fits: pd.DataFrame) -> Section:
-    section = Section("runtime", "Runtime per method", figures=["runtime"])
+    section = Section("runtime", "Runtime per method", figures=figures_in("runtime"))
     rows = fit_rows(fits)
     if "status" in rows:
         rows = rows[rows["status"] == "ok"]
@@ -923,7 +924,7 @@ def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Secti
 def budget_section(fits: pd.DataFrame) -> Section:
     """Single-mode and collapsed shares at each checkpoint of the long runs."""
     section = Section("budget", "Budget, optimiser and start, deconfounded",
-                      figures=["budget_curves"])
+                      figures=figures_in("budget"))
     curves = checkpoint_curves(fits)
     if curves.empty:
         section.paragraphs.append("No cell of this study stored checkpoints.")
@@ -973,72 +974,24 @@ def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers of the Snakemake rules (workflow/rules/report.smk)
-
-GRID_MARGIN = 2.5  # the log-density grid spans the true slopes +- this ...
-GRID_STEP = 0.1  # ... in steps of this (so that the true slopes are grid points)
-
-
-def report_dataset(study) -> tuple[str, int]:
-    """The data set of the log-density grid: the smallest fitted seed (0 when fitted) of the
-    question's regime ``default``, or of the first two-component regime in use (the grid is a
-    (w0, w1) plane), or of the first regime in use."""
-    datasets = study.datasets()
-    regimes = [regime for regime, _ in datasets]
-    two = [r for r in regimes if len(study.config["data_regimes"][r]["slopes"]) == 2]
-    regime = "default" if "default" in regimes else (two or regimes)[0]
-    return regime, min(seed for r, seed in datasets if r == regime)
-
-
-def grid_limits(true_slopes, margin: float = GRID_MARGIN,
-                step: float = GRID_STEP) -> tuple[float, float, int]:
-    low, high = min(true_slopes) - margin, max(true_slopes) + margin
-    return float(low), float(high), int(round((high - low) / step)) + 1
-
-
-def study_command(config_files: Iterable = (), target: str = "") -> str:
-    """The command line of a study; targets come before ``--configfile`` (which takes several)."""
-    files = "".join(f" --configfile {os.path.relpath(f) if os.path.isabs(f) else f}"
-                    for f in config_files)
-    return f"snakemake{' ' + target if target else ''} --cores N{files}"
-
-
-# ---------------------------------------------------------------------------------------------
 # Context and rendering
 
-FIGURE_INFO = {
-    "outcome_rates": ("Outcome classes per cell",
-                      "Share of fits in each outcome class per cell, with 95% Wilson intervals; "
-                      "single mode = mode A + mode B."),
-    "question_model": ("The question's model next to the corrected one",
-                       "Posterior mean sigma and slopes of every fit, and the single-mode rate, "
-                       "for `as_asked`, its one-error ablations and `marginal` in the same VI "
-                       "settings; dotted: truth, dash-dotted: one line through all points."),
-    "loss_traces": ("Loss trajectories",
-                    "Loss (negative ELBO; minibatch VI: mean per stored bin) against iteration, "
-                    "coloured by the fit's final outcome class."),
-    "slope_draws": ("Slope draws of representative fits",
-                    "Draws of (w0, w1) of a few fits per method and outcome class over the "
-                    "corrected model's profile log density (weights and sigma at their true "
-                    "values); crosses: the two permutation modes, plus: one line through all "
-                    "points."),
-    "khat_by_class": ("PSIS k-hat by outcome class",
-                      "Pareto k-hat of the approximations; dotted and dashed lines at the usual "
-                      f"{KHAT_GOOD:g} and {KHAT_OK:g} thresholds (Yao et al. 2018)."),
-    "errors_by_class": ("Errors by outcome class",
-                        "Absolute errors of sigma, the slopes and the weights after relabelling; "
-                        "bar: median."),
-    "minority_share": ("Minority share of single-mode and spanning fits",
-                       "Empirical CDF per method of min(A, B) / (A + B), the share of the draws "
-                       "in a basin that are in the less populated mode, over the fits labelled "
-                       "mode A, mode B or spanning: 0 is a clean single mode, 0.5 an even split."),
-    "budget_curves": ("Single-mode and collapsed shares against the iteration budget",
-                      "From the checkpoints of one long run per seed, per optimiser and start, "
-                      "with 95% Wilson bands over the seeds; solid: symmetric default start, "
-                      "dashed: jittered start."),
-    "runtime": ("Runtime per method",
-                "Fit time of every successful fit (compilation excluded); bar: median."),
-}
+class _FigureInfo(Mapping):
+    """name -> (title, caption) of every figure of the registry, read live (a figure registered
+    after this import is included); the templates read it as ``figure_info``."""
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        spec = FIGURE_SPECS[name]
+        return spec.title, spec.caption
+
+    def __iter__(self):
+        return iter(FIGURE_SPECS)
+
+    def __len__(self) -> int:
+        return len(FIGURE_SPECS)
+
+
+FIGURE_INFO = _FigureInfo()
 
 
 def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.DataFrame,
@@ -1057,6 +1010,11 @@ def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.Data
         contrasts_section(contrasts),
         reproduce_section(fits, provenance),
     ]
+    # a registered figure whose section is not above is still shown, before "How to reproduce"
+    shown = {name for section in sections for name in section.figures}
+    other = [name for name in FIGURE_SPECS if name not in shown]
+    if other:
+        sections.insert(-1, Section("other_figures", "Other figures", figures=other))
     n_fits = int(cells["n_fits"].sum()) if len(cells) else 0
     return {
         "title": f"Where does VI land? Study {provenance.get('study_name', '')}".strip(),

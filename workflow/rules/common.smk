@@ -10,6 +10,7 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vimodes.config import ConfigError, build_study, study_config
+from vimodes.figure_specs import FIGURE_SPECS
 
 # A --configfile replaces the default study and must be complete; without one, the default study
 # with any --config values on top. (A `configfile:` directive would merge every --configfile
@@ -48,15 +49,7 @@ localrules:
     loss_traces,
     representative_draws,
     posterior_grid,
-    plot_outcome_rates,
-    plot_question_model,
-    plot_loss_traces,
-    plot_slope_draws,
-    plot_khat_by_class,
-    plot_errors_by_class,
-    plot_minority_share,
-    plot_budget_curves,
-    plot_runtime,
+    plot_figure,
     write_report,
 
 
@@ -119,6 +112,24 @@ def fit_settings(wildcards):
 
 def all_chunk_outputs(pattern):
     return [pattern.format(cell=c, chunk=k) for c, k in STUDY.fit_chunks()]
+
+
+# Per figure of plot_figure (report.smk), everything comes from the registry vimodes.figure_specs.
+def figure_inputs(wildcards):
+    """The tables figure `name` reads (named as its function's arguments)."""
+    return FIGURE_SPECS[wildcards.name].input_paths
+
+
+def figure_category(wildcards):
+    return FIGURE_SPECS[wildcards.name].category
+
+
+def figure_title(wildcards):
+    return FIGURE_SPECS[wildcards.name].title
+
+
+def figure_caption(wildcards):
+    return FIGURE_SPECS[wildcards.name].rst_caption
 
 
 def check_outputs():

@@ -1,8 +1,16 @@
-# The report: figure tables from the fit files, figures from tables only (one rule each), and
-# report/report.html + report/report.md from the tables and figures (vimodes.plots, vimodes.report).
+# The report: figure tables from the fit files, figures from tables only (one wildcard rule for
+# every figure of the registry vimodes.figure_specs, drawn by vimodes.plots.FIGURES), and
+# report/report.html + report/report.md from the tables and figures (vimodes.report).
+# Planning imports neither PyMC nor matplotlib (tests/test_workflow.py checks it).
 
-from vimodes.models import SLOPE_PRIOR_SD
-from vimodes.report import grid_limits, report_dataset, study_command
+from vimodes.figure_specs import name_pattern
+from vimodes.model_specs import SLOPE_PRIOR_SD
+from vimodes.workflow_plan import (
+    figures_command,
+    grid_limits,
+    report_dataset,
+    study_command,
+)
 
 # the data set of the log-density grid: seed 0 (or the smallest fitted seed) of regime `default`
 REPORT_REGIME, REPORT_SEED = report_dataset(STUDY)
@@ -11,35 +19,21 @@ GRID_LOW, GRID_HIGH, GRID_POINTS = grid_limits(
 )
 CONFIG_FILES = workflow.overwrite_configfiles or workflow.configfiles
 
-FIGURE_NAMES = [
-    "outcome_rates",
-    "question_model",
-    "loss_traces",
-    "slope_draws",
-    "khat_by_class",
-    "errors_by_class",
-    "minority_share",
-    "budget_curves",
-    "runtime",
-]
+FIGURE_NAMES = list(FIGURE_SPECS)
 FIGURE_FILES = expand("figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "svg"])
-FIGURES_COMMAND = (
-    study_command(CONFIG_FILES, "figures")
-    + " --allowed-rules figures write_report "
-    + " ".join(f"plot_{name}" for name in FIGURE_NAMES)
-)
 
 
 rule figures:
     """Rebuild every figure and the report from the existing tables only, never refitting:
 
-    snakemake figures --cores 2 --allowed-rules figures write_report plot_outcome_rates
-        plot_question_model plot_loss_traces plot_slope_draws plot_khat_by_class
-        plot_errors_by_class plot_minority_share plot_budget_curves plot_runtime
-        [--configfile config/smoke.yaml]
-        [--forceall]
+    make figures  [CONFIGFILE=config/smoke.yaml]
+    = snakemake figures --cores 2 --allowed-rules $(python -m vimodes.figure_specs)
+        [--configfile config/smoke.yaml] [--forceall]
 
-    (`--allowed-rules` makes the tables in data/tables/ inputs that must already exist;
+    (the allowed rules are vimodes.figure_specs.FIGURE_RULES: figures, write_report,
+    plot_figure and the table rules loss_traces, representative_draws, posterior_grid;
+
+    `--allowed-rules` makes the fit tables in data/tables/ inputs that must already exist;
     `--forceall` redraws figures that are up to date. Plain `snakemake figures` also works:
     it reruns only what is out of date, which after a finished study is only the figures.)
     """
@@ -119,239 +113,33 @@ rule posterior_grid:
         "../scripts/posterior_grid.py"
 
 
-rule plot_outcome_rates:
-    """Headline figure: outcome-class rates with 95% Wilson intervals per cell."""
+rule plot_figure:
+    """One figure of the registry vimodes.figure_specs, PNG and SVG, drawn from its tables only
+    by vimodes.plots.FIGURES[name]; report category and caption from the registry."""
     input:
-        cells="data/tables/cells.parquet",
+        unpack(figure_inputs),
     output:
         png=report(
-            "figures/outcome_rates.png",
-            caption="../report/outcome_rates.rst",
-            category="1. Outcomes",
+            "figures/{name}.png",
+            caption="../report/figure.rst",
+            category=figure_category,
         ),
-        svg="figures/outcome_rates.svg",
+        svg="figures/{name}.svg",
     log:
-        "logs/figures/outcome_rates.log",
+        "logs/figures/{name}.log",
     benchmark:
-        "logs/benchmarks/figures/outcome_rates.tsv"
+        "logs/benchmarks/figures/{name}.tsv"
+    wildcard_constraints:
+        name=name_pattern(),
     conda:
         "../envs/vimodes.yaml"
     resources:
         mem_mb=2000,
         runtime=5,
     params:
-        figure="outcome_rates",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_question_model:
-    """The question's model next to its ablations and the corrected model."""
-    input:
-        fits="data/tables/fits.parquet",
-        data_summary="data/tables/data_summary.parquet",
-    output:
-        png=report(
-            "figures/question_model.png",
-            caption="../report/question_model.rst",
-            category="2. The question's model",
-        ),
-        svg="figures/question_model.svg",
-    log:
-        "logs/figures/question_model.log",
-    benchmark:
-        "logs/benchmarks/figures/question_model.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="question_model",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_loss_traces:
-    """Loss trajectories coloured by the final outcome class."""
-    input:
-        loss_traces="data/tables/loss_traces.parquet",
-    output:
-        png=report(
-            "figures/loss_traces.png",
-            caption="../report/loss_traces.rst",
-            category="3. Trajectories and draws",
-        ),
-        svg="figures/loss_traces.svg",
-    log:
-        "logs/figures/loss_traces.log",
-    benchmark:
-        "logs/benchmarks/figures/loss_traces.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="loss_traces",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_slope_draws:
-    """Slope draws of representative fits over the log posterior density."""
-    input:
-        representative_draws="data/tables/representative_draws.parquet",
-        posterior_grid="data/tables/posterior_grid.parquet",
-        data_summary="data/tables/data_summary.parquet",
-    output:
-        png=report(
-            "figures/slope_draws.png",
-            caption="../report/slope_draws.rst",
-            category="3. Trajectories and draws",
-        ),
-        svg="figures/slope_draws.svg",
-    log:
-        "logs/figures/slope_draws.log",
-    benchmark:
-        "logs/benchmarks/figures/slope_draws.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="slope_draws",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_khat_by_class:
-    """PSIS k-hat by outcome class."""
-    input:
-        fits="data/tables/fits.parquet",
-    output:
-        png=report(
-            "figures/khat_by_class.png",
-            caption="../report/khat_by_class.rst",
-            category="4. Diagnostics",
-        ),
-        svg="figures/khat_by_class.svg",
-    log:
-        "logs/figures/khat_by_class.log",
-    benchmark:
-        "logs/benchmarks/figures/khat_by_class.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="khat_by_class",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_errors_by_class:
-    """Sigma, slope and weight errors by outcome class."""
-    input:
-        fits="data/tables/fits.parquet",
-    output:
-        png=report(
-            "figures/errors_by_class.png",
-            caption="../report/errors_by_class.rst",
-            category="4. Diagnostics",
-        ),
-        svg="figures/errors_by_class.svg",
-    log:
-        "logs/figures/errors_by_class.log",
-    benchmark:
-        "logs/benchmarks/figures/errors_by_class.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="errors_by_class",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_minority_share:
-    """Minority share of the draws in a basin, for single-mode and spanning fits."""
-    input:
-        fits="data/tables/fits.parquet",
-    output:
-        png=report(
-            "figures/minority_share.png",
-            caption="../report/minority_share.rst",
-            category="4. Diagnostics",
-        ),
-        svg="figures/minority_share.svg",
-    log:
-        "logs/figures/minority_share.log",
-    benchmark:
-        "logs/benchmarks/figures/minority_share.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="minority_share",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_budget_curves:
-    """Single-mode and collapsed shares against the iteration budget (checkpoints)."""
-    input:
-        fits="data/tables/fits.parquet",
-    output:
-        png=report(
-            "figures/budget_curves.png",
-            caption="../report/budget_curves.rst",
-            category="2. Factors",
-        ),
-        svg="figures/budget_curves.svg",
-    log:
-        "logs/figures/budget_curves.log",
-    benchmark:
-        "logs/benchmarks/figures/budget_curves.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="budget_curves",
-    script:
-        "../scripts/plot_figure.py"
-
-
-rule plot_runtime:
-    """Fit time per method."""
-    input:
-        fits="data/tables/fits.parquet",
-    output:
-        png=report(
-            "figures/runtime.png",
-            caption="../report/runtime.rst",
-            category="5. Runtime",
-        ),
-        svg="figures/runtime.svg",
-    log:
-        "logs/figures/runtime.log",
-    benchmark:
-        "logs/benchmarks/figures/runtime.tsv"
-    conda:
-        "../envs/vimodes.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=5,
-    params:
-        figure="runtime",
+        figure="{name}",
+        title=figure_title,
+        caption=figure_caption,
     script:
         "../scripts/plot_figure.py"
 
@@ -396,6 +184,6 @@ rule write_report:
         config_hash=STUDY.config_hash(),
         seed_base=STUDY.config["seed_base"],
         command=study_command(CONFIG_FILES),
-        figures_command=FIGURES_COMMAND,
+        figures_command=figures_command(CONFIG_FILES),
     script:
         "../scripts/write_report.py"
