@@ -155,7 +155,7 @@ def test_profile_ships_no_usable_placeholder_and_the_override_is_submitted(tmp_p
     before anything is submitted (the plugin refuses the unknown account). The documented
     override (--default-resources slurm_account=... slurm_partition=... mem_mb=... runtime=...)
     reaches sbatch with that account and partition."""
-    work = copy_workflow(tmp_path / "wf")
+    work = copy_workflow(tmp_path / "wf", profiles=True)
     output, sbatch = _fake_slurm_run(work, tmp_path / "placeholder")
     assert "The given account FILL_IN_account appears to be invalid" in output, output[-3000:]
     assert sbatch == "", "a job was submitted with the placeholder account"

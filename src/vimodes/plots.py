@@ -170,8 +170,9 @@ def fit_file_index(fit_dirs: Iterable[str | Path], suffix: str) -> dict[tuple[st
         folder = Path(folder)
         cell_id = folder.parent.name
         for path in sorted(folder.glob(f"seed-*.{suffix}")):
-            seed = int(path.name[len("seed-"):-len(suffix) - 1])
-            index[(cell_id, seed)] = path
+            seed = path.name[len("seed-"):-len(suffix) - 1]
+            if seed.isdigit():  # not e.g. seed-<s>.checkpoints.nc
+                index[(cell_id, int(seed))] = path
     return index
 
 
