@@ -216,6 +216,8 @@ def _documented_columns(repo) -> dict[str, list[str]]:
         if heading:
             table = heading.group(1)
             sections[table], prose[table] = [], ""
+        elif table and line.startswith("| name"):
+            table = None  # a table of row names (e.g. mechanism quantities), not of columns
         elif table and line.startswith("| ") and not line.startswith("| column"):
             sections[table] += re.findall(r"`([^`]+)`", line.split("|")[1])
         elif table and not line.startswith("|"):
@@ -231,7 +233,9 @@ def _documented_columns(repo) -> dict[str, list[str]]:
 def _pattern(name: str) -> re.Pattern:
     """A documented name as a regex: `*` any suffix, `<class>` an outcome class or single_mode,
     `_k_` a component index."""
-    classes = "single_mode|mode_A|mode_B|spanning|collapsed|not_converged|failed"
+    from vimodes.classify import OUTCOME_CLASSES
+
+    classes = "|".join(("single_mode", *OUTCOME_CLASSES))
     text = re.escape(name).replace(r"\*", r"\w+").replace("<class>", f"(?:{classes})")
     text = text.replace("_k_", r"_\d+_")
     return re.compile(f"^{text}$")
