@@ -18,7 +18,6 @@ from scipy.special import logsumexp  # noqa: E402
 from vimodes.fastlik import (  # noqa: E402
     MixtureRegressionLogLike,
     MixtureRegressionLogLikeGrad,
-    add_fused_likelihood,
     fused_loglike_and_grad,
     mixture_regression_loglike,
 )

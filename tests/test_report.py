@@ -17,7 +17,6 @@ import pytest
 
 from vimodes import plots, report, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
-from vimodes.metrics import wilson_interval
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
 
 REPO = Path(__file__).resolve().parents[1]

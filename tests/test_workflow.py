@@ -2,12 +2,10 @@
 end-to-end run of the smoke study whose outputs are checked."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest

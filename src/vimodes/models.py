@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import numpy as np
 import pymc as pm
-import pytensor.tensor as pt
 
 from vimodes.model_specs import MODEL_NAMES, MODEL_SPECS, SLOPE_PRIOR_SD, ModelSpec  # noqa: F401
 

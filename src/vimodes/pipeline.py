@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
-from vimodes.config import Study, config_hash
+from vimodes.config import Study
 from vimodes.records import package_versions, read_json, write_json
 from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
 

@@ -30,7 +30,6 @@ from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.figure_specs import FIGURE_SPECS, figures_in
 from vimodes.metrics import wilson_interval
 from vimodes.plots import (
-    KHAT_GOOD,
     KHAT_OK,
     METHOD_ORDER,
     MODEL_ORDER,
