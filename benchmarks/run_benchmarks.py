@@ -259,6 +259,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vi = bench_vi(args.chunk, folder)
+        rows += [(f"VI chunked PyMC path ({args.chunk} seeds per process)",
+                  f"{vi['chunked_s_per_fit']:.2f} s/fit")]
         rows += vectorised_rows(args, folder, vi)
         if args.vectorised_only:
             return print_rows(rows, args)
