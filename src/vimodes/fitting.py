@@ -85,6 +85,15 @@ class FitSettings:
         )
 
 
+def flat_names(ordering: dict, ddim: int) -> list[str]:
+    """``value_name[j]`` for every coordinate of the approximation's flat vector."""
+    names = [""] * ddim
+    for value_name, slc, _, _ in ordering.values():
+        for j, index in enumerate(range(slc.start, slc.stop)):
+            names[index] = f"{value_name}[{j}]"
+    return names
+
+
 def flatten_point(ordering: dict, ddim: int, point: dict) -> np.ndarray:
     """A point (value-variable name -> array) as the approximation's flat vector."""
     flat = np.zeros(ddim)
@@ -402,11 +411,7 @@ class VIFitter(_Fitter):
         return pytensor.function([batch], vectorize_graph(logp, {flat: batch}))
 
     def flat_names(self) -> list[str]:
-        names = [""] * self.group.ddim
-        for value_name, slc, shape, _ in self.group.ordering.values():
-            for j, index in enumerate(range(slc.start, slc.stop)):
-                names[index] = f"{value_name}[{j}]"
-        return names
+        return flat_names(self.group.ordering, self.group.ddim)
 
     def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         s = self.settings

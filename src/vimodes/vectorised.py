@@ -52,9 +52,11 @@ from vimodes.fitting import (
     VARIABLES,
     FitResult,
     FitSettings,
+    _binned_mean,
     checkpoint_draws,
     checkpoint_info,
     fit_rng,
+    flat_names,
     vi_start,
 )
 from vimodes.model_specs import MODEL_SPECS
@@ -144,11 +146,7 @@ class VectorisedVIFitter:
         return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
 
     def flat_names(self) -> list[str]:
-        names = [""] * self.ddim
-        for value_name, slc, _, _ in self.ordering.values():
-            for j, index in enumerate(range(slc.start, slc.stop)):
-                names[index] = f"{value_name}[{j}]"
-        return names
+        return flat_names(self.ordering, self.ddim)
 
     # --- JAX side ---
     def _compile_jax(self) -> None:
@@ -377,7 +375,7 @@ class VectorisedVIFitter:
             "stopped_early": bool(stopped_at) and not failed_at,
             "final_loss": float(np.nanmean(losses[max(0, done - TRACE_EVERY):done])) if done
             else None,
-            "loss_trace": _binned(losses[:done], TRACE_EVERY),
+            "loss_trace": _binned_mean(losses[:done], TRACE_EVERY) if done else np.array([]),
             "mean_trace": means[:blocks],
             "fit_seconds": fit_seconds,
             "flat_start": start,
@@ -437,14 +435,6 @@ class VectorisedVIFitter:
         out = [np.asarray(self._full_logp_many(jnp.asarray(flat[i:i + block]), x, y))
                for i in range(0, len(flat), block)]
         return np.concatenate(out) if out else np.zeros(0)
-
-
-def _binned(values: np.ndarray, width: int) -> np.ndarray:
-    if len(values) == 0:
-        return np.array([])
-    n = len(values) // width * width
-    head = values[:n].reshape(-1, width).mean(axis=1)
-    return np.concatenate([head, [values[n:].mean()]]) if len(values) > n else head
 
 
 # --- PyMC's optimisers as pure functions of (params, grads, state) ---
