@@ -22,6 +22,9 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 VI_METHODS = ("advi", "fullrank_advi", "svgd")
+# iterations between stored loss means / snapshots of a VI fit (here, not in vimodes.fitting,
+# so that readers of fit records need not import PyMC)
+TRACE_EVERY = 100
 VECTORISED_METHODS = ("advi", "fullrank_advi")  # methods the vectorised engine implements
 ENGINES = ("pymc", "vectorised")
 METHODS = (*VI_METHODS, "nuts", "pathfinder", "cavi")

@@ -22,17 +22,17 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
-from vimodes.config import VI_METHODS, model_components
+from vimodes.config import TRACE_EVERY, VI_METHODS, model_components
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
 
 VARIABLES = ("slopes", "weights", "sigma")
-TRACE_EVERY = 100  # iterations between stored loss means / parameter snapshots
 
 FIT_STREAM = 1  # default_rng([seed_base, seed, FIT_STREAM]) drives everything random in a fit
 # draws from stored checkpoints come from their own stream, so storing checkpoints changes
 # nothing else in a fit
 CHECKPOINT_STREAM = 2
+KHAT_STREAM = 3  # the bootstrap of k-hat's MCSE
 
 
 def fit_rng(seed_base: int, seed: int) -> np.random.Generator:
@@ -58,7 +58,9 @@ class FitSettings:
     target_accept: float = 0.8
     sampler: str = "nutpie"
     likelihood: str = "pymc"
-    khat_draws: int = 200
+    khat_draws: int = 1000  # draws for PSIS k-hat and its MCSE ...
+    khat_seeds: int | None = None  # ... for seeds below this (None: every seed)
+    elbo_draws: int = 100  # draws for the full-data ELBO of every fit
     threads: int = 1
     engine: str = "pymc"  # VI engine: PyMC's own loop or the vectorised JAX engine
     checkpoints: tuple[int, ...] = ()  # iterations at which the approximation is also stored
@@ -78,11 +80,26 @@ class FitSettings:
             sampler=config["nuts"]["sampler"],
             likelihood=config["vi"]["full_batch_likelihood"] if cell.method in VI_METHODS
             else config["nuts"]["likelihood"],
-            khat_draws=config["vi"]["khat_draws"], threads=threads,
+            khat_draws=config["vi"]["khat_draws"], khat_seeds=config["vi"]["khat_seeds"],
+            elbo_draws=config["vi"]["elbo_draws"], threads=threads,
             engine=cell.engine, checkpoints=tuple(cell.checkpoints),
             n_components=model_components(config, getattr(cell, "components", None),
                                           cell.data_regime),
         )
+
+
+def diagnostic_draws(settings: FitSettings, seed: int) -> tuple[int, bool]:
+    """(how many approximation draws get the full-data log density, whether k-hat is computed).
+
+    At N = 100000 one full-data log density costs ~1.7 ms, so k-hat from 1000 draws (enough
+    for its Monte Carlo error to be small against the 0.7 threshold) costs more than a whole
+    10000-step fit; it is computed for the first ``khat_seeds`` seeds of every cell (the same
+    seeds in every cell) and only for correctly specified models. Every fit gets the ELBO from
+    ``elbo_draws`` draws.
+    """
+    with_khat = (settings.khat_draws > 0 and MODEL_SPECS[settings.model].correctly_specified
+                 and (settings.khat_seeds is None or seed < settings.khat_seeds))
+    return max(settings.elbo_draws, settings.khat_draws if with_khat else 0), with_khat
 
 
 def flat_names(ordering: dict, ddim: int) -> list[str]:
@@ -245,7 +262,7 @@ class VIFitter(_Fitter):
         self.default_start = self.start_param.get_value()
         self.initial_point = self._flatten(self.model.initial_point())
         self._compile_readers()
-        if settings.method != "svgd" and settings.khat_draws > 0:
+        if settings.method != "svgd" and max(settings.khat_draws, settings.elbo_draws) > 0:
             self._full_logp = self._compile_full_logp()
 
     def _compile_readers(self) -> None:
@@ -348,7 +365,7 @@ class VIFitter(_Fitter):
                 if iteration >= done:
                     saved[iteration] = list(self.last_moments)
             info.update(checkpoint_info(saved))
-        info.update(self._importance_diagnostics(s.khat_draws))
+        info.update(self._importance_diagnostics(*diagnostic_draws(s, seed), seed_base, seed))
         stored = (checkpoint_draws(self.to_variables, saved, s.draws, seed_base, seed)
                   if s.checkpoints else {})
         if snapshots:
@@ -358,17 +375,19 @@ class VIFitter(_Fitter):
                          self.to_variables(np.array(snapshots)).items()})
         return FitResult("ok", None, draws=draws, info=info, checkpoint_draws=stored)
 
-    def _importance_diagnostics(self, n_draws: int) -> dict:
-        """PSIS k-hat and a full-data ELBO estimate of the Gaussian approximation, from the
-        first `n_draws` draws: log w = log p(full data, z) - log q(z).
+    def _importance_diagnostics(self, n_draws: int, with_khat: bool, seed_base: int,
+                                seed: int) -> dict:
+        """The full-data ELBO and (``with_khat``) PSIS k-hat with its MCSE of the Gaussian
+        approximation, from its first `n_draws` draws: log w = log p(full data, z) - log q(z).
 
         k-hat is local by construction: it cannot see a permutation mode the approximation
         missed. SVGD particles have no density, so neither is defined for SVGD.
         """
-        if self.settings.method == "svgd" or n_draws == 0:
-            return {"psis_khat": None, "elbo_full": None, "diagnostics_error": None}
-        from vimodes.metrics import gaussian_logq, psis_khat
+        from vimodes.metrics import (NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq,
+                                     importance_diagnostics)
 
+        if self.settings.method == "svgd" or n_draws == 0:
+            return dict(NO_IMPORTANCE_DIAGNOSTICS)
         mean, cov = self.last_moments
         flat = self.last_flat_draws[:n_draws]
         try:
@@ -376,15 +395,12 @@ class VIFitter(_Fitter):
         except (np.linalg.LinAlgError, ValueError) as err:
             # e.g. full-rank ADVI whose covariance became numerically singular: the draws are
             # still the approximation's, but its density -- so k-hat and the ELBO -- is undefined
-            return {"psis_khat": None, "elbo_full": None,
+            return {**NO_IMPORTANCE_DIAGNOSTICS,
                     "diagnostics_error": f"{type(err).__name__}: {err}"}
         log_p = np.concatenate([self._full_logp(block) for block in np.array_split(
             flat, max(1, len(flat) // 25))])
-        khat = psis_khat(log_p, log_q)
-        log_w = log_p - log_q
-        return {"psis_khat": float(khat) if np.isfinite(khat) else None,
-                "elbo_full": float(np.mean(log_w)) if np.all(np.isfinite(log_w)) else None,
-                "diagnostics_error": None}
+        return importance_diagnostics(log_p, log_q, with_khat,
+                                      rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
 
     def _compile_full_logp(self):
         """log p(full data, z) with the Jacobian, as a function of a (draws, dim) matrix.

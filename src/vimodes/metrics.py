@@ -337,6 +337,29 @@ def psis_khat_mcse(log_p, log_q, n_boot: int = 200,
     return khat, mcse
 
 
+def importance_diagnostics(log_p, log_q, with_khat: bool, rng=None) -> dict:
+    """The full-data ELBO estimate (mean of log p - log q over all draws given) and, where
+    ``with_khat``, PSIS k-hat with its bootstrap MCSE (``psis_khat_mcse``) from the same draws.
+
+    Both fitting engines report through this one function, so their records have the same keys.
+    """
+    log_w = np.asarray(log_p, dtype=float) - np.asarray(log_q, dtype=float)
+    out = {"elbo_full": float(np.mean(log_w)) if log_w.size and np.all(np.isfinite(log_w))
+           else None,
+           "psis_khat": None, "psis_khat_mcse": None,
+           "khat_draws": int(log_w.size) if with_khat else 0,
+           "diagnostics_error": None}
+    if with_khat and log_w.size:
+        khat, mcse = psis_khat_mcse(log_p, log_q, rng=rng)
+        out["psis_khat"] = float(khat) if np.isfinite(khat) else None
+        out["psis_khat_mcse"] = float(mcse) if np.isfinite(mcse) else None
+    return out
+
+
+NO_IMPORTANCE_DIAGNOSTICS = {"elbo_full": None, "psis_khat": None, "psis_khat_mcse": None,
+                             "khat_draws": 0, "diagnostics_error": None}
+
+
 def gaussian_logq(draws_flat, mean, cov) -> np.ndarray:
     """Log density of N(mean, cov) at ``draws_flat`` (S, d) (scipy ``multivariate_normal``).
 

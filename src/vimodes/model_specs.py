@@ -18,6 +18,14 @@ class ModelSpec:
     sigma_prior: str  # "uniform01" (E4) or "halfnormal"
     ordered: bool = False
 
+    @property
+    def correctly_specified(self) -> bool:
+        """All four of the question's errors fixed: the model's density is the posterior the
+        data imply, so importance diagnostics (PSIS k-hat) measure approximation quality. For
+        the as-asked family they would measure the distance to a wrong target."""
+        return (self.per_observation and self.correct_normaliser and self.scale_to_total
+                and self.sigma_prior == "halfnormal")
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec

@@ -196,15 +196,15 @@ def iterations_to_stabilise(record: dict, truth, settings) -> float:
     """First iteration from which the approximation's centre stays in its final class (the
     centre is snapshotted every TRACE_EVERY iterations); NaN without a trajectory."""
     from vimodes.classify import classify_draws
-    from vimodes.fitting import TRACE_EVERY
+    from vimodes.config import TRACE_EVERY
 
     if not record.get("slopes_trace"):
         return float("nan")
     slopes, weights, sigma = (np.asarray(record[f"{n}_trace"], dtype=float)
                               for n in ("slopes", "weights", "sigma"))
-    labels = [classify_draws(slopes[i][None, None], weights[i][None, None],
-                             sigma[i].reshape(1, 1), truth, settings).label
-              for i in range(len(sigma))]
+    # every snapshot as a one-draw chain: the chain labels are the snapshots' own classes
+    labels = list(classify_draws(slopes[:, None], weights[:, None], sigma[:, None], truth,
+                                 settings).chain_labels)
     first = len(labels) - 1
     while first > 0 and labels[first - 1] == labels[-1]:
         first -= 1
@@ -217,7 +217,7 @@ _RECORD_COLUMNS = (
     "iterations", "init", "batch_size", "chains", "data_regime", "components", "seed", "status",
     "error",
     "iterations_done", "stopped_early", "final_loss", "fit_seconds", "wall_seconds",
-    "setup_seconds", "psis_khat", "elbo_full", "diagnostics_error", "divergences", "engine",
+    "setup_seconds", "psis_khat", "psis_khat_mcse", "khat_draws", "elbo_full", "diagnostics_error", "divergences", "engine",
     "max_depth_hits", "gradient_evaluations", "draws_done", "n_obs", "config_hash", "version_pymc",
 )
 

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
+from vimodes.config import TRACE_EVERY as VI_TRACE_EVERY  # noqa: E402
 from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.records import atomic_path, read_json  # noqa: E402
 
@@ -96,7 +97,6 @@ MODEL_ORDER = (
 FIT_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
 VI_METHODS = ("advi", "fullrank_advi", "svgd")
 TRACE_EVERY = {"cavi": 1}  # iterations per stored loss value; VI default below
-VI_TRACE_EVERY = 100  # vimodes.fitting.TRACE_EVERY (not imported: that would import PyMC)
 
 DPI = 130
 STYLE = {
