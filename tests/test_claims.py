@@ -90,12 +90,18 @@ def test_contrast_table_lists_every_contrast(tables):
 def test_readme_block_is_the_reports_answer(tmp_path):
     report_md = tmp_path / "report.md"
     report_md.write_text("# Where does VI land? Study x\n\nsub\n\n## The answer\n\n- one\n- two\n\n"
-                         "## Next\n\nmore\n")
+                         "## Next\n\nmore\n\n"
+                         f"## {report.STARTS_TITLE}\n\n| a | b |\n\n## After\n\nlast\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold text\n{report.README_END}\noutro\n")
     text = report.update_readme(report_md, readme)
     assert "- one\n- two" in text and "old text" not in text and "more" not in text
+    assert f"### {report.STARTS_TITLE}\n\n| a | b |" in text and "last" not in text
     assert text.startswith("intro\n") and text.endswith("outro\n")
+    report_md.write_text(report_md.read_text().replace(report.STARTS_TITLE, "Something else"))
+    with pytest.raises(ValueError, match="no '## Starts"):
+        report.update_readme(report_md, readme)
+    report_md.write_text(report_md.read_text().replace("Something else", report.STARTS_TITLE))
     readme.write_text("no block\n")
     with pytest.raises(ValueError, match="no results block"):
         report.update_readme(report_md, readme)

@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import yaml
 
 from vimodes.config import ConfigError, build_study, load_study, load_yaml
 
@@ -175,3 +176,39 @@ def test_component_validation_names_the_key(raw, key, words):
         build_study(raw)
     message = str(err.value)
     assert key in message and words in message
+
+
+def test_schema_method_enum_is_the_method_registry():
+    """A method is added in one place: the registry; the schema's enum must list the same."""
+    from vimodes.config import SCHEMA_PATH
+    from vimodes.methods import METHOD_NAMES
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    grid = schema["$defs"]["grid"]["properties"]
+    assert tuple(grid["methods"]["items"]["enum"]) == METHOD_NAMES
+
+
+def test_cell_ids_follow_each_methods_axes():
+    """The registry's axes decide the cell id: every method once, each with the parts it uses
+    (unchanged from the ids the study has always written)."""
+    raw = {"study_name": "t", "optimizers": {"a": {"name": "adam"}},
+           "inits": {"j": {"kind": "jitter"}},
+           "grids": [{"name": "g", "models": ["marginal"],
+                      "methods": ["advi", "svgd", "pathfinder", "pathfinder_psis", "cavi", "nuts"],
+                      "optimizers": ["a"], "inits": ["j"], "iterations": [500],
+                      "batch_sizes": [0], "seeds": 2}]}
+    ids = sorted(c.cell_id for c in build_study(raw).cells)
+    assert ids == ["marginal__advi__a__it500__init-j__fullbatch", "marginal__cavi__it500__init-j",
+                   "marginal__nuts__c1", "marginal__pathfinder__init-j",
+                   "marginal__pathfinder_psis__init-j",
+                   "marginal__svgd__a__it500__init-j__fullbatch"]
+
+
+def test_an_init_kind_a_method_lacks_is_refused_by_name():
+    raw = {"study_name": "t", "inits": {"p": {"kind": "prior"}},
+           "grids": [{"name": "g", "models": ["marginal"], "methods": ["pathfinder_psis"],
+                      "inits": ["p"], "seeds": 2}]}
+    with pytest.raises(ConfigError, match=r"config.grids\[0\].inits: Pathfinder \+ PSIS supports "
+                                          r"only the init kinds \['default', 'jitter'\], found "
+                                          r"\['p'\]"):
+        build_study(raw)

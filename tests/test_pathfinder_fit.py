@@ -174,3 +174,28 @@ def test_prior_init_is_refused():
     settings = FitSettings(model="marginal", method="pathfinder", init_kind="prior")
     with pytest.raises(ValueError, match="init kinds"):
         PathfinderFitter(settings, 10)
+
+
+def test_psis_variant_equals_pymc_extras_fit_default(data):
+    """`pathfinder_psis` returns what a user calling pymc_extras.fit with its default
+    importance_sampling="psis" gets: one pooled, importance-resampled set of draws, with the
+    pooled weights' k-hat as the fit's."""
+    import pymc_extras
+
+    settings = FitSettings(model="marginal", method="pathfinder_psis", draws=DRAWS,
+                           pathfinder_paths=PATHS, khat_draws=50)
+    psis = PathfinderFitter(settings, N_OBS)
+    result = psis.fit(data, SEED_BASE, FIT_SEEDS[0])
+    assert result.status == "ok", result.error
+    assert result.draws["slopes"].shape == (1, DRAWS, 2)
+    assert result.info["importance_sampling"] == "psis"
+    assert result.info["logp_draws"] == DRAWS
+    psis.set_data(data)
+    idata = pymc_extras.fit(
+        method="pathfinder", model=psis.model, num_paths=PATHS, num_draws_per_path=DRAWS,
+        num_draws=DRAWS, importance_sampling="psis",
+        random_seed=result.info["pathfinder_random_seed"], concurrent=None, progressbar=False,
+        display_summary=False, add_pathfinder_groups=False)
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_allclose(result.draws[name], idata.posterior[name].values,
+                                   rtol=0, atol=1e-9, err_msg=name)

@@ -677,3 +677,55 @@ def test_every_registered_figure_has_a_report_section(cells, fits, data_summary,
     context = report.build_context(cells, fits, data_summary, provenance)
     assert shown(context)["other_figures"] == ["dummy"]
     assert context["sections"][-1].id == "reproduce"
+
+
+def test_starts_table_has_every_method_and_init_kind():
+    """One row per method with a meaning for every init kind; the ADVI engines share one."""
+    from vimodes.plots import INIT_KINDS, init_meaning
+
+    cells = pd.DataFrame({"method": ["advi", "nuts"]})
+    table = report.starts_section(cells).tables[0]
+    assert len(table.columns) == 1 + len(INIT_KINDS)
+    labels = [row[0] for row in table.rows]
+    assert labels[0] == "meanfield ADVI" and "SVGD (not in this study)" in labels
+    assert all(len(row) == len(table.columns) and all(row) for row in table.rows)
+    assert init_meaning("fullrank_advi", "jitter") == init_meaning("advi", "jitter")
+
+
+def _adam_fits() -> pd.DataFrame:
+    """Six adam fits of one cell (4 single mode, 1 too wide, 1 collapsed), one adam fit of the
+    question's model and one default-optimiser fit: only the first six are adam fits of a
+    corrected model."""
+    rows = []
+    for seed, (outcome, centre, mass, sd) in enumerate([
+            ("mode_A", "mode_A", 1.0, 0.001), ("mode_B", "mode_B", 1.0, 0.001),
+            ("mode_A", "mode_A", 0.99, 0.002), ("mode_B", "mode_B", 1.0, 0.001),
+            ("mode_too_wide", "mode_A", 0.6, 0.2), ("collapsed", "collapsed", np.nan, 0.05)]):
+        rows.append({"level": "fit", "cell_id": "m_adam", "model": "marginal",
+                     "method": "fullrank_advi", "optimizer_name": "adam", "seed": seed,
+                     "outcome": outcome, "centre_class": centre, "centre_mass": mass,
+                     "slopes_0_sd": sd, "slopes_1_sd": sd / 2})
+    rows.append({**rows[0], "cell_id": "q_adam", "model": "as_asked"})
+    rows.append({**rows[4], "cell_id": "m_default", "optimizer_name": "adagrad_window"})
+    return pd.DataFrame(rows)
+
+
+def test_adam_section_explains_every_non_single_adam_fit():
+    fits = _adam_fits()
+    section = report.adam_section(fits)
+    table = section.tables[0]
+    assert [row[0] for row in table.rows] == ["`m_adam`"]  # not the question's, not adagrad
+    cell, n, single, classes, on_mode, mass, sd_single, sd_other = table.rows[0]
+    assert (n, single, on_mode) == ("6", "4", "1")
+    assert "on a mode, too wide 1" in classes and "collapsed (modes averaged) 1" in classes
+    assert float(sd_other) > float(sd_single)
+    assert section.paragraphs[0].startswith("2 of 6 ")
+
+
+def test_adam_figure_draws_every_adam_fit_once():
+    fits = _adam_fits()
+    fig = plots.fig_adam_non_single(fits)
+    (points,) = [_points(ax) for ax in fig.axes if ax.get_title()]
+    assert len(points) == 6
+    assert fig.axes[0].get_title() == "fullrank ADVI: 2 of 6 not single mode"
+    assert sorted(points[:, 1].round(2)) == [0.0, 0.6, 0.99, 1.0, 1.0, 1.0]

@@ -19,15 +19,23 @@ from typing import Any
 import jsonschema
 import yaml
 
+from vimodes.methods import (
+    METHOD_NAMES,
+    METHOD_SPECS,
+    method_spec,
+    methods_on_engine,
+    methods_where,
+)
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-VI_METHODS = ("advi", "fullrank_advi", "svgd")
+VI_METHODS = methods_where(family="vi")  # PyMC's pm.fit family (optimiser, minibatch)
 # iterations between stored loss means / snapshots of a VI fit (here, not in vimodes.fitting,
 # so that readers of fit records need not import PyMC)
 TRACE_EVERY = 100
-VECTORISED_METHODS = ("advi", "fullrank_advi")  # methods the vectorised engine implements
+VECTORISED_METHODS = methods_on_engine("vectorised")  # methods the vectorised engine implements
 ENGINES = ("pymc", "vectorised")
-METHODS = (*VI_METHODS, "nuts", "pathfinder", "cavi")
+METHODS = METHOD_NAMES
 
 
 class ConfigError(ValueError):
@@ -66,17 +74,19 @@ class Cell:
     def cell_id(self) -> str:
         """A readable, unique directory name; axes that do not apply to the method are left out."""
         parts = [self.model, self.method]
-        if self.method in VI_METHODS:
-            parts += [self.optimizer, f"it{self.iterations}", f"init-{self.init}",
-                      "fullbatch" if self.batch_size == 0 else f"b{self.batch_size}"]
-            if self.engine != "pymc":
-                parts.append(f"engine-{self.engine}")
-        elif self.method == "cavi":
-            parts += [f"it{self.iterations}", f"init-{self.init}"]
-        elif self.method == "pathfinder":
-            parts += [f"init-{self.init}"]
-        elif self.method == "nuts":
-            parts += [f"c{self.chains}"]
+        spec = method_spec(self.method)
+        if spec.uses("optimizer"):
+            parts.append(self.optimizer)
+        if spec.uses("iterations"):
+            parts.append(f"it{self.iterations}")
+        if spec.uses("init"):
+            parts.append(f"init-{self.init}")
+        if spec.uses("batch_size"):
+            parts.append("fullbatch" if self.batch_size == 0 else f"b{self.batch_size}")
+        if self.engine != "pymc":
+            parts.append(f"engine-{self.engine}")
+        if spec.uses("chains"):
+            parts.append(f"c{self.chains}")
         if self.data_regime != "default":
             parts.append(f"data-{self.data_regime}")
         if self.components is not None:
@@ -297,10 +307,15 @@ def validate_config(raw: dict, source: str = "config") -> dict:
             if others:
                 problems.append(f"config.grids[{index}].checkpoints: only ADVI stores "
                                 f"checkpoints, found methods {others}")
-        if "pathfinder" in grid["methods"] and any(
-                config["inits"][i]["kind"] == "prior" for i in grid["inits"] if i in config["inits"]):
-            problems.append(f"config.grids[{index}].inits: Pathfinder supports only 'default' and "
-                            f"'jitter' starts, found {grid['inits']}")
+        for method in grid["methods"]:
+            spec = METHOD_SPECS.get(method)
+            if spec is None or not spec.uses("init"):
+                continue
+            kinds = {i: config["inits"][i]["kind"] for i in grid["inits"] if i in config["inits"]}
+            bad = [i for i, kind in kinds.items() if kind not in spec.init_kinds]
+            if bad:
+                problems.append(f"config.grids[{index}].inits: {spec.label} supports only the init "
+                                f"kinds {list(spec.init_kinds)}, found {bad} in {grid['inits']}")
     if problems:
         raise ConfigError(problems, source)
 
@@ -358,9 +373,10 @@ def _grid_cells(config: dict, grid: dict) -> list[Cell]:
         grid["batch_sizes"], grid["chains"], grid["data_regimes"], grid["engines"],
         grid["components"],
     ):
-        uses_optimizer = method in VI_METHODS
-        uses_iterations = method in (*VI_METHODS, "cavi")
-        uses_init = method in (*VI_METHODS, "cavi", "pathfinder")
+        spec = method_spec(method)
+        uses_optimizer = spec.uses("optimizer")
+        uses_iterations = spec.uses("iterations")
+        uses_init = spec.uses("init")
         optimizer = config["optimizers"][opt]
         cell = Cell(
             grid=grid["name"],
@@ -371,13 +387,12 @@ def _grid_cells(config: dict, grid: dict) -> list[Cell]:
             learning_rate=optimizer["learning_rate"] if uses_optimizer else None,
             iterations=iters if uses_iterations else None,
             init=init if uses_init else "none",
-            batch_size=batch if uses_optimizer else None,
-            chains=chains if method == "nuts" else None,
+            batch_size=batch if spec.uses("batch_size") else None,
+            chains=chains if spec.uses("chains") else None,
             data_regime=regime,
             seeds=seeds,
-            engine=engine if method in VECTORISED_METHODS else "pymc",
-            checkpoints=tuple(sorted(grid["checkpoints"])) if method in VECTORISED_METHODS
-            else (),
+            engine=engine if engine in spec.engines else spec.engines[0],
+            checkpoints=tuple(sorted(grid["checkpoints"])) if spec.checkpoints else (),
             components=None if model_components(config, components, regime) == len(
                 config["data_regimes"][regime]["slopes"]) else components,
         )

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from vimodes.classify import SINGLE_MODE_CLASSES
+from vimodes.methods import methods_where
 
 __all__ = [
     "CONTRAST_AXES",
@@ -47,7 +48,7 @@ CONTRAST_AXES = ("model", "method", "optimizer", "iterations", "init", "batch_si
 SINGLE_MODE = SINGLE_MODE_CLASSES  # mode_A, mode_B and (K > 2) mode_single
 # methods whose result is a deterministic function of the data set and the start (CAVI's
 # updates are exact; ADVI/SVGD/Pathfinder/NUTS draw random numbers while fitting)
-DETERMINISTIC_METHODS = ("cavi",)
+DETERMINISTIC_METHODS = methods_where(deterministic_from_start=True)
 
 CONTRAST_COLUMNS = (
     "axis", "level_a", "level_b", "cell_a", "cell_b", "data_regime", "shared", "n_pairs",

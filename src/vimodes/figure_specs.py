@@ -127,6 +127,15 @@ register(FigureSpec(
     category="3. Trajectories and draws",
     inputs=("representative_draws", "posterior_grid", "data_summary"), section="factors"))
 register(FigureSpec(
+    "adam_non_single", "Where and how wide the adam fits are",
+    "Every meanfield and full-rank ADVI fit of the corrected models under adam (all step sizes, "
+    "starts and budgets of the study): the posterior sd of the widest slope (x, log scale) "
+    "against the share of the draws in the basin of the approximation's centre (y; 0 when the "
+    "centre is on no mode), coloured by outcome class. Single-mode fits are small and pale; the "
+    "others, outlined, are the ones the report explains: a fit on a mode but too wide sits to "
+    "the right and below 0.9, a collapsed or stray fit at 0.",
+    category="2. Factors", inputs=("fits",), section="adam"))
+register(FigureSpec(
     "khat_by_class", "PSIS k-hat by outcome class",
     "Pareto k-hat of each approximation (Yao et al. 2018), by outcome class, coloured by method; "
     f"dotted and dashed lines at {KHAT_GOOD:g} and {KHAT_OK:g}. k-hat is local: an "

@@ -23,6 +23,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
 from vimodes.config import TRACE_EVERY, VI_METHODS, model_components
+from vimodes.methods import family, method_spec
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
 
@@ -216,7 +217,7 @@ class _Fitter:
         self.x_data = pytensor.shared(np.zeros(n_obs), name="x_data")
         self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
         # minibatch VI keeps pm.NormalMixture: at 128 points per batch the fused Op is no faster
-        full_data = settings.method in ("nuts", "pathfinder") or not batch_size
+        full_data = method_spec(settings.method).full_data or not batch_size
         self.model = build_model(settings.model, self.x_data, self.y_data, batch_size=batch_size,
                                  likelihood=settings.likelihood if full_data else "pymc",
                                  n_components=settings.n_components)
@@ -572,14 +573,15 @@ def make_fitter(settings: FitSettings, n_obs: int):
         from vimodes.vectorised import VectorisedVIFitter
 
         return VectorisedVIFitter(settings, n_obs)
-    if settings.method in ("advi", "fullrank_advi", "svgd"):
+    fitter_family = family(settings.method)
+    if fitter_family == "vi":
         return VIFitter(settings, n_obs)
-    if settings.method == "nuts":
+    if fitter_family == "nuts":
         return NutsFitter(settings, n_obs)
-    if settings.method == "cavi":
+    if fitter_family == "cavi":
         return CaviFitter(settings, n_obs)
-    if settings.method == "pathfinder":
+    if fitter_family == "pathfinder":
         from vimodes.pathfinder_fit import PathfinderFitter
 
         return PathfinderFitter(settings, n_obs)
-    raise ValueError(f"method '{settings.method}' is not implemented yet")
+    raise ValueError(f"method '{settings.method}' has no fitter")

@@ -121,8 +121,10 @@ class PathfinderFitter(_Fitter):
         from pytensor.compile.mode import Mode
 
         s = settings
-        if s.method != "pathfinder":
+        if s.method not in ("pathfinder", "pathfinder_psis"):
             raise ValueError(f"PathfinderFitter does not handle method '{s.method}'")
+        # pathfinder_psis resamples by importance weights, which need logP at every draw
+        self.importance_sampling = "psis" if s.method == "pathfinder_psis" else None
         if s.pathfinder_paths < 1 or s.draws < 1:
             raise ValueError("pathfinder needs at least one path and one draw per path")
         self.jitter = self._jitter(s)
@@ -130,7 +132,7 @@ class PathfinderFitter(_Fitter):
         self._point_map_info = DictToArrayBijection.map(self.model.initial_point()).point_map_info
         self.n_params = sum(size for _, _, size, _ in self._point_map_info)
         self.maxcor = default_maxcor(self.n_params)
-        self.n_logp = max(0, min(s.khat_draws, s.draws))
+        self.n_logp = s.draws if self.importance_sampling else max(0, min(s.khat_draws, s.draws))
         self.config = {"num_draws": s.draws, "maxcor": self.maxcor, "jitter": self.jitter,
                        **PATHFINDER_DEFAULTS}
         self._single_path = make_single_pathfinder_fn(self.model, **self.config)
@@ -197,6 +199,7 @@ class PathfinderFitter(_Fitter):
         ratio = log_p - log_q
         khat = psis_khat(log_p, log_q) if len(log_p) else float("nan")
         return {**path, "samples": np.asarray(result.samples)[0],  # (draws, N)
+                "log_p": log_p, "log_q": log_q,
                 "lbfgs_iterations": int(result.lbfgs_niter),
                 "elbo_argmax": int(result.elbo_argmax),
                 "elbo": float(ratio.mean()) if len(ratio) and np.all(np.isfinite(ratio)) else None,
@@ -239,13 +242,36 @@ class PathfinderFitter(_Fitter):
             return FitResult("failed", f"all {s.pathfinder_paths} Pathfinder paths failed: "
                              f"{reason}", info=info)
         flat = np.stack([p["samples"] for p in kept])  # (paths, draws, N)
+        if self.importance_sampling:
+            flat = self._resample(kept, flat, random_seed, info)  # (1, draws, N)
         values = self.to_variables(flat.reshape(-1, flat.shape[-1]))
-        draws = {name: np.asarray(v, dtype=float).reshape(len(kept), s.draws, *v.shape[1:])
+        draws = {name: np.asarray(v, dtype=float).reshape(flat.shape[0], s.draws, *v.shape[1:])
                  for name, v in values.items()}
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
             return FitResult("failed", "non-finite Pathfinder draws", info=info)
         self._last_fit, self.last_path_khat = (seed_base, seed), info["path_khat"]
         return FitResult("ok", None, draws=draws, info=info)
+
+    def _resample(self, kept: list[dict], flat: np.ndarray, random_seed: int,
+                  info: dict) -> np.ndarray:
+        """What ``pymc_extras.fit`` returns with its default ``importance_sampling="psis"``:
+        the surviving paths' draws pooled, weighted by PSIS-smoothed logP - logQ (each path's
+        densities divided by the number of paths) and resampled without replacement (with
+        replacement if too few weights are non-zero), by the library's own function and with
+        its choice seed (the last of the per-path seeds). One chain of ``draws`` draws; the
+        PSIS k-hat of the pooled weights is the fit's k-hat."""
+        from pymc_extras.inference.pathfinder.importance_sampling import importance_sampling
+
+        choice_seed = int(_get_seeds_per_chain(random_seed,
+                                               self.settings.pathfinder_paths + 1)[-1])
+        result = importance_sampling(
+            flat, np.stack([p["log_p"] for p in kept]), np.stack([p["log_q"] for p in kept]),
+            num_draws=self.settings.draws, method=self.importance_sampling,
+            random_seed=choice_seed)
+        khat = np.nan if result.pareto_k is None else float(np.asarray(result.pareto_k))
+        info.update(psis_khat=khat if np.isfinite(khat) else None, importance_sampling="psis",
+                    importance_warnings=list(result.warnings))
+        return np.asarray(result.samples)[None]
 
     def khat(self, data: Dataset, n_draws: int, seed_base: int, seed: int) -> float | None:
         """The worst (largest) per-path PSIS k-hat of the last fit, from the draws at which that

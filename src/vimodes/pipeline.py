@@ -119,6 +119,7 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
     """One row per fit (``level='fit'``) and per chain (``level='chain'``) with class and metrics."""
     from vimodes.classify import ClassifierSettings, TrueParameters, classify_draws, classify_failed
     from vimodes.idata import read_posterior
+    from vimodes.methods import method_spec
     from vimodes.metrics import convergence_diagnostics, relabelled_errors
 
     settings = ClassifierSettings(**study.config["classifier"])
@@ -141,7 +142,7 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
             continue
         draws = read_posterior(fit_record_path(fit_dir, seed, "nc"))
         c = classify_draws(draws["slopes"], draws["weights"], draws["sigma"], truth, settings)
-        relabel_by = "draw" if record["method"] in ("svgd", "pathfinder") else "chain"
+        relabel_by = method_spec(record["method"]).relabel_by
         errors = {}
         if draws["slopes"].shape[-1] == len(truth.slopes):
             # label-invariant errors need one model component per true one; an over-fitted

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -34,6 +35,13 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
 from vimodes.config import TRACE_EVERY as VI_TRACE_EVERY  # noqa: E402
+from vimodes.methods import (  # noqa: E402
+    INIT_KINDS,
+    METHOD_NAMES,
+    METHOD_SPECS,
+    init_meaning,
+    methods_where,
+)
 from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.records import atomic_path, read_json  # noqa: E402
 
@@ -72,30 +80,16 @@ OUTCOME_LABELS = {
     "not_converged": "not converged",
     "failed": "failed",
 }
-METHOD_ORDER = ("advi", "fullrank_advi", "svgd", "pathfinder", "cavi", "nuts")
-METHOD_LABELS = {
-    "advi": "meanfield ADVI",
-    "fullrank_advi": "fullrank ADVI",
-    "svgd": "SVGD",
-    "pathfinder": "Pathfinder",
-    "cavi": "CAVI",
-    "nuts": "NUTS",
-}
-METHOD_COLORS = {
-    "advi": "#1f77b4",
-    "fullrank_advi": "#ff7f0e",
-    "svgd": "#2ca02c",
-    "pathfinder": "#9467bd",
-    "cavi": "#8c564b",
-    "nuts": "#d62728",
-}
+METHOD_ORDER = METHOD_NAMES
+METHOD_LABELS = {name: spec.label for name, spec in METHOD_SPECS.items()}
+METHOD_COLORS = {name: spec.colour for name, spec in METHOD_SPECS.items()}
 # vimodes.models.MODEL_NAMES, in that order (not imported: that would import PyMC)
 MODEL_ORDER = (
     "as_asked", "as_asked_fix_mixture", "as_asked_fix_normaliser", "as_asked_fix_total_size",
     "as_asked_fix_sigma_prior", "as_asked_fix_all", "marginal", "ordered",
 )
 FIT_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
-VI_METHODS = ("advi", "fullrank_advi", "svgd")
+VI_METHODS = methods_where(family="vi")
 TRACE_EVERY = {"cavi": 1}  # iterations per stored loss value; VI default below
 
 DPI = 130
@@ -617,6 +611,60 @@ def fig_minority_share(fits: pd.DataFrame) -> Figure:
     return fig
 
 
+CORRECTED_MODELS = ("marginal", "ordered")
+
+
+def adam_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
+    """Meanfield and full-rank ADVI fits of the corrected models under adam (any step size,
+    start or budget) whose model has as many components as the data: the setting in which
+    ADVI is expected to land on a mode, so that every fit that does not needs explaining.
+    Adds ``slope_sd_max`` (the widest slope's posterior sd)."""
+    rows = fit_rows(fits)
+    keep = (rows["model"].isin(CORRECTED_MODELS) & rows["method"].isin(("advi", "fullrank_advi"))
+            & (rows.get("optimizer_name", pd.Series("", index=rows.index)) == "adam"))
+    rows = rows[keep].copy()
+    sds = [c for c in rows.columns if re.fullmatch(r"slopes_\d+_sd", c)]
+    rows["slope_sd_max"] = rows[sds].apply(pd.to_numeric, errors="coerce").max(axis=1) \
+        if sds else np.nan
+    return rows
+
+
+def fig_adam_non_single(fits: pd.DataFrame) -> Figure:
+    """Where and how wide the adam fits are: the widest slope's posterior sd (x, log) against
+    the share of draws in the basin of the approximation's centre (y), per method, coloured by
+    outcome. A fit on a mode but too wide sits right and low; one that is not centred on any
+    mode has no basin mass."""
+    rows = adam_fit_rows(fits)
+    rows = rows[numeric(rows, "slope_sd_max").gt(0)]
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no ADVI fit with adam on the corrected models")
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods) + 1.6, 3.2),
+                             layout="constrained", sharey=True, squeeze=False)
+    outcomes = ordered(rows["outcome"], OUTCOME_ORDER)
+    for ax, method in zip(axes[0], methods):
+        sub = rows[rows["method"] == method]
+        for outcome in outcomes:
+            group = sub[sub["outcome"] == outcome]
+            if group.empty:
+                continue
+            single = outcome in SINGLE_MODE_CLASSES
+            mass = numeric(group, "centre_mass").fillna(0.0)
+            ax.scatter(numeric(group, "slope_sd_max"), mass, s=6 if single else 16,
+                       alpha=0.35 if single else 0.9, color=OUTCOME_COLORS.get(outcome, "#333333"),
+                       edgecolors="none" if single else "black", linewidths=0.3)
+        n_other = int((~sub["outcome"].isin(SINGLE_MODE_CLASSES)).sum())
+        ax.set_title(f"{method_label(method)}: {n_other} of {len(sub)} not single mode")
+        ax.set_xscale("log")
+        ax.set_xlabel("posterior sd of the widest slope")
+        ax.grid(color="#dddddd", linewidth=0.5)
+    axes[0][0].set_ylabel("share of draws in the centre's basin")
+    axes[0][-1].legend(handles=_legend_handles(outcomes, OUTCOME_COLORS, OUTCOME_LABELS),
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
 def question_comparison_rows(fits: pd.DataFrame) -> pd.DataFrame:
     """Fits of the question's model, its ablations and the corrected ``marginal`` model, in the
     VI settings (method, optimizer, iterations, init, batch size, data) where ``as_asked`` was
@@ -761,6 +809,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "minority_share": fig_minority_share,
     "budget_curves": fig_budget_curves,
     "question_model": fig_question_model,
+    "adam_non_single": fig_adam_non_single,
 }
 
 

@@ -29,12 +29,14 @@ import pandas as pd
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.figure_specs import FIGURE_SPECS, figures_in
 from vimodes.metrics import wilson_interval
+from vimodes.methods import INIT_KINDS, init_meaning, methods_where
 from vimodes.plots import (
     KHAT_OK,
     METHOD_ORDER,
     MODEL_ORDER,
     OUTCOME_LABELS,
     OUTCOME_ORDER,
+    adam_fit_rows,
     checkpoint_curves,
     fit_rows,
     method_label,
@@ -44,8 +46,8 @@ from vimodes.plots import (
 )
 from vimodes.records import atomic_path, package_versions
 
-ADVI_METHODS = ("advi", "fullrank_advi")
-OTHER_METHODS = ("svgd", "pathfinder", "cavi")
+ADVI_METHODS = methods_where(report_group="advi")
+OTHER_METHODS = methods_where(report_group="other")
 SINGLE = SINGLE_MODE_CLASSES
 # the outcome classes after the single modes, in report order
 OTHER_CLASSES = tuple(c for c in OUTCOME_CLASSES if c not in SINGLE_MODE_CLASSES)
@@ -888,6 +890,30 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
     return section
 
 
+STARTS_TITLE = "Starts: what each init kind means for each method"
+
+
+def starts_section(cells: pd.DataFrame) -> Section:
+    """The methods part's table of starting points (one vocabulary: plots.INIT_MEANINGS)."""
+    section = Section("starts", STARTS_TITLE)
+    section.paragraphs.append(
+        "An init level of the config names a kind (`default`, `jitter`, `prior`) and a scale "
+        "s. What the kind means depends on what the method starts from; every method starts "
+        "from PyMC's initial point or a seeded spread around it. The marginal model's initial "
+        "point has both slopes at 0, the symmetric point between the two labellings. The "
+        "ordered model cannot start there (its transform needs distinct slopes); it starts at "
+        "(-0.5, 0.5): centred on the prior mean, unconstrained log-gap 0, no true slope and "
+        "no labelling favoured, the same information as the marginal model's start.")
+    methods = list(METHOD_ORDER)
+    used = set(cells["method"]) if "method" in cells else set()
+    section.tables.append(Table(
+        ["method", *[code(kind) for kind in INIT_KINDS]],
+        [[method_label(m) + ("" if m in used else " (not in this study)"),
+          *[init_meaning(m, kind) for kind in INIT_KINDS]] for m in methods],
+        "Starting points per method and init kind (both VI engines share the ADVI starts)."))
+    return section
+
+
 def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Section:
     """PyMC's engine against the vectorised one on the same cells and seeds."""
     section = Section("engines", "Cross-check: PyMC's engine against the vectorised engine")
@@ -917,6 +943,50 @@ def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Secti
         + (f"the engines disagree beyond chance (Holm-adjusted p < {ALPHA}) on "
            f"{', '.join(disagree)}." if disagree else
            f"none differs beyond chance (every Holm-adjusted p >= {ALPHA})."))
+    return section
+
+
+def adam_section(fits: pd.DataFrame) -> Section:
+    """Every ADVI fit of the corrected models under adam that is not on a single mode, per
+    cell: its class, where its centre is and how much of its mass lies in that basin."""
+    section = Section("adam", "Why some adam fits are not on a single mode",
+                      figures=figures_in("adam"))
+    rows = adam_fit_rows(fits)
+    if rows.empty:
+        section.paragraphs.append("This study has no ADVI fit of the corrected models with adam.")
+        return section
+    rows["single"] = rows["outcome"].isin(SINGLE_MODE_CLASSES)
+    table, sentences = [], []
+    for cell_id, sub in sorted(rows.groupby("cell_id"), key=lambda kv: kv[0]):
+        other = sub[~sub["single"]]
+        counts = other["outcome"].value_counts()
+        on_mode = other["centre_class"].astype(str).str.startswith("mode").sum() \
+            if "centre_class" in other else 0
+        table.append([
+            code(cell_id), integer(len(sub)), integer(int(sub["single"].sum())),
+            "; ".join(f"{OUTCOME_LABELS.get(k, k)} {v}" for k, v in counts.items()) or "-",
+            integer(on_mode) if len(other) else "-",
+            num(numeric(other, "centre_mass").median()) if len(other) else "-",
+            num(numeric(sub[sub["single"]], "slope_sd_max").median()),
+            num(numeric(other, "slope_sd_max").median()) if len(other) else "-"])
+        if len(other):
+            top, n_top = counts.index[0], int(counts.iloc[0])
+            sentences.append(f"`{cell_id}`: {len(other)} of {len(sub)} not single mode, "
+                             f"{n_top} of them {OUTCOME_LABELS.get(top, top)}; centre on a "
+                             f"mode in {on_mode}")
+    n_other = int((~rows["single"]).sum())
+    section.paragraphs.append(
+        f"{n_other} of {len(rows)} ADVI fits of the corrected models with adam (every step size, "
+        f"start and budget of the study) are not on a single mode. The table splits them by "
+        f"class and says where their centre is (the class of the approximation's mean) and how "
+        f"much of the mass lies in that basin; the slope sd columns compare their width with the "
+        f"single-mode fits of the same cell.")
+    if sentences:
+        section.items = [s + "." for s in sentences]
+    section.tables.append(Table(
+        ["cell", "fits", "single mode", "the others, by class", "centre on a mode",
+         "median basin mass (others)", "median slope sd (single)", "median slope sd (others)"],
+        table, "ADVI with adam on the corrected models: the fits that are not on a single mode."))
     return section
 
 
@@ -1000,10 +1070,12 @@ def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.Data
         headline_section(cells),
         question_section(fits, data_summary),
         budget_section(fits),
+        adam_section(fits),
         factor_section(cells, fits),
         reference_section(cells, fits),
         other_methods_section(cells),
         diagnostics_section(fits),
+        starts_section(cells),
         engine_section(cells, contrasts),
         runtime_section(fits),
         contrasts_section(contrasts),
@@ -1133,16 +1205,24 @@ README_START = "<!-- results:start (generated by `make readme` from report/repor
 README_END = "<!-- results:end -->"
 
 
+README_SECTIONS = ("The answer", STARTS_TITLE)
+
+
 def update_readme(report_md: str | Path, readme: str | Path) -> str:
-    """Replace the README's results block with the report's answer section, so that the
-    summary a reader sees first is regenerated from the tables, never edited by hand."""
+    """Replace the README's results block with the report's answer section and its table of
+    starts, so that the summary a reader sees first is regenerated from the tables, never
+    edited by hand."""
     text = Path(report_md).read_text()
-    match = re.search(r"^## The answer\n(.*?)(?=^## )", text, flags=re.S | re.M)
-    if match is None:
-        raise ValueError(f"'{report_md}' has no '## The answer' section")
-    title = text.splitlines()[0].lstrip("# ").strip()
-    body = (f"{README_START}\nFrom *{title}* (`report/report.md`):\n\n"
-            f"{match.group(1).strip()}\n{README_END}")
+    parts = []
+    for title in README_SECTIONS:
+        match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+        if match is None:
+            raise ValueError(f"'{report_md}' has no '## {title}' section")
+        parts.append(match.group(1).strip() if title == README_SECTIONS[0]
+                     else f"### {title}\n\n{match.group(1).strip()}")
+    report_title = text.splitlines()[0].lstrip("# ").strip()
+    body = (f"{README_START}\nFrom *{report_title}* (`report/report.md`):\n\n"
+            + "\n\n".join(parts) + f"\n{README_END}")
     readme_text = Path(readme).read_text()
     if README_START not in readme_text or README_END not in readme_text:
         raise ValueError(f"'{readme}' has no results block ({README_START} ... {README_END})")

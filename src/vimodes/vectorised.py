@@ -61,11 +61,12 @@ from vimodes.fitting import (
     flat_names,
     vi_start,
 )
+from vimodes.methods import methods_on_engine
 from vimodes.model_specs import MODEL_SPECS
 from vimodes.models import build_model
 from vimodes.simulate import Dataset
 
-VECTORISED_METHODS = ("advi", "fullrank_advi")
+VECTORISED_METHODS = methods_on_engine("vectorised")
 ADAGRAD_WINDOW = {"epsilon": 0.1, "n_win": 10}  # pm.adagrad_window's defaults
 ADAM = {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}  # pm.adam's defaults
 CONVERGENCE_EVERY = 100  # CheckParametersConvergence's default `every`

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vimodes.config import ConfigError, build_study, study_config
 from vimodes.figure_specs import FIGURE_SPECS
+from vimodes.methods import family, method_spec
 
 # A --configfile replaces the default study and must be complete; without one, the default study
 # with any --config values on top. (A `configfile:` directive would merge every --configfile
@@ -65,7 +66,7 @@ def chunk_data_files(wildcards):
 
 def fit_threads(wildcards):
     cell = STUDY.cell_by_id[wildcards.cell]
-    return min(cell.chains, workflow.cores) if cell.method == "nuts" else 1
+    return min(cell.chains, workflow.cores) if method_spec(cell.method).uses("chains") else 1
 
 
 def fit_runtime_minutes(wildcards):
@@ -73,12 +74,11 @@ def fit_runtime_minutes(wildcards):
     cell = STUDY.cell_by_id[wildcards.cell]
     n_seeds = len(STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk)))
     n_obs = STUDY.config["data_regimes"][cell.data_regime]["n_obs"]
-    if cell.method == "nuts":
-        per_fit = 2.0 * cell.chains * n_obs / 100_000
-    elif cell.method == "pathfinder":
-        per_fit = 1.0 * n_obs / 100_000
-    elif cell.method == "cavi":
-        per_fit = 0.05
+    spec = method_spec(cell.method)
+    if spec.uses("chains"):
+        per_fit = spec.minutes_per_fit * cell.chains * n_obs / 100_000
+    elif not spec.uses("optimizer"):
+        per_fit = spec.minutes_per_fit * (n_obs / 100_000 if spec.full_data else 1.0)
     elif cell.engine == "vectorised":
         # the chunk's compiled loop is shared; per fit: ~0.05 min per 10000 steps on a loaded
         # 2-core machine, plus its draws and k-hat
@@ -101,11 +101,11 @@ def fit_settings(wildcards):
         "data_regime": STUDY.config["data_regimes"][cell.data_regime],
         "init": STUDY.config["inits"].get(cell.init),
     }
-    if cell.method == "nuts":
+    if family(cell.method) == "nuts":
         settings["nuts"] = STUDY.config["nuts"]
     else:
         settings["vi"] = STUDY.config["vi"]
-        if cell.method == "pathfinder":
+        if family(cell.method) == "pathfinder":
             settings["likelihood"] = STUDY.config["nuts"]["likelihood"]
     return settings
 

@@ -1,0 +1,130 @@
+"""The inference methods by name: one entry per method, read by the config, the rules, the
+fitters, the figures and the report (no PyMC import: planning and reporting use it).
+
+A new method is one entry here, one fitter (``vimodes.fitting.make_fitter``) and the schema's
+method enum (tested equal to this registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# the grid axes a method can use beyond model, data regime and components
+AXES = ("optimizer", "iterations", "init", "batch_size", "chains")
+INIT_KINDS = ("default", "jitter", "prior")
+
+_ADVI_STARTS = {
+    "default": "Gaussian mean at PyMC's initial point (both slopes 0: the symmetric point)",
+    "jitter": "initial point + N(0, s^2) per unconstrained coordinate",
+    "prior": "initial point + s x (a prior draw - initial point)",
+}
+_NUTS_STARTS = dict.fromkeys(INIT_KINDS, "no init axis: nutpie's own initialisation of each "
+                                         "chain")
+_PATHFINDER_STARTS = {
+    "default": "each path at initial point + U(-2, 2) per coordinate (pymc-extras' default)",
+    "jitter": "each path at initial point + U(-s, s) per coordinate",
+    "prior": "not available (refused when the config is read)",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the rest of the package needs to know about one method.
+
+    ``axes``: the grid axes that apply (the others are left out of the cell id and record
+    "none"); ``engines``: the VI engines that implement it (the first is the default);
+    ``full_data``: every step evaluates all N points (no minibatch); ``relabel_by``: the unit
+    whose draws are relabelled together for the label-invariant errors ("chain": a chain or an
+    approximation sits in one labelling; "draw": particles or pooled draws may mix);
+    ``report_group``: "advi" (the main tables), "other" or "reference" (NUTS);
+    ``deterministic_from_start``: the outcome is a function of data and start alone;
+    ``minutes_per_fit``: the time-limit estimate per fit at N = 100000 and 10000 iterations
+    (measured on a 2-core machine, see benchmarks/README.md; the rules add a 3x margin).
+    """
+
+    name: str
+    label: str
+    colour: str
+    axes: tuple[str, ...]
+    starts: dict[str, str]
+    engines: tuple[str, ...] = ("pymc",)
+    init_kinds: tuple[str, ...] = INIT_KINDS
+    full_data: bool = False
+    relabel_by: str = "chain"
+    report_group: str = "other"
+    deterministic_from_start: bool = False
+    minutes_per_fit: float = 0.1
+    checkpoints: bool = False  # can store the approximation at intermediate iterations
+    family: str = field(default="")  # the fitter family (defaults to the name)
+
+    def uses(self, axis: str) -> bool:
+        return axis in self.axes
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("advi", "meanfield ADVI", "#1f77b4",
+                   ("optimizer", "iterations", "init", "batch_size"), _ADVI_STARTS,
+                   engines=("pymc", "vectorised"), report_group="advi", checkpoints=True,
+                   family="vi"),
+        MethodSpec("fullrank_advi", "fullrank ADVI", "#ff7f0e",
+                   ("optimizer", "iterations", "init", "batch_size"), _ADVI_STARTS,
+                   engines=("pymc", "vectorised"), report_group="advi", checkpoints=True,
+                   family="vi"),
+        MethodSpec("svgd", "SVGD", "#2ca02c",
+                   ("optimizer", "iterations", "init", "batch_size"), {
+                       "default": "particles at initial point + N(0, 1) each (identical "
+                                  "particles cannot spread)",
+                       "jitter": "particles at initial point + N(0, s^2) each",
+                       "prior": "particles at initial point + N(0, s^2) each (as jitter)"},
+                   relabel_by="draw", family="vi"),
+        MethodSpec("pathfinder", "Pathfinder", "#9467bd", ("init",), _PATHFINDER_STARTS,
+                   init_kinds=("default", "jitter"), full_data=True, relabel_by="draw",
+                   minutes_per_fit=1.0),
+        MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
+                   _PATHFINDER_STARTS, init_kinds=("default", "jitter"), full_data=True,
+                   relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
+        MethodSpec("cavi", "CAVI", "#8c564b", ("iterations", "init"), {
+                       "default": "slopes 0, 0 (the symmetric point; CAVI is then "
+                                  "deterministic)",
+                       "jitter": "slopes ~ N(0, s^2)",
+                       "prior": "slopes ~ N(0, (2s)^2) (the slope prior, sd 2, times s)"},
+                   full_data=True, deterministic_from_start=True, minutes_per_fit=0.05),
+        MethodSpec("nuts", "NUTS", "#d62728", ("chains",), _NUTS_STARTS, full_data=True,
+                   report_group="reference", minutes_per_fit=2.0),
+    )
+}
+METHOD_NAMES = tuple(METHOD_SPECS)  # also the order of tables and legends
+
+
+def method_spec(name: str) -> MethodSpec:
+    try:
+        return METHOD_SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}'; known: {', '.join(METHOD_NAMES)}") from None
+
+
+def family(name: str) -> str:
+    spec = method_spec(name)
+    return spec.family or spec.name
+
+
+def methods_where(**conditions) -> tuple[str, ...]:
+    """The method names whose spec has every given attribute value, e.g.
+    ``methods_where(report_group="advi")``."""
+    return tuple(name for name, spec in METHOD_SPECS.items()
+                 if all(getattr(spec, key) == value for key, value in conditions.items()))
+
+
+def methods_using(axis: str) -> tuple[str, ...]:
+    return tuple(name for name, spec in METHOD_SPECS.items() if spec.uses(axis))
+
+
+def methods_on_engine(engine: str) -> tuple[str, ...]:
+    return tuple(name for name, spec in METHOD_SPECS.items() if engine in spec.engines)
+
+
+def init_meaning(method: str, kind: str) -> str:
+    """What init ``kind`` means for ``method``."""
+    return method_spec(method).starts[kind]
