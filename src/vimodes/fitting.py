@@ -66,6 +66,8 @@ class FitSettings:
     engine: str = "pymc"  # VI engine: PyMC's own loop or the vectorised JAX engine
     checkpoints: tuple[int, ...] = ()  # iterations at which the approximation is also stored
     n_components: int = 2  # the model's K (resolved from the cell and its data regime)
+    dadvi_fixed_draws: int = 30
+    dadvi_optimizer: str = "L-BFGS-B"
 
     @classmethod
     def from_cell(cls, cell, config: dict, threads: int = 1) -> FitSettings:
@@ -86,6 +88,8 @@ class FitSettings:
             engine=cell.engine, checkpoints=tuple(cell.checkpoints),
             n_components=model_components(config, getattr(cell, "components", None),
                                           cell.data_regime),
+            dadvi_fixed_draws=config["dadvi"]["n_fixed_draws"],
+            dadvi_optimizer=config["dadvi"]["optimizer"],
         )
 
 
@@ -580,6 +584,10 @@ def make_fitter(settings: FitSettings, n_obs: int):
         return NutsFitter(settings, n_obs)
     if fitter_family == "cavi":
         return CaviFitter(settings, n_obs)
+    if fitter_family == "dadvi":
+        from vimodes.dadvi_fit import DadviFitter
+
+        return DadviFitter(settings, n_obs)
     if fitter_family == "pathfinder":
         from vimodes.pathfinder_fit import PathfinderFitter
 

@@ -85,6 +85,9 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
                    _PATHFINDER_STARTS, init_kinds=("default", "jitter"), full_data=True,
                    relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
+        MethodSpec("dadvi", "DADVI", "#17becf", ("init",), {
+                       kind: text + "; log sds 0" for kind, text in _ADVI_STARTS.items()},
+                   full_data=True, minutes_per_fit=0.5),
         MethodSpec("cavi", "CAVI", "#8c564b", ("iterations", "init"), {
                        "default": "slopes 0, 0 (the symmetric point; CAVI is then "
                                   "deterministic)",

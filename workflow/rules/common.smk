@@ -105,6 +105,8 @@ def fit_settings(wildcards):
         settings["nuts"] = STUDY.config["nuts"]
     else:
         settings["vi"] = STUDY.config["vi"]
+        if family(cell.method) == "dadvi":
+            settings["dadvi"] = STUDY.config["dadvi"]
         if family(cell.method) == "pathfinder":
             settings["likelihood"] = STUDY.config["nuts"]["likelihood"]
     return settings

@@ -1,0 +1,175 @@
+"""Deterministic ADVI (DADVI; Giordano, Ingram & Broderick 2024) as a fitter.
+
+The objective is pymc-extras' ``create_dadvi_graph``: a meanfield Gaussian (means, log sds) in
+the model's unconstrained space, the expectation of log p replaced by its average over a fixed
+set of standard-normal draws (``n_fixed_draws``), minus the entropy; minimised to convergence
+by ``scipy.optimize.minimize`` (trust-ncg with Hessian-vector products by default, as
+``pymc_extras.fit_dadvi``). Two changes make it a study fitter, neither changing the
+objective (the optimum equals ``fit_dadvi``'s for the same fixed draws; tested):
+
+1. The fixed draws are a shared variable, so one compiled objective serves every seed (the
+   library bakes them into the graph as a constant and compiles per call); each seed draws its
+   own from its fit stream.
+2. The start follows the init axis like the ADVI methods (``vimodes.fitting.vi_start``): means
+   at PyMC's initial point (``default``), jittered, or a pushed prior draw; log sds 0 (the
+   library starts every mean at 0 in the unconstrained space, which is the initial point for the
+   marginal model but not for the ordered one).
+
+With a second-order optimiser (trust-ncg) the likelihood is ``pm.NormalMixture`` (the fused Op
+has no second derivatives); on these data its Hessian-vector product is NaN at the start for some
+fixed draws (the fit is then recorded as failed), and it is slow at N = 100000. The study
+therefore uses L-BFGS-B (gradients only) with the fused likelihood, as ``fit_dadvi`` allows
+(``optimizer_method="L-BFGS-B"``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pymc import join_nonshared_inputs
+
+from vimodes.fitting import (
+    NUMERICAL_ERRORS,
+    FitResult,
+    FitSettings,
+    _Fitter,
+    diagnostic_draws,
+    fit_rng,
+    vi_start,
+)
+from vimodes.simulate import Dataset
+
+FIXED_DRAWS_STREAM = 4  # default_rng([seed_base, seed, FIXED_DRAWS_STREAM]): DADVI's draws
+
+
+class DadviFitter(_Fitter):
+    """DADVI on the full data; one approximation, draws shaped (1, draws, ...)."""
+
+    def __init__(self, settings: FitSettings, n_obs: int):
+        import dataclasses
+
+        if settings.method != "dadvi":
+            raise ValueError(f"DadviFitter does not handle method '{settings.method}'")
+        if settings.dadvi_optimizer in HESSP_METHODS:
+            # second derivatives: the fused Op has none
+            settings = dataclasses.replace(settings, likelihood="pymc")
+        super().__init__(settings, n_obs, batch_size=0)
+        model = self.model
+        point = model.initial_point()
+        inputs = model.continuous_value_vars + model.discrete_value_vars
+        [logp], flat_input = join_nonshared_inputs(point=point, outputs=[model.logp()],
+                                                   inputs=inputs)
+        self.ordering = {v.name: v for v in inputs}
+        self.n_params = int(sum(np.size(v) for v in point.values()))
+        self.fixed_draws = pytensor.shared(np.zeros((settings.dadvi_fixed_draws, self.n_params)),
+                                           name="fixed_draws")
+        eta = pt.vector("eta", shape=(2 * self.n_params,))
+        means, log_sds = eta[:self.n_params], eta[self.n_params:]
+        samples = means + pt.exp(log_sds) * self.fixed_draws
+        logp_draws = pytensor.graph.vectorize_graph(logp, replace={flat_input: samples})
+        objective = -pt.mean(logp_draws) - pt.sum(log_sds)
+        grad = pt.grad(objective, eta)
+        vector = pt.vector("p", shape=(2 * self.n_params,))
+        self._value_and_grad = pytensor.function([eta], [objective, grad])
+        self._hessp = None
+        if settings.dadvi_optimizer in HESSP_METHODS:
+            self._hessp = pytensor.function([eta, vector],
+                                            pt.grad(pt.sum(grad * vector), eta))
+        self._logp = pytensor.function([flat_input], logp)
+        self._point_names = [(name, np.shape(value)) for name, value in point.items()]
+        self.default_start = np.concatenate([np.ravel(v) for v in point.values()])
+        self._compile_reader(flat_input)
+
+    def _compile_reader(self, flat_input) -> None:
+        from vimodes.fitting import VARIABLES
+
+        flat = pt.matrix("flat")
+        blocks, start = {}, 0
+        for name, shape in self._point_names:
+            size = int(np.prod(shape, dtype=int))
+            blocks[name] = flat[:, start:start + size].reshape((flat.shape[0], *shape))
+            start += size
+        outputs = []
+        for name in VARIABLES:
+            rv = self.model[name]
+            block = blocks[self.model.rvs_to_values[rv].name]
+            transform = self.model.rvs_to_transforms.get(rv)
+            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
+        self._to_variables = pytensor.function([flat], outputs)
+
+    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        from vimodes.fitting import VARIABLES
+
+        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
+
+    def _ordering(self) -> dict:
+        """The value-variable layout of the flat vector, as vi_start expects it."""
+        ordering, start = {}, 0
+        for name, shape in self._point_names:
+            size = int(np.prod(shape, dtype=int))
+            ordering[name] = (name, slice(start, start + size), shape, None)
+            start += size
+        return ordering
+
+    def start(self, rng: np.random.Generator) -> np.ndarray:
+        return vi_start(self.settings, self.model, self._ordering(), self.default_start, rng)
+
+    def optimise(self, fixed_draws: np.ndarray, start: np.ndarray):
+        """Minimise the DADVI objective for these fixed draws from means ``start`` and log sds
+        0 (scipy's OptimizeResult; ``x`` = means then log sds)."""
+        from scipy.optimize import minimize
+
+        self.fixed_draws.set_value(np.asarray(fixed_draws, dtype=float))
+        x0 = np.concatenate([start, np.zeros(self.n_params)])
+        return minimize(self._value_and_grad, x0, jac=True, method=self.settings.dadvi_optimizer,
+                        hessp=self._hessp)
+
+    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
+        s = self.settings
+        rng = fit_rng(seed_base, seed)
+        self.set_data(data)
+        fixed = np.random.default_rng([seed_base, seed, FIXED_DRAWS_STREAM]).standard_normal(
+            (s.dadvi_fixed_draws, self.n_params))
+        start = self.start(rng)
+        started = time.perf_counter()
+        try:
+            result = self.optimise(fixed, start)
+        except NUMERICAL_ERRORS as err:
+            return FitResult("failed", f"{type(err).__name__}: {err}",
+                             info={"fit_seconds": time.perf_counter() - started})
+        runtime = time.perf_counter() - started
+        mean, log_sd = result.x[:self.n_params], result.x[self.n_params:]
+        info = {"fit_seconds": runtime, "iterations_done": int(result.nit),
+                "stopped_early": bool(result.success), "final_loss": float(result.fun),
+                "optimizer_message": str(result.message), "flat_start": start,
+                "approx_mean": mean, "approx_cov": np.diag(np.exp(2 * log_sd))}
+        if not (result.success and np.all(np.isfinite(result.x))):
+            return FitResult("failed", f"DADVI optimiser did not converge: {result.message}",
+                             info=info)
+        flat = mean + np.exp(log_sd) * rng.standard_normal((s.draws, self.n_params))
+        draws = {name: np.asarray(v)[None, ...] for name, v in self.to_variables(flat).items()}
+        if not all(np.all(np.isfinite(v)) for v in draws.values()):
+            return FitResult("failed", "non-finite DADVI draws", info=info)
+        info.update(self._importance_diagnostics(flat, mean, log_sd, seed_base, seed))
+        return FitResult("ok", None, draws=draws, info=info)
+
+    def _importance_diagnostics(self, flat, mean, log_sd, seed_base, seed) -> dict:
+        from vimodes.fitting import KHAT_STREAM
+        from vimodes.metrics import (NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq,
+                                     importance_diagnostics)
+
+        n_draws, with_khat = diagnostic_draws(self.settings, seed)
+        if n_draws == 0:
+            return dict(NO_IMPORTANCE_DIAGNOSTICS)
+        flat = flat[:n_draws]
+        log_q = gaussian_logq(flat, mean, np.exp(2 * log_sd))
+        log_p = np.array([self._logp(z) for z in flat])
+        return importance_diagnostics(log_p, log_q, with_khat,
+                                      rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
+
+
+# scipy methods that take a Hessian-vector product
+HESSP_METHODS = ("trust-ncg", "trust-krylov", "trust-constr", "Newton-CG")
