@@ -212,3 +212,27 @@ def test_an_init_kind_a_method_lacks_is_refused_by_name():
                                           r"only the init kinds \['default', 'jitter'\], found "
                                           r"\['p'\]"):
         build_study(raw)
+
+
+def test_every_schema_key_has_a_description():
+    """The schema documents every key it accepts (the README's promise): walk every property,
+    also inside $defs and array items."""
+    from vimodes.config import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    missing = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        for key, sub in node.get("properties", {}).items():
+            if "description" not in sub and "$ref" not in sub:
+                missing.append(f"{path}.{key}")
+            walk(sub, f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            walk(node.get(key), f"{path}[]")
+        for name, sub in node.get("$defs", {}).items():
+            walk(sub, f"$defs.{name}")
+
+    walk(schema, "config")
+    assert not missing, f"schema keys without a description: {missing}"
