@@ -66,7 +66,11 @@ def chunk_data_files(wildcards):
 
 def fit_threads(wildcards):
     cell = STUDY.cell_by_id[wildcards.cell]
-    return min(cell.chains, workflow.cores) if method_spec(cell.method).uses("chains") else 1
+    return (
+        min(cell.chains, workflow.cores)
+        if method_spec(cell.method).uses("chains")
+        else 1
+    )
 
 
 def fit_runtime_minutes(wildcards):
