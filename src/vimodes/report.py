@@ -139,8 +139,13 @@ class Section:
 
 @dataclass(frozen=True)
 class Pooled:
+    """k of n fits; ``cells`` > 1 when they come from cells with different settings, whose
+    pooled rate depends on the grid's mix and whose fits are not independent draws of one
+    setting (paired seeds): such a rate is shown without an interval."""
+
     k: int
     n: int
+    cells: int = 1
 
     @property
     def rate(self) -> float:
@@ -151,6 +156,8 @@ class Pooled:
         return wilson_interval(self.k, self.n) if self.n else (float("nan"), float("nan"))
 
     def text(self) -> str:
+        if self.cells > 1 and self.n:
+            return f"{self.k}/{self.n} ({pct(self.k / self.n)}; {self.cells} cells pooled)"
         low, high = self.interval
         return rate_text(self.k, self.n, low, high)
 
@@ -161,12 +168,16 @@ def pooled_cells(cells: pd.DataFrame, label: str) -> Pooled:
         return Pooled(0, 0)
     # a cell table written before the class existed has no column for it: none of its fits
     k = int(cells[f"n_{label}"].sum()) if f"n_{label}" in cells else 0
-    return Pooled(k, int(cells["n_fits"].sum()))
+    return Pooled(k, int(cells["n_fits"].sum()), cells=len(cells))
 
 
 def pooled_fits(rows: pd.DataFrame, labels: Sequence[str]) -> Pooled:
     """Fits (per-fit rows) whose outcome is in ``labels``."""
-    return Pooled(int(rows["outcome"].isin(list(labels)).sum()), len(rows))
+    return Pooled(int(rows["outcome"].isin(list(labels)).sum()), len(rows), cells=n_cells(rows))
+
+
+def n_cells(rows: pd.DataFrame) -> int:
+    return int(rows["cell_id"].nunique()) if "cell_id" in rows and len(rows) else 1
 
 
 def median_of(rows: pd.DataFrame, column: str) -> float:
@@ -570,22 +581,39 @@ def diagnostics_section(fits: pd.DataFrame) -> Section:
         khat = numeric(sub, "psis_khat").dropna()
         table.append([OUTCOME_LABELS.get(outcome, outcome), str(len(sub)), str(len(khat)),
                       num(khat.median()) if len(khat) else "n/a",
-                      Pooled(int((khat <= KHAT_OK).sum()), len(khat)).text() if len(khat)
-                      else "n/a",
+                      Pooled(int((khat <= KHAT_OK).sum()), len(khat),
+                             cells=n_cells(sub)).text() if len(khat) else "n/a",
                       num(median_of(sub, "sigma_abs_error")),
                       num(median_of(sub, "slope_abs_error"))])
     if with_khat.empty:
         section.paragraphs.append("No fit in this study has a PSIS k-hat.")
     else:
+        draws = numeric(with_khat, "khat_draws").dropna()
+        mcse = numeric(with_khat, "psis_khat_mcse").dropna()
+        both = with_khat[numeric(with_khat, "psis_khat_mcse").notna()]
+        clear = Pooled(int(((numeric(both, "psis_khat") - KHAT_OK).abs()
+                            > 2 * numeric(both, "psis_khat_mcse")).sum()), len(both),
+                       cells=n_cells(both)).text()
+        if len(draws):
+            section.paragraphs.append(
+                f"k-hat is computed for {len(with_khat)} fits: the first seeds of every cell of "
+                f"a correctly specified model (the question's models are left out: their density "
+                f"is not the posterior, so k-hat would not measure approximation quality), from "
+                f"{num(draws.median())} draws each; its bootstrap Monte Carlo standard error has "
+                f"median {num(mcse.median()) if len(mcse) else 'n/a'} (max "
+                f"{num(mcse.max()) if len(mcse) else 'n/a'}); {clear} of them lie more than two "
+                f"MCSEs from the {num(KHAT_OK)} threshold.")
         single = with_khat[with_khat["outcome"].isin(SINGLE)]
-        good = Pooled(int((numeric(single, "psis_khat") <= KHAT_OK).sum()), len(single))
+        good = Pooled(int((numeric(single, "psis_khat") <= KHAT_OK).sum()), len(single),
+                      cells=n_cells(single))
         text = (f"PSIS k-hat compares the approximation with the posterior only where the "
                 f"approximation puts its draws: it is local and cannot see a missed permutation "
                 f"mode. Of the {len(single)} single-mode fits with a k-hat, {good.text()} had "
                 f"k-hat at or below {num(KHAT_OK)} although each misses the other mode")
         others = with_khat[~with_khat["outcome"].isin(SINGLE)]
         if len(others):
-            bad = Pooled(int((numeric(others, "psis_khat") <= KHAT_OK).sum()), len(others))
+            bad = Pooled(int((numeric(others, "psis_khat") <= KHAT_OK).sum()), len(others),
+                         cells=n_cells(others))
             text += f"; of the {len(others)} other fits with a k-hat, {bad.text()}"
         section.paragraphs.append(text + ".")
     section.tables.append(Table(
@@ -605,7 +633,7 @@ def minority_text(rows: pd.DataFrame) -> str:
         share = numeric(sub, "minority_share").dropna()
         if share.empty:
             continue
-        mixed = Pooled(int((share > 0).sum()), len(share))
+        mixed = Pooled(int((share > 0).sum()), len(share), cells=n_cells(sub))
         parts.append(f"of the {len(share)} {name} fits, {mixed.text()} had draws in the other "
                      f"mode (median minority share {num(share.median())})")
     if not parts:
@@ -832,6 +860,10 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
             if c is not None:
                 fixes.append(f"fixing {error.id} ({error.title}) alone: "
                              + contrast_text(c, code(error.model), code("as_asked")))
+        every = find_contrast(contrasts, working, "model", "as_asked_fix_all", "as_asked")
+        if every is not None:
+            fixes.append("fixing E1-E4 together: " + contrast_text(
+                every, code("as_asked_fix_all"), code("as_asked")))
         if fixes:
             items.append("**Which errors matter** (under a setting where the corrected model "
                          "succeeds: adam 1e-2, jittered start): " + "; ".join(fixes) + ".")
