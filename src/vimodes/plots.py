@@ -616,12 +616,16 @@ CORRECTED_MODELS = ("marginal", "ordered")
 
 def adam_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
     """Meanfield and full-rank ADVI fits of the corrected models under adam (any step size,
-    start or budget) whose model has as many components as the data: the setting in which
+    start or budget) whose model has as many components as the data (no ``components``
+    level): the setting in which
     ADVI is expected to land on a mode, so that every fit that does not needs explaining.
     Adds ``slope_sd_max`` (the widest slope's posterior sd)."""
     rows = fit_rows(fits)
     keep = (rows["model"].isin(CORRECTED_MODELS) & rows["method"].isin(("advi", "fullrank_advi"))
             & (rows.get("optimizer_name", pd.Series("", index=rows.index)) == "adam"))
+    if "components" in rows:
+        # an over-fitted model has no single-mode outcome to miss (its classes are overfit_*)
+        keep &= pd.to_numeric(rows["components"], errors="coerce").isna()
     rows = rows[keep].copy()
     sds = [c for c in rows.columns if re.fullmatch(r"slopes_\d+_sd", c)]
     rows["slope_sd_max"] = rows[sds].apply(pd.to_numeric, errors="coerce").max(axis=1) \
