@@ -917,8 +917,9 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
         "Every comparison is paired (the same seeds, so the same data sets, in both cells); "
         "intervals are Newcombe's for a paired difference of proportions, p-values exact "
         "McNemar tests, adjusted by Holm over every contrast in the table at the end. Rates of "
-        "single cells carry 95% Wilson intervals over their seeds; no rate is pooled across "
-        "cells with different settings.")
+        "single cells carry 95% Wilson intervals over their seeds; a rate pooled over cells "
+        "with different settings (in later sections) says how many cells it pools and has no "
+        "interval.")
     return section
 
 
