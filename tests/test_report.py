@@ -681,7 +681,7 @@ def test_every_registered_figure_has_a_report_section(cells, fits, data_summary,
 
 def test_starts_table_has_every_method_and_init_kind():
     """One row per method with a meaning for every init kind; the ADVI engines share one."""
-    from vimodes.plots import INIT_KINDS, init_meaning
+    from vimodes.methods import INIT_KINDS, init_meaning
 
     cells = pd.DataFrame({"method": ["advi", "nuts"]})
     table = report.starts_section(cells).tables[0]

@@ -35,13 +35,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
 from vimodes.config import TRACE_EVERY as VI_TRACE_EVERY  # noqa: E402
-from vimodes.methods import (  # noqa: E402
-    INIT_KINDS,
-    METHOD_NAMES,
-    METHOD_SPECS,
-    init_meaning,
-    methods_where,
-)
+from vimodes.methods import METHOD_NAMES, METHOD_SPECS, methods_where  # noqa: E402
 from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.records import atomic_path, read_json  # noqa: E402
 

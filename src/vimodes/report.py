@@ -927,7 +927,7 @@ STARTS_TITLE = "Starts: what each init kind means for each method"
 
 
 def starts_section(cells: pd.DataFrame) -> Section:
-    """The methods part's table of starting points (one vocabulary: plots.INIT_MEANINGS)."""
+    """The methods part's table of starting points (one vocabulary: the method registry, vimodes.methods)."""
     section = Section("starts", STARTS_TITLE)
     section.paragraphs.append(
         "An init level of the config names a kind (`default`, `jitter`, `prior`) and a scale "
