@@ -567,6 +567,14 @@ def other_methods_section(cells: pd.DataFrame) -> Section:
               integer(r["n_collapsed"]), integer(r["n_not_converged"]),
               integer(r["n_failed"])] for _, r in other.iterrows()],
             "Other approximations, per cell."))
+    section.notes.append(
+        "Multimodal variational families. None of the maintained libraries this study uses "
+        "offers a mixture-of-Gaussians family: PyMC 5 has meanfield and full-rank Gaussians and "
+        "particles (SVGD); pymc-extras has Pathfinder (one Gaussian per path; pooled and "
+        "importance-resampled in its default, the `pathfinder_psis` cells) and DADVI (meanfield); "
+        "numpyro's autoguides are Gaussian (diagonal, full, low-rank, Laplace), normalising flows "
+        "(IAF, BNAF) and DAIS. Multi-path Pathfinder with resampling and SVGD are the study's "
+        "multimodal approximations.")
     return section
 
 
