@@ -36,6 +36,8 @@ from vimodes.fitting import (
     FitResult,
     FitSettings,
     _Fitter,
+    bijection_ordering,
+    compile_flat_reader,
     diagnostic_draws,
     fit_rng,
     vi_start,
@@ -62,7 +64,7 @@ class DadviFitter(_Fitter):
         inputs = model.continuous_value_vars + model.discrete_value_vars
         [logp], flat_input = join_nonshared_inputs(point=point, outputs=[model.logp()],
                                                    inputs=inputs)
-        self.ordering = {v.name: v for v in inputs}
+        self.ordering = bijection_ordering(point)
         self.n_params = int(sum(np.size(v) for v in point.values()))
         self.fixed_draws = pytensor.shared(np.zeros((settings.dadvi_fixed_draws, self.n_params)),
                                            name="fixed_draws")
@@ -79,43 +81,11 @@ class DadviFitter(_Fitter):
             self._hessp = pytensor.function([eta, vector],
                                             pt.grad(pt.sum(grad * vector), eta))
         self._logp = pytensor.function([flat_input], logp)
-        self._point_names = [(name, np.shape(value)) for name, value in point.items()]
         self.default_start = np.concatenate([np.ravel(v) for v in point.values()])
-        self._compile_reader(flat_input)
-
-    def _compile_reader(self, flat_input) -> None:
-        from vimodes.fitting import VARIABLES
-
-        flat = pt.matrix("flat")
-        blocks, start = {}, 0
-        for name, shape in self._point_names:
-            size = int(np.prod(shape, dtype=int))
-            blocks[name] = flat[:, start:start + size].reshape((flat.shape[0], *shape))
-            start += size
-        outputs = []
-        for name in VARIABLES:
-            rv = self.model[name]
-            block = blocks[self.model.rvs_to_values[rv].name]
-            transform = self.model.rvs_to_transforms.get(rv)
-            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
-        self._to_variables = pytensor.function([flat], outputs)
-
-    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        from vimodes.fitting import VARIABLES
-
-        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
-
-    def _ordering(self) -> dict:
-        """The value-variable layout of the flat vector, as vi_start expects it."""
-        ordering, start = {}, 0
-        for name, shape in self._point_names:
-            size = int(np.prod(shape, dtype=int))
-            ordering[name] = (name, slice(start, start + size), shape, None)
-            start += size
-        return ordering
+        self._to_variables = compile_flat_reader(model, self.ordering)
 
     def start(self, rng: np.random.Generator) -> np.ndarray:
-        return vi_start(self.settings, self.model, self._ordering(), self.default_start, rng)
+        return vi_start(self.settings, self.model, self.ordering, self.default_start, rng)
 
     def optimise(self, fixed_draws: np.ndarray, start: np.ndarray):
         """Minimise the DADVI objective for these fixed draws from means ``start`` and log sds

@@ -213,6 +213,33 @@ def _binned_mean(values: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([head, [values[n:].mean()]]) if len(values) > n else head
 
 
+def bijection_ordering(point: dict) -> dict:
+    """PyMC's ``DictToArrayBijection`` layout of ``point`` (what Pathfinder and DADVI flatten
+    with) in the form of an ADVI group's ``ordering``: value name -> (name, slice, shape,
+    dtype)."""
+    from pymc.blocking import DictToArrayBijection
+
+    ordering, start = {}, 0
+    for name, shape, size, dtype in DictToArrayBijection.map(point).point_map_info:
+        ordering[name] = (name, slice(start, start + size), shape, dtype)
+        start += size
+    return ordering
+
+
+def compile_flat_reader(model: pm.Model, ordering: dict):
+    """One compiled function: (draws, dim) flat draws in the unconstrained space, laid out by
+    ``ordering``, -> the model's VARIABLES (back-transformed)."""
+    flat = pt.matrix("flat")
+    outputs = []
+    for name in VARIABLES:
+        rv = model[name]
+        _, slc, shape, _ = ordering[model.rvs_to_values[rv].name]
+        block = flat[:, slc].reshape((flat.shape[0], *shape))
+        transform = model.rvs_to_transforms.get(rv)
+        outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
+    return pytensor.function([flat], outputs)
+
+
 class _Fitter:
     """Shared plumbing: data in shared variables, model, flat-space <-> variable mapping."""
 
@@ -232,6 +259,11 @@ class _Fitter:
                              f"was compiled for {self.x_data.get_value(borrow=True).shape[0]}")
         self.x_data.set_value(data.x)
         self.y_data.set_value(data.y)
+
+    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Flat unconstrained draws -> the model's variables (``self._to_variables``, compiled
+        by the subclass with :func:`compile_flat_reader`)."""
+        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
 
 
 class VIFitter(_Fitter):
@@ -271,20 +303,9 @@ class VIFitter(_Fitter):
             self._full_logp = self._compile_full_logp()
 
     def _compile_readers(self) -> None:
-        flat = pt.matrix("flat")  # (draws, dim) in the unconstrained space
-        outputs = []
-        for name in VARIABLES:
-            rv = self.model[name]
-            value_name, slc, shape, _ = self.group.ordering[self.model.rvs_to_values[rv].name]
-            block = flat[:, slc].reshape((flat.shape[0], *shape))
-            transform = self.model.rvs_to_transforms.get(rv)
-            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
-        self._to_variables = pytensor.function([flat], outputs)
+        self._to_variables = compile_flat_reader(self.model, self.group.ordering)
         if self.settings.method in ("advi", "fullrank_advi"):
             self._moments = pytensor.function([], [self.approx.mean, self.approx.cov])
-
-    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
 
     def _initial_point(self, rng: np.random.Generator) -> np.ndarray:
         s, start = self.settings, self.default_start

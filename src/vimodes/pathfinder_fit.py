@@ -46,7 +46,15 @@ import pytensor.tensor as pt
 from pymc.blocking import DictToArrayBijection
 from pymc.util import _get_seeds_per_chain
 
-from vimodes.fitting import NUMERICAL_ERRORS, VARIABLES, FitResult, FitSettings, _Fitter, fit_rng
+from vimodes.fitting import (
+    NUMERICAL_ERRORS,
+    FitResult,
+    FitSettings,
+    _Fitter,
+    bijection_ordering,
+    compile_flat_reader,
+    fit_rng,
+)
 from vimodes.simulate import Dataset
 
 # pymc-extras' defaults (fit_pathfinder), pinned here so that a library upgrade that changes
@@ -139,7 +147,8 @@ class PathfinderFitter(_Fitter):
         self.cheap_final_logp = self._swap_final_sampler(
             _FinalSampler(self.model, self.n_params, self.maxcor, self.n_logp,
                           {"mode": Mode(linker=DEFAULT_LINKER)}))
-        self._compile_reader()
+        self._to_variables = compile_flat_reader(
+            self.model, bijection_ordering(self.model.initial_point()))
         self.last_path_khat: list[float | None] = []
         self._last_fit: tuple[int, int] | None = None
 
@@ -159,24 +168,6 @@ class PathfinderFitter(_Fitter):
         cell = self._single_path.__closure__[code.co_freevars.index("final_sample_logp_func")]
         cell.cell_contents = sampler
         return True
-
-    def _compile_reader(self) -> None:
-        """(draws, N) unconstrained flat draws -> slopes (draws, K), weights (draws, K), sigma."""
-        flat = pt.matrix("flat")
-        blocks, start = {}, 0
-        for name, shape, size, _ in self._point_map_info:
-            blocks[name] = flat[:, start:start + size].reshape((flat.shape[0], *shape))
-            start += size
-        outputs = []
-        for name in VARIABLES:
-            rv = self.model[name]
-            block = blocks[self.model.rvs_to_values[rv].name]
-            transform = self.model.rvs_to_transforms.get(rv)
-            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
-        self._to_variables = pytensor.function([flat], outputs)
-
-    def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))
 
     def path_seeds(self, random_seed: int) -> list[int]:
         """The per-path seeds ``pymc_extras.fit`` derives from ``random_seed``."""
