@@ -40,6 +40,7 @@ from vimodes.fitting import (
     compile_flat_reader,
     diagnostic_draws,
     fit_rng,
+    gaussian_importance_diagnostics,
     vi_start,
 )
 from vimodes.simulate import Dataset
@@ -123,22 +124,11 @@ class DadviFitter(_Fitter):
         draws = {name: np.asarray(v)[None, ...] for name, v in self.to_variables(flat).items()}
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
             return FitResult("failed", "non-finite DADVI draws", info=info)
-        info.update(self._importance_diagnostics(flat, mean, log_sd, seed_base, seed))
+        n_logp, with_khat = diagnostic_draws(s, seed)
+        info.update(gaussian_importance_diagnostics(
+            flat[:n_logp], mean, np.exp(2 * log_sd),
+            lambda draws: np.array([self._logp(z) for z in draws]), with_khat, seed_base, seed))
         return FitResult("ok", None, draws=draws, info=info)
-
-    def _importance_diagnostics(self, flat, mean, log_sd, seed_base, seed) -> dict:
-        from vimodes.fitting import KHAT_STREAM
-        from vimodes.metrics import (NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq,
-                                     importance_diagnostics)
-
-        n_draws, with_khat = diagnostic_draws(self.settings, seed)
-        if n_draws == 0:
-            return dict(NO_IMPORTANCE_DIAGNOSTICS)
-        flat = flat[:n_draws]
-        log_q = gaussian_logq(flat, mean, np.exp(2 * log_sd))
-        log_p = np.array([self._logp(z) for z in flat])
-        return importance_diagnostics(log_p, log_q, with_khat,
-                                      rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
 
 
 # scipy methods that take a Hessian-vector product

@@ -213,6 +213,28 @@ def _binned_mean(values: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([head, [values[n:].mean()]]) if len(values) > n else head
 
 
+def gaussian_importance_diagnostics(flat: np.ndarray, mean, cov, full_logp, with_khat: bool,
+                                    seed_base: int, seed: int) -> dict:
+    """ELBO and (``with_khat``) PSIS k-hat with its MCSE of a Gaussian approximation N(mean,
+    cov) from its draws ``flat``; ``full_logp`` maps draws to log p(full data, z) with the
+    Jacobian. One function for every Gaussian fitter (PyMC's and the vectorised engine, DADVI).
+
+    A covariance that is numerically singular (e.g. full-rank ADVI after many steps) leaves the
+    draws standing but the density -- so k-hat and the ELBO -- undefined: recorded as
+    ``diagnostics_error``.
+    """
+    from vimodes.metrics import NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq, importance_diagnostics
+
+    if len(flat) == 0:
+        return dict(NO_IMPORTANCE_DIAGNOSTICS)
+    try:
+        log_q = gaussian_logq(flat, mean, cov)
+    except (np.linalg.LinAlgError, ValueError) as err:
+        return {**NO_IMPORTANCE_DIAGNOSTICS, "diagnostics_error": f"{type(err).__name__}: {err}"}
+    return importance_diagnostics(full_logp(flat), log_q, with_khat,
+                                  rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
+
+
 def bijection_ordering(point: dict) -> dict:
     """PyMC's ``DictToArrayBijection`` layout of ``point`` (what Pathfinder and DADVI flatten
     with) in the form of an ADVI group's ``ordering``: value name -> (name, slice, shape,
@@ -409,24 +431,18 @@ class VIFitter(_Fitter):
         k-hat is local by construction: it cannot see a permutation mode the approximation
         missed. SVGD particles have no density, so neither is defined for SVGD.
         """
-        from vimodes.metrics import (NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq,
-                                     importance_diagnostics)
+        from vimodes.metrics import NO_IMPORTANCE_DIAGNOSTICS
 
         if self.settings.method == "svgd" or n_draws == 0:
             return dict(NO_IMPORTANCE_DIAGNOSTICS)
         mean, cov = self.last_moments
-        flat = self.last_flat_draws[:n_draws]
-        try:
-            log_q = gaussian_logq(flat, mean, cov)
-        except (np.linalg.LinAlgError, ValueError) as err:
-            # e.g. full-rank ADVI whose covariance became numerically singular: the draws are
-            # still the approximation's, but its density -- so k-hat and the ELBO -- is undefined
-            return {**NO_IMPORTANCE_DIAGNOSTICS,
-                    "diagnostics_error": f"{type(err).__name__}: {err}"}
-        log_p = np.concatenate([self._full_logp(block) for block in np.array_split(
-            flat, max(1, len(flat) // 25))])
-        return importance_diagnostics(log_p, log_q, with_khat,
-                                      rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
+
+        def full_logp(flat):
+            return np.concatenate([self._full_logp(block) for block in np.array_split(
+                flat, max(1, len(flat) // 25))])
+
+        return gaussian_importance_diagnostics(self.last_flat_draws[:n_draws], mean, cov,
+                                               full_logp, with_khat, seed_base, seed)
 
     def _compile_full_logp(self):
         """log p(full data, z) with the Jacobian, as a function of a (draws, dim) matrix.

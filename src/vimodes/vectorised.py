@@ -47,7 +47,6 @@ import pytensor
 import pytensor.tensor as pt
 
 from vimodes.fitting import (
-    KHAT_STREAM,
     NUMERICAL_ERRORS,
     TRACE_EVERY,
     VARIABLES,
@@ -59,6 +58,7 @@ from vimodes.fitting import (
     diagnostic_draws,
     fit_rng,
     flat_names,
+    gaussian_importance_diagnostics,
     vi_start,
 )
 from vimodes.methods import methods_on_engine
@@ -406,8 +406,9 @@ class VectorisedVIFitter:
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
             return FitResult("failed", "non-finite draws from the approximation", info=info)
         n_logp, with_khat = diagnostic_draws(s, seed)
-        info.update(self._importance_diagnostics(flat[:n_logp], mean, cov, data, with_khat,
-                                                 seed_base, seed))
+        info.update(gaussian_importance_diagnostics(
+            flat[:n_logp], mean, cov, lambda z: self.full_logp(z, data), with_khat, seed_base,
+            seed))
         if len(info["mean_trace"]):
             info.update({f"{name}_trace": value for name, value in
                          self.to_variables(info["mean_trace"]).items()})
@@ -418,21 +419,6 @@ class VectorisedVIFitter:
             info.update(checkpoint_info(moments))
             stored = checkpoint_draws(self.to_variables, moments, s.draws, seed_base, seed)
         return FitResult("ok", None, draws=draws, info=info, checkpoint_draws=stored)
-
-    def _importance_diagnostics(self, flat, mean, cov, data, with_khat, seed_base,
-                                seed) -> dict:
-        from vimodes.metrics import (NO_IMPORTANCE_DIAGNOSTICS, gaussian_logq,
-                                     importance_diagnostics)
-
-        if len(flat) == 0:
-            return dict(NO_IMPORTANCE_DIAGNOSTICS)
-        try:
-            log_q = gaussian_logq(flat, mean, cov)
-        except (np.linalg.LinAlgError, ValueError) as err:
-            return {**NO_IMPORTANCE_DIAGNOSTICS,
-                    "diagnostics_error": f"{type(err).__name__}: {err}"}
-        return importance_diagnostics(self.full_logp(flat, data), log_q, with_khat,
-                                      rng=np.random.default_rng([seed_base, seed, KHAT_STREAM]))
 
     def full_logp(self, flat: np.ndarray, data: Dataset) -> np.ndarray:
         """log p(full data, z) with Jacobians for many draws z (one vectorised call per block)."""
