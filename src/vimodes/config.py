@@ -401,6 +401,10 @@ def _grid_cells(config: dict, grid: dict) -> list[Cell]:
     return list(cells.values())
 
 
+# the reference posterior of a data regime (Study.reference_cell)
+REFERENCE_METHOD, REFERENCE_MODEL = "nuts", "marginal"
+
+
 @dataclass(frozen=True)
 class Study:
     config: dict
@@ -421,6 +425,18 @@ class Study:
 
     def fit_chunks(self) -> list[tuple[str, int]]:
         return [(c.cell_id, i) for c in self.cells for i in range(len(self.chunks(c)))]
+
+    def reference_cell(self, regime: str) -> Cell | None:
+        """The cell whose fits set the classifier's slope tolerances for data regime ``regime``:
+        single-chain NUTS on the exchangeable marginal model with the data's K (the study's
+        reference posterior); None when the study has no such cell (then the tolerances use the
+        asymptotic sd of ``vimodes.classify.reference_slope_sd``)."""
+        for cell in self.cells:
+            if (cell.method == REFERENCE_METHOD and cell.chains == 1
+                    and cell.model == REFERENCE_MODEL and cell.components is None
+                    and cell.data_regime == regime):
+                return cell
+        return None
 
     def datasets(self) -> list[tuple[str, int]]:
         return sorted({(c.data_regime, s) for c in self.cells for s in c.seeds})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vimodes.records import _jsonable, atomic_path
+from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path
 
 # record keys that describe timing, which differs between runs and so stays out of the file
 _VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
@@ -46,7 +46,7 @@ def write_posterior(path: str | Path, result, record: dict) -> None:
         idata[group].attrs = {}
     idata.posterior.attrs["fit_record"] = json.dumps(_jsonable(attrs), sort_keys=True)
     with atomic_path(path) as tmp:
-        idata.to_netcdf(str(tmp), engine="h5netcdf")
+        idata.to_netcdf(str(tmp), engine=NETCDF_ENGINE)
         check_posterior_file(tmp, expected_groups=tuple(groups))
 
 
@@ -54,7 +54,7 @@ def check_posterior_file(path: str | Path, expected_groups=("posterior",)) -> No
     try:
         import arviz as az
 
-        idata = az.from_netcdf(str(path), engine="h5netcdf")
+        idata = az.from_netcdf(str(path), engine=NETCDF_ENGINE)
     except Exception as err:  # noqa: BLE001 - any read failure means the file is unusable
         raise CorruptFitError(f"fit file '{path}' is unreadable or truncated: {err}") from err
     missing = [g for g in expected_groups if g not in idata.groups()]
@@ -65,7 +65,7 @@ def check_posterior_file(path: str | Path, expected_groups=("posterior",)) -> No
 def read_posterior(path: str | Path) -> dict[str, np.ndarray]:
     try:
         # the posterior group read directly: importing ArviZ costs ~4 s per classify job
-        with xr.open_dataset(str(path), group="posterior", engine="h5netcdf") as posterior:
+        with xr.open_dataset(str(path), group="posterior", engine=NETCDF_ENGINE) as posterior:
             return {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
     except Exception as err:  # noqa: BLE001
         raise CorruptFitError(f"fit file '{path}' is unreadable or truncated: {err}") from err

@@ -377,3 +377,33 @@ def gaussian_logq(draws_flat, mean, cov) -> np.ndarray:
     if x.shape[-1] != d or cov.shape != (d, d):
         raise ValueError(f"shapes: draws {x.shape}, mean {mean.shape}, cov {cov.shape}")
     return np.atleast_1d(stats.multivariate_normal(mean=mean, cov=cov).logpdf(x)).reshape(x.shape[0])
+
+
+def relabelled_slope_sd(slopes, true_slopes) -> np.ndarray:
+    """Posterior sd of each TRUE component's slope, (K,): every draw (of every chain) is
+    relabelled to its nearest permutation of the truth before the sd is taken, so a chain that
+    switches labels, or chains in different modes, measure the width of one mode rather than the
+    distance between modes. ``slopes``: (..., K) draws; NaN when there are fewer than 2 draws."""
+    s = np.asarray(slopes, dtype=float)
+    t = np.asarray(true_slopes, dtype=float)
+    if s.shape[-1] != t.size:
+        raise ValueError(f"draws have K={s.shape[-1]} components, the truth {t.size}")
+    flat = s.reshape(-1, t.size)
+    if len(flat) < 2:
+        return np.full(t.size, np.nan)
+    perms = _draw_permutations(flat, t)
+    aligned = np.take_along_axis(flat, perms, axis=1)
+    return aligned.std(axis=0, ddof=1)
+
+
+def reference_slope_sd_from_fits(per_fit_sd) -> np.ndarray:
+    """The regime's reference posterior sd per true component: the median over the reference
+    fits (one data set each) of their ``relabelled_slope_sd``; fits with a non-finite sd are
+    left out. Raises when no fit gives a finite value (no reference can be derived)."""
+    sds = np.asarray(per_fit_sd, dtype=float)
+    if sds.ndim != 2:
+        raise ValueError(f"expected (fits, K) sds, got shape {sds.shape}")
+    finite = sds[np.all(np.isfinite(sds), axis=1)]
+    if not len(finite):
+        raise ValueError("no reference fit has a finite slope sd")
+    return np.median(finite, axis=0)

@@ -115,14 +115,63 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     return records
 
 
-def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path) -> pd.DataFrame:
-    """One row per fit (``level='fit'``) and per chain (``level='chain'``) with class and metrics."""
-    from vimodes.classify import ClassifierSettings, TrueParameters, classify_draws, classify_failed
+def write_reference(regime: str, cell_id: str, fit_dirs: list[str | Path],
+                    out_path: str | Path) -> dict:
+    """The reference posterior sd of the slopes of data regime ``regime`` from the fits of its
+    reference cell (``Study.reference_cell``): per fit, the sd of each true component's slope
+    after relabelling every draw (``metrics.relabelled_slope_sd``); the reference is their
+    median over the fits. The classifier's slope tolerance of every cell of the regime is
+    ``max(slope_tolerance_sd * reference, slope_tolerance_min_fraction * separation)``, so it
+    follows the width of the regime's posterior instead of a fixed constant."""
+    from vimodes.classify import TrueParameters, reference_slope_sd
+    from vimodes.idata import read_posterior
+    from vimodes.metrics import reference_slope_sd_from_fits, relabelled_slope_sd
+
+    per_fit, truth = {}, None
+    for fit_dir in fit_dirs:
+        for path in sorted(Path(fit_dir).glob("seed-*.json")):
+            record = read_json(path)
+            if record["status"] != "ok":
+                continue
+            draws = read_posterior(fit_record_path(fit_dir, record["seed"], "nc"))
+            per_fit[int(record["seed"])] = relabelled_slope_sd(draws["slopes"],
+                                                               record["true_slopes"]).tolist()
+            truth = TrueParameters(slopes=tuple(record["true_slopes"]),
+                                   weights=tuple(record["true_weights"]),
+                                   noise_sd=record["true_noise_sd"], n_obs=record["n_obs"])
+    if truth is None:
+        raise ValueError(f"reference cell {cell_id} of regime {regime!r} has no successful fit: "
+                         "no reference posterior sd can be derived")
+    reference = reference_slope_sd_from_fits(list(per_fit.values()))
+    payload = {"data_regime": regime, "reference_cell": cell_id, "n_fits": len(per_fit),
+               "per_fit_slope_sd": {str(k): v for k, v in sorted(per_fit.items())},
+               "reference_slope_sd": reference.tolist(),
+               "asymptotic_slope_sd": reference_slope_sd(truth).tolist()}
+    write_json(payload, out_path)
+    return payload
+
+
+def read_reference_sd(path: str | Path | None):
+    """The reference slope sd (K,) written by ``write_reference``; None without a file."""
+    if not path:
+        return None
+    return np.asarray(read_json(path)["reference_slope_sd"], dtype=float)
+
+
+def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path,
+                   reference_path: str | Path | None = None) -> pd.DataFrame:
+    """One row per fit (``level='fit'``) and per chain (``level='chain'``) with class and metrics.
+
+    ``reference_path``: the regime's reference (``write_reference``) whose posterior sd sets
+    the slope tolerances; without it, the asymptotic sd (``classify.reference_slope_sd``)."""
+    from vimodes.classify import (ClassifierSettings, TrueParameters, classify_draws,
+                                  classify_failed, slope_tolerances)
     from vimodes.idata import read_posterior
     from vimodes.methods import method_spec
     from vimodes.metrics import convergence_diagnostics, relabelled_errors
 
     settings = ClassifierSettings(**study.config["classifier"])
+    reference_sd = read_reference_sd(reference_path)
     rows = []
     for seed in seeds:
         record = read_json(fit_record_path(fit_dir, seed, "json"))
@@ -130,10 +179,12 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                                weights=tuple(record["true_weights"]),
                                noise_sd=record["true_noise_sd"], n_obs=record["n_obs"])
         base = {key: record.get(key) for key in _RECORD_COLUMNS}
+        base["tolerance_source"] = "nuts_reference" if reference_sd is not None else "asymptotic"
+        base["slope_tolerance"] = float(np.min(slope_tolerances(truth, settings, reference_sd)))
         checkpoint_file = fit_record_path(fit_dir, seed, "checkpoints.nc")
         if checkpoint_file.exists():  # also for a fit that failed after some checkpoints
             rows.extend(_checkpoint_rows(base, record, read_posterior(checkpoint_file), truth,
-                                         settings))
+                                         settings, reference_sd))
         if record["status"] != "ok":
             label = "failed" if record["status"] == "failed" else "not_converged"
             c = classify_failed(record["error"] or record["status"])
@@ -141,7 +192,8 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
                          "outcome_reason": c.reason})
             continue
         draws = read_posterior(fit_record_path(fit_dir, seed, "nc"))
-        c = classify_draws(draws["slopes"], draws["weights"], draws["sigma"], truth, settings)
+        c = classify_draws(draws["slopes"], draws["weights"], draws["sigma"], truth, settings,
+                           reference_sd=reference_sd)
         relabel_by = method_spec(record["method"]).relabel_by
         errors = {}
         if draws["slopes"].shape[-1] == len(truth.slopes):
@@ -155,7 +207,8 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
             diagnostics = convergence_diagnostics(draws["slopes"], draws["weights"], draws["sigma"])
             diagnostics.pop("chain_permutations", None)
         rows.append({**base, "level": "fit", "chain": -1, "outcome": c.label,
-                     "iterations_to_stabilise": iterations_to_stabilise(record, truth, settings),
+                     "iterations_to_stabilise": iterations_to_stabilise(record, truth, settings,
+                                                                         reference_sd),
                      "outcome_reason": c.reason, "share_mode_A": c.share_mode_A,
                      "share_mode_B": c.share_mode_B, "share_collapsed": c.share_collapsed,
                      "centre_class": c.centre_class, "centre_mass": c.centre_mass,
@@ -172,7 +225,8 @@ def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path
     return frame
 
 
-def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings) -> list[dict]:
+def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings,
+                     reference_sd=None) -> list[dict]:
     """One row (``level='checkpoint'``) per stored checkpoint of a fit: the class of the
     approximation as a run of that many iterations would have returned it.
 
@@ -184,7 +238,8 @@ def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings) -> 
     rows = []
     for index, iteration in enumerate(record["checkpoint_iterations"]):
         one = {k: v[index:index + 1] for k, v in draws.items()}
-        c = classify_draws(one["slopes"], one["weights"], one["sigma"], truth, settings)
+        c = classify_draws(one["slopes"], one["weights"], one["sigma"], truth, settings,
+                           reference_sd=reference_sd)
         rows.append({**base, "level": "checkpoint", "chain": index,
                      "checkpoint_iteration": int(iteration), "outcome": c.label,
                      "outcome_reason": c.reason, "centre_class": c.centre_class,
@@ -193,7 +248,7 @@ def _checkpoint_rows(base: dict, record: dict, draws: dict, truth, settings) -> 
     return rows
 
 
-def iterations_to_stabilise(record: dict, truth, settings) -> float:
+def iterations_to_stabilise(record: dict, truth, settings, reference_sd=None) -> float:
     """First iteration from which the approximation's centre stays in its final class (the
     centre is snapshotted every TRACE_EVERY iterations); NaN without a trajectory."""
     from vimodes.classify import classify_draws
@@ -205,7 +260,7 @@ def iterations_to_stabilise(record: dict, truth, settings) -> float:
                               for n in ("slopes", "weights", "sigma"))
     # every snapshot as a one-draw chain: the chain labels are the snapshots' own classes
     labels = list(classify_draws(slopes[:, None], weights[:, None], sigma[:, None], truth,
-                                 settings).chain_labels)
+                                 settings, reference_sd=reference_sd).chain_labels)
     first = len(labels) - 1
     while first > 0 and labels[first - 1] == labels[-1]:
         first -= 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vimodes.records import atomic_path
+from vimodes.records import NETCDF_ENGINE, atomic_path
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
 def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
     """Write atomically; the file is read back and checked before it is moved into place."""
     with atomic_path(path) as tmp:
-        to_xarray(data, provenance).to_netcdf(tmp, engine="h5netcdf")
+        to_xarray(data, provenance).to_netcdf(tmp, engine=NETCDF_ENGINE)
         back = read_dataset(tmp)  # fail now, not in a fit, if the file cannot be read back
         if back.seed != data.seed or not np.array_equal(back.y, data.y):
             raise CorruptDataError(f"data file '{path}' does not read back as written")
@@ -97,7 +97,7 @@ class CorruptDataError(OSError):
 def read_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
+        with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:
             ds.load()
             attrs = dict(ds.attrs)
             x, y, comp = ds["x"].values, ds["y"].values, ds["component"].values

@@ -45,6 +45,7 @@ wildcard_constraints:
 localrules:
     simulate,
     classify_chunk,
+    reference_sd,
     aggregate,
     summary,
     loss_traces,
@@ -62,6 +63,25 @@ def chunk_data_files(wildcards):
     cell = STUDY.cell_by_id[wildcards.cell]
     seeds = STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk))
     return [data_file(cell.data_regime, seed) for seed in seeds]
+
+
+def reference_chunk_dirs(wildcards):
+    cell = STUDY.reference_cell(wildcards.regime)
+    if cell is None:
+        raise WorkflowError(f"data regime {wildcards.regime!r} has no reference cell")
+    return [
+        f"data/fits/{cell.cell_id}/chunk-{i}" for i in range(len(STUDY.chunks(cell)))
+    ]
+
+
+def classify_inputs(wildcards):
+    """The chunk's fits and, when its data regime has a reference cell, the regime's
+    reference posterior sd (the classifier's slope tolerances follow it)."""
+    regime = STUDY.cell_by_id[wildcards.cell].data_regime
+    inputs = {"fits": f"data/fits/{wildcards.cell}/chunk-{wildcards.chunk}"}
+    if STUDY.reference_cell(regime) is not None:
+        inputs["reference"] = f"data/tables/reference/{regime}.json"
+    return inputs
 
 
 def fit_threads(wildcards):

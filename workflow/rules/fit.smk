@@ -31,10 +31,32 @@ rule fit_chunk:
         "../scripts/fit_chunk.py"
 
 
+rule reference_sd:
+    """The reference posterior sd of the slopes of one data regime, from its reference cell
+    (single-chain NUTS on the marginal model): it sets the classifier's slope tolerances."""
+    input:
+        reference_chunk_dirs,
+    output:
+        "data/tables/reference/{regime}.json",
+    log:
+        "logs/reference/{regime}.log",
+    benchmark:
+        "logs/benchmarks/reference/{regime}.tsv"
+    conda:
+        "../envs/vimodes.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        cell=lambda wc: STUDY.reference_cell(wc.regime).cell_id,
+    script:
+        "../scripts/reference_sd.py"
+
+
 rule classify_chunk:
     """Outcome class and metrics of every fit (and chain/path) of a chunk."""
     input:
-        "data/fits/{cell}/chunk-{chunk}",
+        unpack(classify_inputs),
     output:
         "data/classified/{cell}/chunk-{chunk}.parquet",
     log:
