@@ -38,6 +38,7 @@ __all__ = [
     "DETERMINISTIC_METHODS",
     "cell_contrasts",
     "holm_adjust",
+    "independent_contrast",
     "paired_contrast",
 ]
 
@@ -148,6 +149,33 @@ def paired_contrast(a, b, level: float = 0.95) -> dict:
     out["odds_ratio_low"] = _odds(float(ci.low))
     out["odds_ratio_high"] = _odds(float(ci.high))
     return out
+
+
+def independent_contrast(k_a: int, n_a: int, k_b: int, n_b: int, level: float = 0.95) -> dict:
+    """Compare two rates estimated on DIFFERENT data sets (e.g. two data regimes: seed s is a
+    different data set in each, so the outcomes are not pairs).
+
+    diff = k_a / n_a - k_b / n_b with Newcombe's hybrid score interval for independent
+    proportions (Newcombe 1998, Stat Med 17:873, method 10: square-and-add of the two Wilson
+    intervals) and the two-sided Fisher exact test (``scipy.stats.fisher_exact``, conditional
+    on both margins: conservative, valid at any n). NaN everything when a side has no fits.
+    """
+    nan = float("nan")
+    out = {"n_a": n_a, "n_b": n_b, "k_a": k_a, "k_b": k_b}
+    if n_a == 0 or n_b == 0:
+        return {**out, "rate_a": nan, "rate_b": nan, "diff": nan, "diff_low": nan,
+                "diff_high": nan, "p_fisher": nan}
+    if not (0 <= k_a <= n_a and 0 <= k_b <= n_b):
+        raise ValueError(f"need 0 <= k <= n, got {k_a}/{n_a} and {k_b}/{n_b}")
+    p_a, p_b = k_a / n_a, k_b / n_b
+    l_a, u_a = _wilson(k_a, n_a, level)
+    l_b, u_b = _wilson(k_b, n_b, level)
+    diff = p_a - p_b
+    low = diff - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
+    high = diff + math.sqrt((u_a - p_a) ** 2 + (p_b - l_b) ** 2)
+    p = stats.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided").pvalue
+    return {**out, "rate_a": p_a, "rate_b": p_b, "diff": diff, "diff_low": max(-1.0, low),
+            "diff_high": min(1.0, high), "p_fisher": min(1.0, float(p))}
 
 
 def _odds(p: float) -> float:
@@ -291,3 +319,58 @@ def checkpoint_contrasts(fits: pd.DataFrame, level: float = 0.95) -> list[dict]:
                     "data_regime": _text(_level(head["data_regime"])), "shared": shared,
                     **result, "deterministic": False})
     return out
+
+
+# the axes that define a setting of the regime map (everything but the data regime)
+SETTING_AXES = (*CONTRAST_AXES, "components")
+
+REGIME_CONTRAST_COLUMNS = (
+    "setting", "regime_axis", "regime_value", "data_regime", "cell_id", "base_cell_id",
+    "k_a", "n_a", "k_b", "n_b", "rate_a", "rate_b", "diff", "diff_low", "diff_high", "p_fisher",
+    "p_holm",
+)
+
+
+def setting_key(row) -> tuple:
+    """A cell's setting: its levels of ``SETTING_AXES`` (missing levels compare equal)."""
+    return tuple(_level(row.get(axis)) for axis in SETTING_AXES)
+
+
+def regime_contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """The regime map's contrasts: for every cell of a one-factor data regime (``regime_axis``
+    set by ``pipeline.summarise_cells``, not "base"), its single-mode rate against the cell of
+    the same setting in the base regime (``regime_axis == "base"``). Different regimes are
+    different data sets, so the comparison is of independent proportions
+    (``independent_contrast``: a = this regime, b = base); p_holm is Holm's adjustment over
+    every row. Settings without a base cell are left out."""
+    if cells.empty or "regime_axis" not in cells:
+        return pd.DataFrame(columns=REGIME_CONTRAST_COLUMNS)
+    mapped = cells[cells["regime_axis"].notna()]
+    base = {setting_key(r): r for _, r in mapped[mapped["regime_axis"] == "base"].iterrows()}
+    rows = []
+    for _, r in mapped[mapped["regime_axis"] != "base"].iterrows():
+        b = base.get(setting_key(r))
+        if b is None:
+            continue
+        c = independent_contrast(int(r["n_single_mode"]), int(r["n_fits"]),
+                                 int(b["n_single_mode"]), int(b["n_fits"]), level)
+        rows.append({"setting": setting_label(r), "regime_axis": r["regime_axis"],
+                     "regime_value": float(r["regime_value"]), "data_regime": r["data_regime"],
+                     "cell_id": r["cell_id"], "base_cell_id": b["cell_id"], **c})
+    out = pd.DataFrame(rows, columns=[c for c in REGIME_CONTRAST_COLUMNS if c != "p_holm"])
+    out["p_holm"] = holm_adjust(out["p_fisher"].to_numpy(dtype=float)) if len(out) else []
+    return out.sort_values(["setting", "regime_axis", "regime_value"]).reset_index(drop=True)
+
+
+def setting_label(row) -> str:
+    """A short readable name of a setting: method, and where they apply optimiser, start,
+    chains and engine (e.g. "advi, adam_1e-2, jitter")."""
+    parts = [str(row["method"])]
+    for axis in ("optimizer", "init"):
+        value = _level(row.get(axis))
+        if value is not None:
+            parts.append(str(value))
+    chains = _level(row.get("chains"))
+    if chains is not None:
+        parts.append(f"{chains} chain" + ("s" if chains != 1 else ""))
+    return ", ".join(parts)

@@ -19,6 +19,7 @@ import pandas as pd
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study
 from vimodes.records import package_versions, read_json, write_json
+from vimodes.regimes import regime_descriptors, regime_map
 from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
 
 log = logging.getLogger("vimodes")
@@ -309,7 +310,7 @@ CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "i
              "batch_size", "chains", "data_regime", "engine")
 
 
-def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
+def summarise_cells(fits: pd.DataFrame, regimes: dict | None = None) -> pd.DataFrame:
     """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode =
     mode_A + mode_B + mode_single (``mode_too_wide`` is not in it), and the exact binomial test that modes A and B are equally
     likely among single-mode fits (NaN for an ordered model: it has one mode by construction)."""
@@ -338,6 +339,13 @@ def summarise_cells(fits: pd.DataFrame) -> pd.DataFrame:
         spec = MODEL_SPECS.get(first["model"])
         row["p_equal_modes"] = np.nan if spec is not None and spec.ordered else \
             equal_modes_pvalue(row["n_mode_A"], row["n_mode_B"])
+        if regimes and first["data_regime"] in regimes:
+            # the regime map (vimodes.regimes): descriptors, and the one axis a one-factor
+            # regime moves (None for a crossed regime)
+            row.update({f"regime_{k}": v for k, v in
+                        regime_descriptors(regimes[first["data_regime"]]).items()})
+            axis = regime_map(regimes).get(first["data_regime"])
+            row["regime_axis"], row["regime_value"] = axis if axis else (None, np.nan)
         row["median_fit_seconds"] = float(group["fit_seconds"].median())
         row["median_sigma"] = float(group["sigma_mean"].median()) if "sigma_mean" in group else np.nan
         rows.append(row)
@@ -395,15 +403,19 @@ def summarise_by_class(fits: pd.DataFrame) -> pd.DataFrame:
 
 def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: dict[str, str],
               out_by_class: dict[str, str] | None = None,
-              out_contrasts: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write the per-fit table, the per-cell summary, the per-(cell, class) metrics and the
-    paired contrasts of single-mode rates between cells that differ in one factor."""
-    from vimodes.contrasts import cell_contrasts
+              out_contrasts: dict[str, str] | None = None,
+              regimes: dict | None = None,
+              out_regime_contrasts: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the per-fit table, the per-cell summary (with the regime map's descriptors when
+    ``regimes``, the config's data regimes, is given), the per-(cell, class) metrics, the
+    paired contrasts of single-mode rates between cells that differ in one factor and the
+    regime map's contrasts against the base regime."""
+    from vimodes.contrasts import cell_contrasts, regime_contrasts
 
     frames = [pd.read_parquet(p) for p in classified_paths]
     fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
     fits = add_reference_sd_ratio(fits.reset_index(drop=True))
-    cells = summarise_cells(fits)
+    cells = summarise_cells(fits, regimes)
     for path in out_fits.values():
         write_table(fits, path)
     for path in out_cells.values():
@@ -415,4 +427,8 @@ def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: 
         contrasts = cell_contrasts(fits)
         for path in out_contrasts.values():
             write_table(contrasts, path)
+    if out_regime_contrasts:
+        by_regime = regime_contrasts(cells)
+        for path in out_regime_contrasts.values():
+            write_table(by_regime, path)
     return fits, cells

@@ -38,6 +38,7 @@ from vimodes.config import TRACE_EVERY as VI_TRACE_EVERY  # noqa: E402
 from vimodes.methods import METHOD_NAMES, METHOD_SPECS, methods_where  # noqa: E402
 from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.records import atomic_path, read_json  # noqa: E402
+from vimodes.regimes import REGIME_AXES  # noqa: E402
 
 log = logging.getLogger("vimodes")
 
@@ -797,6 +798,79 @@ def fig_budget_curves(fits: pd.DataFrame) -> Figure:
     return fig
 
 
+def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
+    """The table behind the regime map: per setting that was run in at least one one-factor
+    regime, per regime axis, one row per point (the base regime's cell is a point of every
+    axis, at its own value of that axis) with the single-mode and collapsed rates and their
+    Wilson intervals (from the cell table)."""
+    from vimodes.contrasts import setting_key, setting_label
+
+    if cells.empty or "regime_axis" not in cells:
+        return pd.DataFrame()
+    mapped = cells[cells["regime_axis"].notna()]
+    keys = {setting_key(r) for _, r in mapped[mapped["regime_axis"] != "base"].iterrows()}
+    out = []
+    for _, r in mapped.iterrows():
+        if setting_key(r) not in keys:
+            continue
+        axes = ([a.name for a in REGIME_AXES] if r["regime_axis"] == "base"
+                else [r["regime_axis"]])
+        for axis in axes:
+            row = {"setting": setting_label(r), "regime_axis": axis,
+                   "value": float(r[f"regime_{axis}"]), "data_regime": r["data_regime"],
+                   "n_fits": int(r["n_fits"])}
+            for name in ("single_mode", "collapsed"):
+                for suffix in ("", "_low", "_high"):
+                    row[f"rate_{name}{suffix}"] = float(r[f"rate_{name}{suffix}"])
+            out.append(row)
+    points = pd.DataFrame(out)
+    if points.empty:
+        return points
+    # an axis with only the base point has no regime of its own: not drawn
+    varied = points.groupby("regime_axis")["value"].transform("nunique") > 1
+    return points[varied].sort_values(["regime_axis", "setting", "value"]).reset_index(drop=True)
+
+
+def fig_regime_map(cells: pd.DataFrame) -> Figure:
+    """Single-mode (top) and collapsed (bottom) rates against each data-regime axis, one
+    line per setting, 95% Wilson intervals; each axis moves one descriptor of the data away from
+    the default regime, which is the common point of every panel."""
+    points = regime_map_points(cells)
+    if points.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no one-factor data regime in this study")
+    axes_present = [a for a in REGIME_AXES if a.name in set(points["regime_axis"])]
+    fig, axes = plt.subplots(2, len(axes_present), figsize=(2.6 * len(axes_present) + 1, 5.2),
+                             layout="constrained", sharey=True, squeeze=False)
+    settings = sorted(points["setting"].unique())
+    palette = plt.get_cmap("tab10")
+    for col, axis in enumerate(axes_present):
+        for index, setting in enumerate(settings):
+            line = points[(points["regime_axis"] == axis.name) & (points["setting"] == setting)]
+            for row, name in enumerate(("single_mode", "collapsed")):
+                ax = axes[row, col]
+                rate = line[f"rate_{name}"].to_numpy()
+                err = np.vstack([rate - line[f"rate_{name}_low"].to_numpy(),
+                                 line[f"rate_{name}_high"].to_numpy() - rate])
+                ax.errorbar(line["value"], rate, yerr=err, color=palette(index % 10),
+                            marker="o", markersize=3, linewidth=1.2, capsize=2)
+        for row, title in enumerate(("on a single mode", "collapsed")):
+            ax = axes[row, col]
+            if axis.log_scale:
+                ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.grid(color="#dddddd", linewidth=0.5)
+            if row == 1:
+                ax.set_xlabel(axis.label)
+            if col == 0:
+                ax.set_ylabel(f"share {title}")
+    handles = [Line2D([], [], color=palette(i % 10), marker="o", label=setting)
+               for i, setting in enumerate(settings)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)),
+               fontsize=8)
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "outcome_rates": fig_outcome_rates,
     "slope_draws": fig_slope_draws,
@@ -808,6 +882,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "budget_curves": fig_budget_curves,
     "question_model": fig_question_model,
     "adam_non_single": fig_adam_non_single,
+    "regime_map": fig_regime_map,
 }
 
 

@@ -51,18 +51,26 @@ def regime_descriptors(regime: dict) -> dict[str, float]:
 
 def regime_axis(regime: dict, base: dict) -> tuple[str, float] | None:
     """(axis name, value) of a regime that differs from ``base`` in exactly one descriptor;
-    ("base", nan) for the base regime itself; None when it differs in K or in several
-    descriptors (a crossed regime, not a point of the one-factor map)."""
+    ("base", nan) for the base regime itself; None when it differs in K, in several
+    descriptors (a crossed regime) or in none while not being the base data (e.g. both slopes
+    shifted): not a point of the one-factor map."""
     mine, theirs = regime_descriptors(regime), regime_descriptors(base)
     if mine["components"] != theirs["components"]:
         return None
     differ = [a.name for a in REGIME_AXES
               if not math.isclose(mine[a.name], theirs[a.name], rel_tol=1e-9, abs_tol=1e-12)]
     if not differ:
-        return ("base", float("nan"))
+        # same descriptors but e.g. both slopes moved: not the base data, and no axis of the map
+        return ("base", float("nan")) if _canonical(regime) == _canonical(base) else None
     if len(differ) > 1:
         return None
     return (differ[0], mine[differ[0]])
+
+
+def _canonical(regime: dict) -> tuple:
+    return (int(regime["n_obs"]), tuple(float(s) for s in regime["slopes"]),
+            tuple(float(w) for w in regime["weights"]), float(regime["noise_sd"]),
+            float(regime.get("x_low", -1.0)), float(regime.get("x_high", 1.0)))
 
 
 def regime_map(regimes: dict[str, dict], base: str = BASE_REGIME) -> dict[str, tuple[str, float]]:

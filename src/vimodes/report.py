@@ -45,6 +45,7 @@ from vimodes.plots import (
     question_comparison_rows,
 )
 from vimodes.records import atomic_path, package_versions
+from vimodes.regimes import AXIS_BY_NAME
 
 ADVI_METHODS = methods_where(report_group="advi")
 OTHER_METHODS = methods_where(report_group="other")
@@ -920,6 +921,14 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
                               f"{integer(row['n_spanning'])}/{integer(row['n_fits'])}")
     if references:
         items.append("**What to do instead.** " + "; ".join(references) + ".")
+    regimes = regime_changes(cells)
+    if regimes is not None:
+        n, changed = regimes
+        items.append(f"**Across data regimes** ({n} comparisons of a one-factor regime with the "
+                     "default regime, same setting, Holm-adjusted; section \"Across data "
+                     "regimes\"): " + ("the single-mode rate changes at " + "; ".join(changed)
+                                       if changed else "no regime changes the single-mode rate "
+                                       "detectably") + ".")
     section.items = items or ["This study has none of the cells the answer is drawn from."]
     section.notes.append(
         "Every comparison is paired (the same seeds, so the same data sets, in both cells); "
@@ -932,6 +941,140 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
 
 
 STARTS_TITLE = "Starts: what each init kind means for each method"
+
+
+def _regime_value_text(axis: str, value: float) -> str:
+    if axis == "n_obs":
+        return f"N = {int(value)}"
+    return f"{AXIS_BY_NAME[axis].label} {value:g}"
+
+
+def regime_changes(cells: pd.DataFrame) -> tuple[int, list[str]] | None:
+    """(number of regime-map comparisons, the ones with Holm p < 0.05 as text); None without
+    a regime map."""
+    from vimodes.contrasts import regime_contrasts
+
+    contrasts = regime_contrasts(cells)
+    if contrasts.empty:
+        return None
+    changed = []
+    for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
+        if c["p_holm"] < 0.05:
+            changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
+                           f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
+                           f"{pct(c['rate_b'])} in the default regime")
+    return len(contrasts), changed
+
+
+def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
+    """The regime map: each one-factor regime's rates against the default regime's cell of the
+    same setting (independent proportions, Holm), where the answer changes, the tolerance each
+    regime's classification used, and (unequal weights) which labelling VI prefers."""
+    from vimodes.contrasts import holm_adjust, regime_contrasts
+
+    section = Section("regimes", "Across data regimes: where the answer changes",
+                      figures=figures_in("regimes"))
+    contrasts = regime_contrasts(cells)
+    if contrasts.empty:
+        section.paragraphs.append("This study has no one-factor data regime (see "
+                                  "`data_regimes` in the config and `vimodes.regimes`).")
+        return section
+    section.paragraphs.append(
+        "Each regime of the map moves one descriptor of the data (number of points, separation "
+        "of the slopes, noise sd, weights, x range) away from the default regime and keeps the "
+        "rest. A regime is a different data set for every seed, so its rate is compared with "
+        "the default regime's cell of the same setting as two independent proportions "
+        "(difference with Newcombe's hybrid score interval, Fisher's exact test, Holm's "
+        f"adjustment over all {len(contrasts)} comparisons of the map).")
+    rows = []
+    for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
+        label = _regime_value_text(c["regime_axis"], c["regime_value"])
+        rows.append([label, c["setting"], f"{int(c['k_a'])}/{int(c['n_a'])}",
+                     f"{int(c['k_b'])}/{int(c['n_b'])}",
+                     f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
+                     f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_holm"])])
+    _, changed = regime_changes(cells)
+    section.tables.append(Table(
+        ["regime", "setting", "single mode (regime)", "single mode (default regime)",
+         "difference, points (95% CI)", "Holm p"], rows,
+        "Single-mode fits / fits per regime and setting, against the default regime's cell of "
+        "the same setting."))
+    if changed:
+        section.paragraphs.append("The single-mode rate differs from the default regime "
+                                  "(Holm p < 0.05) at: " + "; ".join(changed) + ".")
+    else:
+        section.paragraphs.append("No regime of the map changes the single-mode rate "
+                                  "detectably (every Holm p >= 0.05).")
+    crossed = _crossed_table(cells)
+    if crossed is not None:
+        section.tables.append(crossed)
+    section.notes.extend(_tolerance_notes(fits))
+    section.notes.extend(_labelling_notes(cells, holm_adjust))
+    return section
+
+
+def _crossed_table(cells: pd.DataFrame) -> Table | None:
+    """Regimes that move several descriptors at once (e.g. N x noise x separation in
+    config/full.yaml): rates per cell, with their Wilson intervals; they are not compared with
+    the default regime (more than one factor changed)."""
+    from vimodes.contrasts import setting_label
+
+    if "regime_n_obs" not in cells:
+        return None
+    rows = cells[cells["regime_axis"].isna() & cells["regime_n_obs"].notna()
+                 & (cells["regime_components"] == 2) & cells["components"].isna()]
+    if rows.empty:
+        return None
+    body = []
+    for _, r in rows.sort_values(["regime_n_obs", "regime_noise_sd", "regime_separation",
+                                  "cell_id"]).iterrows():
+        body.append([f"N = {int(r['regime_n_obs'])}, noise {r['regime_noise_sd']:g}, "
+                     f"separation {r['regime_separation']:g}, heavier weight "
+                     f"{r['regime_heavier_weight']:g}, x width {r['regime_x_width']:g}",
+                     setting_label(r), cell_rate(r, "single_mode"), cell_rate(r, "collapsed")])
+    return Table(["regime", "setting", "single mode", "collapsed"], body,
+                 "Crossed regimes (several descriptors changed at once): rates with 95% Wilson "
+                 "intervals over the seeds of each cell.")
+
+
+def _tolerance_notes(fits: pd.DataFrame) -> list[str]:
+    if "slope_tolerance" not in fits:
+        return []
+    rows = fits[(fits["level"] == "fit") & fits["slope_tolerance"].notna()]
+    parts = []
+    for regime, group in rows.groupby("data_regime", sort=True):
+        sources = sorted(set(group["tolerance_source"].dropna()))
+        parts.append(f"{code(regime)} {num(group['slope_tolerance'].median(), 3)} "
+                     f"({', '.join(s.replace('_', ' ') for s in sources)})")
+    if not parts:
+        return []
+    return ["Slope tolerance of the classifier per regime (the smallest over the components; "
+            "max(5 reference posterior sds, 5% of the separation), the reference sd from the "
+            "regime's single-chain NUTS fits where the study has them, else the asymptotic "
+            "sd): " + "; ".join(parts) + "."]
+
+
+def _labelling_notes(cells: pd.DataFrame, holm_adjust) -> list[str]:
+    """Unequal weights make the two labellings distinguishable (mode A: model component 0 is
+    the heavier true component). The model and the starts are exchangeable, so no preference is
+    expected; the exact binomial test per cell says whether one shows."""
+    if "regime_axis" not in cells:
+        return []
+    rows = cells[(cells["regime_axis"] == "heavier_weight")
+                 & cells["p_equal_modes"].notna()].sort_values("cell_id")
+    if rows.empty:
+        return []
+    adjusted = holm_adjust(rows["p_equal_modes"].to_numpy(dtype=float))
+    parts = [f"{code(r['cell_id'])}: {integer(r['n_mode_A'])} heavier-first vs "
+             f"{integer(r['n_mode_B'])} lighter-first (Holm p {_pvalue(p)})"
+             for (_, r), p in zip(rows.iterrows(), adjusted)]
+    preferred = [r for (_, r), p in zip(rows.iterrows(), adjusted) if p < 0.05]
+    verdict = ("VI prefers one labelling in " + ", ".join(code(r["cell_id"]) for r in preferred)
+               if preferred else "no cell shows a preference for either labelling")
+    return ["With unequal weights the two single modes are distinguishable: mode A gives model "
+            "component 0 the heavier true component. Among the single-mode fits, "
+            + "; ".join(parts) + f": {verdict} (exact binomial test of A vs B, Holm over these "
+            "cells)."]
 
 
 def starts_section(cells: pd.DataFrame) -> Section:
@@ -1111,6 +1254,7 @@ def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.Data
         headline_section(cells),
         question_section(fits, data_summary),
         budget_section(fits),
+        regime_section(cells, fits),
         adam_section(fits),
         factor_section(cells, fits),
         reference_section(cells, fits),

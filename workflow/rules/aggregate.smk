@@ -13,6 +13,8 @@ rule aggregate:
         by_class_parquet="data/tables/metrics_by_class.parquet",
         contrasts_csv="data/tables/contrasts.csv",
         contrasts_parquet="data/tables/contrasts.parquet",
+        regime_contrasts_csv="data/tables/regime_contrasts.csv",
+        regime_contrasts_parquet="data/tables/regime_contrasts.parquet",
     log:
         "logs/aggregate.log",
     benchmark:
@@ -22,6 +24,8 @@ rule aggregate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        regimes=STUDY.config["data_regimes"],
     script:
         "../scripts/aggregate.py"
 

@@ -33,7 +33,8 @@ rule fit_chunk:
 
 rule reference_sd:
     """The reference posterior sd of the slopes of one data regime, from its reference cell
-    (single-chain NUTS on the marginal model): it sets the classifier's slope tolerances."""
+    (single-chain NUTS on the marginal model): it sets the classifier's slope tolerances.
+    """
     input:
         reference_chunk_dirs,
     output:
