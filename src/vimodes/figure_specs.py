@@ -143,6 +143,14 @@ register(FigureSpec(
     "mode.",
     category="4. Diagnostics", inputs=("fits",), section="diagnostics"))
 register(FigureSpec(
+    "elbo_by_class", "Full-data ELBO by outcome class",
+    "The full-data ELBO of every fit of the marginal model that has one (Gaussian VI: the "
+    "mean of log p(data, z) - log q(z) over its draws), minus the best ELBO of a single-mode "
+    "fit of a model with the same K on the same data set, by outcome class, coloured by method: "
+    "how far each approximation is, by VI's own objective, from the best single-mode one found. Symmetric log scale, "
+    "linear within +-10 nats; fits more than 1e7 nats below are drawn at -1e7.",
+    category="4. Diagnostics", inputs=("fits",), section="diagnostics"))
+register(FigureSpec(
     "errors_by_class", "Errors by outcome class",
     "Absolute error of the posterior means of sigma, the slopes and the weights after "
     "relabelling to the nearest permutation of the truth, by outcome class, coloured by method; "

@@ -24,13 +24,31 @@ class CorruptFitError(OSError):
     """A fit file that cannot be read back completely; the next run regenerates it."""
 
 
+# per-component variables: their last axis is the model's component k (named dimension and
+# coordinate, so that az.summary / az.plot_trace label them slopes[0], slopes[1], ...)
+COMPONENT_VARIABLES = ("slopes", "weights")
+
+
+def _dims(name: str, ndim: int) -> list[str]:
+    extra = [f"{name}_dim_{i}" for i in range(ndim - 2)]
+    if name in COMPONENT_VARIABLES and extra:
+        extra[-1] = "component"
+    return ["chain", "draw", *extra]
+
+
 def _dataset(arrays: dict[str, np.ndarray]) -> xr.Dataset:
-    variables = {}
+    variables, components = {}, None
     for name in sorted(arrays):
         values = np.asarray(arrays[name])
-        dims = ["chain", "draw"] + [f"{name}_dim_{i}" for i in range(values.ndim - 2)]
+        dims = _dims(name, values.ndim)
+        if "component" in dims:
+            components = values.shape[-1]
         variables[name] = (dims, values)
-    return xr.Dataset(variables)
+    coords = {"chain": np.arange(next(iter(variables.values()))[1].shape[0]),
+              "draw": np.arange(next(iter(variables.values()))[1].shape[1])} if variables else {}
+    if components is not None:
+        coords["component"] = np.arange(components)
+    return xr.Dataset(variables, coords=coords)
 
 
 def write_posterior(path: str | Path, result, record: dict) -> None:

@@ -554,6 +554,54 @@ def fig_khat_by_class(fits: pd.DataFrame) -> Figure:
     return fig
 
 
+ELBO_GAP_FLOOR = 1e7
+
+
+def elbo_gap_rows(fits: pd.DataFrame) -> pd.DataFrame:
+    """Fits of the correctly specified marginal model with a full-data ELBO, with
+    ``elbo_gap``: the fit's ELBO minus the best (largest) ELBO of a single-mode fit on the same
+    data set (data regime and seed; over all cells, K = 2 and K = 3 models apart), so that ELBOs
+    of different data sets compare and the best single-mode approximation found is 0. Fits
+    whose data set has no single-mode fit with an ELBO are left out."""
+    rows = fit_rows(fits)
+    rows = rows[(rows["model"] == "marginal") & numeric(rows, "elbo_full").notna()].copy()
+    if rows.empty:
+        return rows
+    rows["elbo_full"] = numeric(rows, "elbo_full")
+    single = rows[rows["outcome"].isin(SINGLE_MODE_CLASSES)]
+    rows["fitted_k"] = numeric(rows, "model_components").fillna(-1)
+    single = single.assign(fitted_k=rows.loc[single.index, "fitted_k"])
+    reference = single.groupby(["data_regime", "seed", "fitted_k"])["elbo_full"].max()
+    key = pd.MultiIndex.from_frame(rows[["data_regime", "seed", "fitted_k"]])
+    rows["elbo_gap"] = rows["elbo_full"].to_numpy() - reference.reindex(key).to_numpy()
+    return rows[rows["elbo_gap"].notna()]
+
+
+def fig_elbo_by_class(fits: pd.DataFrame) -> Figure:
+    """The full-data ELBO of each fit relative to the single-mode fits on the same data set,
+    by outcome class and method: is a collapsed or spanning approximation worse by the
+    objective VI itself optimises?"""
+    rows = elbo_gap_rows(fits)
+    if rows.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no marginal-model fit has a full-data ELBO")
+    # a fit far off (e.g. an unconverged full-rank scale) is drawn at the floor, not lost
+    rows = rows.assign(elbo_gap=rows["elbo_gap"].clip(lower=-ELBO_GAP_FLOOR))
+    outcomes = ordered(rows["outcome"], OUTCOME_ORDER)
+    methods = ordered(rows["method"], METHOD_ORDER)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(outcomes), 3.6), layout="constrained")
+    _strip(ax, rows, "outcome", outcomes, "elbo_gap", "method", METHOD_COLORS)
+    ax.set_yscale("symlog", linthresh=10.0)
+    low, high = ax.get_ylim()
+    ax.set_yticks([0.0] + [sign * 10.0 ** e for e in range(2, 8, 2) for sign in (-1, 1)
+                           if low <= sign * 10.0 ** e <= high])
+    ax.axhline(0.0, color="#444444", linestyle=":", linewidth=0.8)
+    ax.set_ylabel("ELBO gap to the best single-mode fit (nats)")
+    ax.legend(handles=_legend_handles(methods, METHOD_COLORS, METHOD_LABELS), loc="upper left",
+              bbox_to_anchor=(1.06, 1.0))
+    return fig
+
+
 def fig_runtime(fits: pd.DataFrame) -> Figure:
     """Fit time (excluding compilation) per method, every successful fit a point; bar:
     median."""
@@ -883,6 +931,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "question_model": fig_question_model,
     "adam_non_single": fig_adam_non_single,
     "regime_map": fig_regime_map,
+    "elbo_by_class": fig_elbo_by_class,
 }
 
 

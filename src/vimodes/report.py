@@ -38,6 +38,7 @@ from vimodes.plots import (
     OUTCOME_ORDER,
     adam_fit_rows,
     checkpoint_curves,
+    elbo_gap_rows,
     fit_rows,
     method_label,
     numeric,
@@ -631,7 +632,29 @@ def diagnostics_section(fits: pd.DataFrame) -> Section:
         "Per outcome class over all methods; errors after relabelling to the nearest "
         "permutation."))
     section.notes.append(minority_text(rows))
+    elbo = elbo_text(fits)
+    if elbo:
+        section.notes.append(elbo)
     return section
+
+
+def elbo_text(fits: pd.DataFrame) -> str:
+    """Median full-data ELBO gap to the single-mode fits on the same data set, per method and
+    outcome class (the table behind the ``elbo_by_class`` figure)."""
+    rows = elbo_gap_rows(fits)
+    if rows.empty:
+        return ""
+    parts = []
+    for method in ordered(rows["method"], METHOD_ORDER):
+        sub = rows[rows["method"] == method]
+        classes = [f"{OUTCOME_LABELS.get(o, o)} {num(sub.loc[sub['outcome'] == o, 'elbo_gap'].median(), 3)}"
+                   f" (n={int((sub['outcome'] == o).sum())})"
+                   for o in ordered(sub["outcome"], OUTCOME_ORDER)]
+        parts.append(f"{method_label(method)}: " + ", ".join(classes))
+    return ("Full-data ELBO of the marginal model's fits: median difference (nats) to the best "
+            "single-mode fit of a model with the same K on the same data set, by method and "
+            "class: " + "; ".join(parts) + ". The more negative, the worse the approximation by "
+            "VI's own objective.")
 
 
 def minority_text(rows: pd.DataFrame) -> str:
