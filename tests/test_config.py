@@ -236,3 +236,43 @@ def test_every_schema_key_has_a_description():
 
     walk(schema, "config")
     assert not missing, f"schema keys without a description: {missing}"
+
+
+# ------------------------------------------------------------------ rerun trigger of a fit
+
+def test_fit_rule_params_come_from_the_fit_settings(repo):
+    """One source for what a fit depends on: the rule's params are the cell's FitSettings (the
+    fitters' own input), so a setting added to FitSettings is a rerun trigger by construction."""
+    import dataclasses
+
+    from vimodes.config import FAMILY_ONLY_SETTINGS, FitSettings, fit_rule_params, load_study
+
+    study = load_study(repo / "config" / "config.yaml")
+    by_method = {}
+    for cell in study.cells:
+        by_method.setdefault(cell.method, cell)
+    fields = {f.name for f in dataclasses.fields(FitSettings)} - {"threads"}
+    for method, cell in by_method.items():
+        params = fit_rule_params(cell, study.config)
+        settings = FitSettings.from_cell(cell, study.config)
+        expected = {k: v for k, v in settings.rerun_key().items()}
+        assert params["settings"] == expected
+        assert set(params["settings"]) | set(FAMILY_ONLY_SETTINGS) >= fields
+        assert params["data_regime"] == study.config["data_regimes"][cell.data_regime]
+
+    def changed(edit, cell):
+        config = copy.deepcopy(study.config)
+        edit(config)
+        return fit_rule_params(cell, config) != fit_rule_params(cell, study.config)
+
+    nuts, advi = by_method["nuts"], by_method["advi"]
+    assert changed(lambda c: c["nuts"].update(tune=500), nuts)
+    assert not changed(lambda c: c["nuts"].update(tune=500), advi)  # not an ADVI setting
+    assert changed(lambda c: c["vi"].update(khat_draws=500), advi)
+    assert changed(lambda c: c.update(draws=10), advi) and changed(lambda c: c.update(draws=10),
+                                                                    nuts)
+    assert changed(lambda c: c["inits"]["jitter"].update(scale=2.0),
+                   next(x for x in study.cells if x.method == "advi" and x.init == "jitter"))
+    assert changed(lambda c: c["data_regimes"][advi.data_regime].update(noise_sd=0.2), advi)
+    assert not changed(lambda c: c["dadvi"].update(n_fixed_draws=5), advi)
+    assert changed(lambda c: c["dadvi"].update(n_fixed_draws=5), by_method["dadvi"])

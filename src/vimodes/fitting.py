@@ -22,7 +22,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
-from vimodes.config import TRACE_EVERY, VI_METHODS, model_components
+from vimodes.config import TRACE_EVERY, VI_METHODS, FitSettings  # noqa: F401 (re-exported)
 from vimodes.methods import family, method_spec
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
@@ -38,59 +38,6 @@ KHAT_STREAM = 3  # the bootstrap of k-hat's MCSE
 
 def fit_rng(seed_base: int, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed_base, seed, FIT_STREAM])
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    model: str
-    method: str
-    draws: int = 1000
-    optimizer_name: str | None = "adagrad_window"
-    learning_rate: float | None = 0.001
-    iterations: int | None = 10000
-    init_kind: str = "default"
-    init_scale: float = 1.0
-    batch_size: int | None = 128
-    convergence_tolerance: float | None = 1e-4
-    svgd_particles: int = 100
-    pathfinder_paths: int = 4
-    chains: int | None = 1
-    tune: int = 1000
-    target_accept: float = 0.8
-    sampler: str = "nutpie"
-    likelihood: str = "pymc"
-    khat_draws: int = 1000  # draws for PSIS k-hat and its MCSE ...
-    khat_seeds: int | None = None  # ... for seeds below this (None: every seed)
-    elbo_draws: int = 100  # draws for the full-data ELBO of every fit
-    threads: int = 1
-    engine: str = "pymc"  # VI engine: PyMC's own loop or the vectorised JAX engine
-    checkpoints: tuple[int, ...] = ()  # iterations at which the approximation is also stored
-    n_components: int = 2  # the model's K (resolved from the cell and its data regime)
-    dadvi_fixed_draws: int = 30
-    dadvi_optimizer: str = "L-BFGS-B"
-
-    @classmethod
-    def from_cell(cls, cell, config: dict, threads: int = 1) -> FitSettings:
-        init = config["inits"].get(cell.init, {"kind": "default", "scale": 1.0})
-        return cls(
-            model=cell.model, method=cell.method, draws=config["draws"],
-            optimizer_name=cell.optimizer_name, learning_rate=cell.learning_rate,
-            iterations=cell.iterations, init_kind=init["kind"], init_scale=init.get("scale", 1.0),
-            batch_size=cell.batch_size, convergence_tolerance=config["vi"]["convergence_tolerance"],
-            svgd_particles=config["vi"]["svgd_particles"],
-            pathfinder_paths=config["vi"]["pathfinder_paths"], chains=cell.chains,
-            tune=config["nuts"]["tune"], target_accept=config["nuts"]["target_accept"],
-            sampler=config["nuts"]["sampler"],
-            likelihood=config["vi"]["full_batch_likelihood"] if cell.method in VI_METHODS
-            else config["nuts"]["likelihood"],
-            khat_draws=config["vi"]["khat_draws"], khat_seeds=config["vi"]["khat_seeds"],
-            elbo_draws=config["vi"]["elbo_draws"], threads=threads,
-            engine=cell.engine, checkpoints=tuple(cell.checkpoints),
-            n_components=model_components(config, getattr(cell, "components", None),
-                                          cell.data_regime),
-            dadvi_fixed_draws=config["dadvi"]["n_fixed_draws"],
-            dadvi_optimizer=config["dadvi"]["optimizer"],
-        )
 
 
 def diagnostic_draws(settings: FitSettings, seed: int) -> tuple[int, bool]:

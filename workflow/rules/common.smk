@@ -9,9 +9,9 @@ min_version("9.0")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from vimodes.config import ConfigError, build_study, study_config
+from vimodes.config import ConfigError, build_study, fit_rule_params, study_config
 from vimodes.figure_specs import FIGURE_SPECS
-from vimodes.methods import family, method_spec
+from vimodes.methods import method_spec
 
 # A --configfile replaces the default study and must be complete; without one, the default study
 # with any --config values on top. (A `configfile:` directive would merge every --configfile
@@ -115,25 +115,9 @@ def fit_runtime_minutes(wildcards):
 
 
 def fit_settings(wildcards):
-    """Every config value a fit of this cell depends on beyond its axes (a params: entry, so
-    that changing e.g. `draws`, `nuts.tune` or an init's scale reruns exactly those fits).
-    """
-    cell = STUDY.cell_by_id[wildcards.cell]
-    settings = {
-        "seed_base": STUDY.config["seed_base"],
-        "draws": STUDY.config["draws"],
-        "data_regime": STUDY.config["data_regimes"][cell.data_regime],
-        "init": STUDY.config["inits"].get(cell.init),
-    }
-    if family(cell.method) == "nuts":
-        settings["nuts"] = STUDY.config["nuts"]
-    else:
-        settings["vi"] = STUDY.config["vi"]
-        if family(cell.method) == "dadvi":
-            settings["dadvi"] = STUDY.config["dadvi"]
-        if family(cell.method) == "pathfinder":
-            settings["likelihood"] = STUDY.config["nuts"]["likelihood"]
-    return settings
+    """The rerun trigger of a fit (a params: entry): the cell's FitSettings, the seed base and
+    its data regime, from the one function the fitters' settings come from too."""
+    return fit_rule_params(STUDY.cell_by_id[wildcards.cell], STUDY.config)
 
 
 def all_chunk_outputs(pattern):
