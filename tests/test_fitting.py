@@ -224,3 +224,19 @@ def test_cavi_fit_does_not_depend_on_the_seeds_fitted_before(datasets):
         np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
     np.testing.assert_array_equal(in_chunk[1].info["loss_trace"], alone.info["loss_trace"])
     assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+
+
+@pytest.mark.slow  # three nutpie compilations: about a minute
+def test_nutpie_nuts_fit_does_not_depend_on_the_seeds_fitted_before(datasets):
+    """The default NUTS path (nutpie, fused likelihood), as for ADVI and CAVI: seed 2 fitted
+    after seed 0 in one fitter equals seed 2 fitted alone, draw for draw."""
+    s = settings(method="nuts", draws=50, tune=100, chains=1, sampler="nutpie",
+                 likelihood="fused", optimizer_name=None, learning_rate=None, iterations=None,
+                 batch_size=None)
+    chunk = make_fitter(s, N)
+    in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 2)]
+    alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
+    assert in_chunk[1].status == alone.status == "ok"
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
+    assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
