@@ -266,3 +266,28 @@ def test_the_answer_names_the_regimes_where_it_changes(map_cells):
     assert changed == ["N = 1000 (advi, default, default): 60% on a single mode against 0% in "
                        "the default regime"]
     assert regime_changes(map_cells[map_cells["regime_axis"] == "base"]) is None
+
+
+def test_components_section_compares_k3_with_the_same_setting_at_k2(map_cells):
+    from vimodes.report import components_section
+
+    k3 = _cell("k3_adam", "k3", None, np.nan, 48, 50, "adam_1e-2", "jitter")
+    k3["regime_components"] = 3.0
+    over = _cell("over_adam", "default", "base", np.nan, 0, 50, "adam_1e-2", "jitter")
+    over["components"] = 3.0
+    cells = pd.concat([map_cells, pd.DataFrame([k3, over])], ignore_index=True)
+    for name in ("spanning", "partial_collapse", "not_converged", "failed", "overfit_empty",
+                 "overfit_duplicated"):
+        cells[f"n_{name}"] = 0
+        for suffix in ("", "_low", "_high"):
+            cells[f"rate_{name}{suffix}"] = 0.0
+    cells.loc[cells["cell_id"] == "over_adam", "n_overfit_empty"] = 45
+    section = components_section(cells)
+    text = " ".join(section.paragraphs)
+    # 48/50 with K = 3 against the base adam cell's 100/100 with K = 2
+    assert "advi, adam_1e-2, jitter: 96% with K = 3 against 100% with K = 2" in text
+    assert "no difference detectable" in text
+    k3_table, over_table = section.tables
+    assert [row[0] for row in k3_table.rows] == ["advi, adam_1e-2, jitter"]
+    assert over_table.rows[0][1].startswith("45/50")  # extra component empty
+    assert over_table.rows[0][-1].startswith("100/100")  # the K = 2 model on the same data
