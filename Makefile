@@ -63,6 +63,7 @@ readme: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check .
 
 format: $(BIN)/snakemake
 	$(BIN)/snakefmt Snakefile workflow/rules

@@ -112,7 +112,7 @@ def yaml_snippets(text: str) -> list[tuple[int, str, str]]:
             continue
         indent = line[: len(line) - len(line.lstrip())]
         end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
-        body = "\n".join(l.removeprefix(indent) for l in lines[index + 1:end])
+        body = "\n".join(row.removeprefix(indent) for row in lines[index + 1:end])
         previous = next((lines[i].strip() for i in range(index - 1, -1, -1) if lines[i].strip()),
                         "")
         snippets.append((index + 1, previous if previous in (FRAGMENT, OVERLAY) else "", body))

@@ -75,6 +75,19 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in output, output[-3000:]
 
 
+def test_ruff_clean(repo, tmp_path):
+    """The Python code passes the project's ruff rules (pyproject.toml); the same command fails
+    on a file with an undefined name (so the check itself can fail)."""
+    result = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=repo, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n\nprint(undefined_name)\n")
+    control = subprocess.run([str(BIN / "ruff"), "check", "--config", str(repo / "pyproject.toml"),
+                              str(bad)], capture_output=True, text=True)
+    assert control.returncode == 1 and "F821" in control.stdout and "F401" in control.stdout
+
+
 def test_snakefmt_clean(repo):
     files = ["Snakefile", *sorted(str(p.relative_to(repo)) for p in (repo / "workflow" / "rules").glob("*.smk"))]
     result = subprocess.run([str(BIN / "snakefmt"), "--check", *files], cwd=repo,
