@@ -16,9 +16,10 @@ $(BIN)/snakemake: requirements.lock pyproject.toml
 
 venv: $(BIN)/snakemake
 
-## make run: the default study (config/config.yaml) to report/
+## make run: the default study (config/config.yaml) to report/; a line of fit-level progress
+## (fits done / planned, time left at the rate so far) every minute beside Snakemake's output
 run: $(BIN)/snakemake
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python -m vimodes.progress --every 60 -- $(BIN)/snakemake --cores $(CORES)
 
 ## make test: unit tests, dry runs, lint, format check and an end-to-end smoke study
 test: $(BIN)/snakemake
