@@ -510,3 +510,42 @@ def test_classify_chunk_writes_centre_and_minority_columns(tmp_path):
     assert frame.loc[1, "outcome"] == "spanning"
     assert frame.loc[1, "minority_share"] == pytest.approx(0.15)
     assert frame.loc[1, "centre_mass"] == pytest.approx(0.85)
+
+
+# ---------------------------------------------------------------- rule 5d: collapse by pruning
+
+HALF = TrueParameters(slopes=(3.0, 1.0), weights=(0.5, 0.5), noise_sd=0.1, n_obs=100_000)
+
+
+def _pruned(live_slope, sigma, n=1000, k=2, seed=0):
+    """Component 0 carries the weight at ``live_slope``; the others are empty at their prior."""
+    rng = np.random.default_rng(seed)
+    slopes = rng.normal(0.0, 1.0, size=(1, n, k))
+    slopes[..., 0] = live_slope + 0.01 * rng.normal(size=(1, n))
+    weights = np.full((1, n, k), 1e-4)
+    weights[..., 0] = 1.0 - 1e-4 * (k - 1)
+    return slopes, weights, np.full((1, n), sigma)
+
+
+def test_pruning_to_one_line_is_collapse():
+    # half separation: one line at the one-line slope 2 with the one-line residual sd
+    # sqrt(0.1^2 + 1^2 / 3) = 0.585, the other component empty (seen in the regime map)
+    c = classify_draws(*_pruned(2.0, 0.585), HALF, SETTINGS)
+    assert c.label == "collapsed"
+    assert c.reason.startswith("one line through all points: components [1] emptied")
+
+
+def test_pruning_elsewhere_or_with_a_small_sigma_is_not_collapse():
+    # the live component on a true slope (it explains half the data): not the one-line fit
+    assert classify_draws(*_pruned(3.0, 0.585), HALF, SETTINGS).label == "not_converged"
+    # at the one-line slope but with the true noise sd: not how one line explains two
+    assert classify_draws(*_pruned(2.0, 0.1), HALF, SETTINGS).label == "not_converged"
+    # nothing emptied: rules 5 / 5b decide as before (here: slopes far apart, not collapsed)
+    slopes, weights, sigma = _pruned(2.0, 0.585)
+    weights[:] = 0.5
+    assert classify_draws(slopes, weights, sigma, HALF, SETTINGS).label != "collapsed"
+
+
+def test_an_overfitted_model_pruned_to_one_line_is_collapse():
+    c = classify_draws(*_pruned(2.0, 0.585, k=3), HALF, SETTINGS)
+    assert c.label == "collapsed" and "components [1, 2] emptied" in c.reason

@@ -25,7 +25,8 @@ Outcome classes (``OUTCOME_CLASSES``, the one vocabulary of the pipeline, tables
   ``permutation`` column; also filled for mode_A "0-1" and mode_B "1-0");
 * ``spanning``: draws in several labellings' basins (rule 3);
 * ``mode_too_wide``: centred on one labelling but too much mass outside it (rule 4b);
-* ``collapsed``: all slopes merged at the one-line slope (full collapse, rules 5 and 5b);
+* ``collapsed``: all slopes merged at the one-line slope (full collapse, rules 5 and 5b), or
+  the other components emptied (rule 5d);
 * ``partial_collapse`` (K_t >= 3): two or more components merged on the line of a group of true
   components, the others right (rule 5c);
 * ``overfit_empty`` / ``overfit_duplicated`` (K_m > K_t): the truth recovered with the extra
@@ -138,6 +139,16 @@ Rule 5b (collapsed, wide)
     PyMC's default optimiser after 10000 minibatch steps: centre at the symmetric point, sigma
     ~1.16, slope sds ~0.5, so only ~80% of draws have a gap below 1.
 
+Rule 5d (collapsed by pruning)
+    VI can also average the modes by emptying components: at the centre some components have
+    median weight at most ``weight_tolerance`` (EMPTY, their slopes unidentified and ignored) and
+    at least ``1 - span_min_share`` of the draws have every other component within the rule-5
+    location tolerance of the one-line slope, with median sigma at least ``sigma_ratio_max``
+    times the truth => ``collapsed``: the same one line through all points as rule 5, with the
+    weight on fewer components (the likelihood is the same for any split of the weight between
+    equal slopes). Seen with half the default separation (slopes 3 and 1): one component at
+    slope 2 with weight ~1, the other empty at its prior, sigma ~0.58.
+
 Rule 5c (partial collapse; K_t >= 3)
     The centre's components split into a MERGED group and the rest: for a group G of 2 to K-1
     true components, with merged line ``m_G = sum_{j in G} w_j slopes_j / sum_{j in G} w_j``
@@ -169,7 +180,8 @@ Rule 7 (over-fitted model, K_m > K_t; instead of rules 1b-5c)
     ``not_converged`` (e.g. chains in different labellings: their pooled medians match nothing;
     ``chain_labels`` has each chain's own label). Shares of A/B and ``minority_share`` are NaN.
 
-The rules are applied in the order 0, 3, 4, 4b, 5, 5b, 5c, 6 (K_m > K_t: 0, 5, 5b, 7, 6). Each
+The rules are applied in the order 0, 3, 4, 4b, 5, 5b, 5d, 5c, 6 (K_m > K_t: 0, 5, 5b, 5d, 7,
+6). Each
 chain is ALSO classified on its own
 with the same rules (``chain_labels``, in chain order); the fit label is from the pooled draws, so
 two chains in different modes give ``spanning`` with chain_labels ("mode_A", "mode_B"). For a
@@ -676,6 +688,25 @@ def _collapse_rules(flat, sg, codes_collapsed, share_c, all_basins_small, truth,
     return None
 
 
+def _pruned_collapse(flat, w, sg, truth, settings, s, share_txt):
+    """Rule 5d: collapsed by pruning; None if it does not apply."""
+    med_w = np.median(w, axis=0)
+    empty = med_w <= settings.weight_tolerance * (1.0 + EDGE_RTOL)
+    if not empty.any() or empty.all():
+        return None
+    target = one_line_slope(truth)
+    tolerance = _location_tolerance(truth, settings) * (1.0 + EDGE_RTOL)
+    on_line = float(np.mean(np.all(np.abs(flat[:, ~empty] - target) <= tolerance, axis=1)))
+    median_sigma = float(np.median(sg))
+    if on_line < 1.0 - s or not (
+            median_sigma >= settings.sigma_ratio_max * truth.noise_sd * (1.0 - EDGE_RTOL)):
+        return None
+    return ("collapsed",
+            f"one line through all points: components {np.flatnonzero(empty).tolist()} emptied "
+            f"(median weights {_fmt(med_w)}), the others at the one-line slope {target:.4g} in "
+            f"{on_line:.3g} of draws, median sigma {median_sigma:.4g}; {share_txt}")
+
+
 def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
     """Rules 1-6 on finite, non-empty draws (K_m = K_t; rule 7 for K_m > K_t).
 
@@ -765,6 +796,10 @@ def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
                                bool(np.all(shares < s)), truth, settings, s, share_txt)
     if collapse is not None:
         return result(*collapse)
+    # Rule 5d: collapsed by pruning (components emptied, one line through all points)
+    pruned = _pruned_collapse(flat, w, sg, truth, settings, s, share_txt)
+    if pruned is not None:
+        return result(*pruned)
     # Rule 5c: partial collapse
     if partial is not None and np.all(shares < s) and share_c < s:
         return result(*_partial_label(partial, centre_mass, w, sg, truth, settings, s, share_txt))
@@ -850,7 +885,8 @@ def _classify_overfit(slopes, weights, sigma, truth, settings, reference_sd):
         return label, (nan, nan, share_c), reason, info, (None, nan)
 
     collapse = _collapse_rules(flat, sg, collapsed, share_c, centre_class != "overfit", truth,
-                               settings, s, share_txt)
+                               settings, s, share_txt) \
+        or _pruned_collapse(flat, w, sg, truth, settings, s, share_txt)
     if collapse is not None:
         return result(*collapse)
     if problems:
