@@ -549,3 +549,19 @@ def test_pruning_elsewhere_or_with_a_small_sigma_is_not_collapse():
 def test_an_overfitted_model_pruned_to_one_line_is_collapse():
     c = classify_draws(*_pruned(2.0, 0.585, k=3), HALF, SETTINGS)
     assert c.label == "collapsed" and "components [1, 2] emptied" in c.reason
+
+
+def test_collapse_sigma_floor_follows_the_one_line_residual_of_close_lines():
+    from vimodes.classify import collapse_sigma_floor, one_line_sigma
+
+    close = TrueParameters(slopes=(3.0, 2.8), weights=(0.5, 0.5), noise_sd=0.1, n_obs=100_000)
+    assert one_line_sigma(TRUTH) == pytest.approx(math.sqrt(0.01 + 4 / 3))
+    assert one_line_sigma(close) == pytest.approx(math.sqrt(0.01 + 0.01 / 3))
+    assert collapse_sigma_floor(TRUTH, SETTINGS) == pytest.approx(0.125)  # the ratio, as before
+    assert collapse_sigma_floor(close, SETTINGS) == pytest.approx(0.1 + 0.5 * (0.11547 - 0.1),
+                                                                  rel=1e-4)
+    # one line at 2.9 (the one-line slope) with its residual sd 0.115 and the other component
+    # emptied: mode averaging, although sigma is only 1.15x the truth
+    c = classify_draws(*_pruned(2.9, 0.115), close, SETTINGS)
+    assert c.label == "collapsed"
+    assert classify_draws(*_pruned(2.9, 0.1), close, SETTINGS).label == "not_converged"

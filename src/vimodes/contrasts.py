@@ -368,7 +368,7 @@ def setting_label(row) -> str:
     parts = [str(row["method"])]
     for axis in ("optimizer", "init"):
         value = _level(row.get(axis))
-        if value is not None:
+        if value is not None and value != "none":  # "none": the axis does not apply (NUTS)
             parts.append(str(value))
     chains = _level(row.get("chains"))
     if chains is not None:

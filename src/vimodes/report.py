@@ -954,9 +954,12 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
                                        "detectably") + ".")
     section.items = items or ["This study has none of the cells the answer is drawn from."]
     section.notes.append(
-        "Every comparison is paired (the same seeds, so the same data sets, in both cells); "
-        "intervals are Newcombe's for a paired difference of proportions, p-values exact "
-        "McNemar tests, adjusted by Holm over every contrast in the table at the end. Rates of "
+        "Every comparison within one data regime is paired (the same seeds, so the same data "
+        "sets, in both cells); intervals are Newcombe's for a paired difference of proportions, "
+        "p-values exact McNemar tests, adjusted by Holm over every contrast in the table at the "
+        "end. Comparisons across data regimes (different data sets) are of independent "
+        "proportions: Newcombe's interval for independent samples, Fisher's exact test, Holm "
+        "over the regime map. Rates of "
         "single cells carry 95% Wilson intervals over their seeds; a rate pooled over cells "
         "with different settings (in later sections) says how many cells it pools and has no "
         "interval.")
