@@ -1013,24 +1013,36 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
         "(difference with Newcombe's hybrid score interval, Fisher's exact test, Holm's "
         f"adjustment over all {len(contrasts)} comparisons of the map).")
     rows = []
+    by_id = cells.set_index("cell_id")
     for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
         label = _regime_value_text(c["regime_axis"], c["regime_value"])
-        rows.append([label, c["setting"], f"{int(c['k_a'])}/{int(c['n_a'])}",
+        cell = by_id.loc[c["cell_id"]]
+        other = [f"{integer(cell.get(f'n_{name}', 0))}" for name in ("collapsed", "not_converged")]
+        rows.append([label, c["setting"], f"{int(c['k_a'])}/{int(c['n_a'])}", *other,
                      f"{int(c['k_b'])}/{int(c['n_b'])}",
                      f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
                      f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_holm"])])
     _, changed = regime_changes(cells)
     section.tables.append(Table(
-        ["regime", "setting", "single mode (regime)", "single mode (default regime)",
-         "difference, points (95% CI)", "Holm p"], rows,
-        "Single-mode fits / fits per regime and setting, against the default regime's cell of "
-        "the same setting."))
+        ["regime", "setting", "single mode (regime)", "collapsed", "not converged",
+         "single mode (default regime)", "difference, points (95% CI)", "Holm p"], rows,
+        "Single-mode fits / fits per regime and setting (and the regime's collapsed and "
+        "not-converged fits), against the default regime's cell of the same setting; every "
+        "class of every cell is in the table of all cells, each fit's reason in the fit table."))
     if changed:
         section.paragraphs.append("The single-mode rate differs from the default regime "
                                   "(Holm p < 0.05) at: " + "; ".join(changed) + ".")
     else:
         section.paragraphs.append("No regime of the map changes the single-mode rate "
                                   "detectably (every Holm p >= 0.05).")
+    stuck = [f"{_regime_value_text(c['regime_axis'], c['regime_value'])} ({c['setting']}): "
+             f"{integer(by_id.loc[c['cell_id']].get('n_not_converged', 0))}/{int(c['n_a'])}"
+             for _, c in contrasts.sort_values(["regime_axis", "regime_value"]).iterrows()
+             if by_id.loc[c["cell_id"]].get("n_not_converged", 0) > c["n_a"] / 2]
+    if stuck:
+        section.paragraphs.append(
+            "Mostly not converged (neither on a mode nor at the one-line solution; the fit "
+            "table's `outcome_reason` says where each one is): " + "; ".join(stuck) + ".")
     crossed = _crossed_table(cells)
     if crossed is not None:
         section.tables.append(crossed)
