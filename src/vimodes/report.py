@@ -988,7 +988,9 @@ def regime_changes(cells: pd.DataFrame) -> tuple[int, list[str]] | None:
         if c["p_holm"] < 0.05:
             changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
                            f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
-                           f"{pct(c['rate_b'])} in the default regime")
+                           f"{pct(c['rate_b'])} in the default regime (difference "
+                           f"{100 * c['diff']:+.0f} points, 95% CI {100 * c['diff_low']:+.0f} "
+                           f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})")
     return len(contrasts), changed
 
 
