@@ -984,13 +984,19 @@ def regime_changes(cells: pd.DataFrame) -> tuple[int, list[str]] | None:
     if contrasts.empty:
         return None
     changed = []
+    by_id = cells.set_index("cell_id")
     for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
         if c["p_holm"] < 0.05:
+            cell = by_id.loc[c["cell_id"]]
+            others = ", ".join(f"{integer(cell.get(f'n_{name}', 0))} {label}" for name, label in
+                               (("collapsed", "collapsed"), ("not_converged", "not converged"))
+                               if cell.get(f"n_{name}", 0) > 0)
             changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
                            f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
                            f"{pct(c['rate_b'])} in the default regime (difference "
                            f"{100 * c['diff']:+.0f} points, 95% CI {100 * c['diff_low']:+.0f} "
-                           f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})")
+                           f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})"
+                           + (f"; of its {int(c['n_a'])} fits {others}" if others else ""))
     return len(contrasts), changed
 
 
@@ -1041,6 +1047,17 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
              f"{integer(by_id.loc[c['cell_id']].get('n_not_converged', 0))}/{int(c['n_a'])}"
              for _, c in contrasts.sort_values(["regime_axis", "regime_value"]).iterrows()
              if by_id.loc[c["cell_id"]].get("n_not_converged", 0) > c["n_a"] / 2]
+    if "outcome_reason" in fits and "cell_id" in fits:
+        map_fits = fits[(fits["level"] == "fit") & fits["cell_id"].isin(contrasts["cell_id"])]
+        collapsed = map_fits[map_fits["outcome"] == "collapsed"]
+        pruned = collapsed["outcome_reason"].str.startswith("one line through all points")
+        if pruned.any():
+            where = collapsed[pruned].groupby("data_regime").size()
+            section.paragraphs.append(
+                f"{int(pruned.sum())} of the map's {len(collapsed)} collapsed fits averaged the "
+                "modes by emptying a component (weight near 0) and putting one line through all "
+                "points, instead of merging the two slopes: "
+                + ", ".join(f"{code(r)} {n}" for r, n in where.items()) + ".")
     if stuck:
         section.paragraphs.append(
             "Mostly not converged (neither on a mode nor at the one-line solution; the fit "
