@@ -288,7 +288,7 @@ def test_components_section_compares_k3_with_the_same_setting_at_k2(map_cells):
     text = " ".join(section.paragraphs)
     # 48/50 with K = 3 against the base adam cell's 100/100 with K = 2
     assert "advi, adam_1e-2, jitter: 96% with K = 3 against 100% with K = 2" in text
-    assert "no difference detectable" in text
+    assert "(no difference detectable: -4 points, 95% CI " in text
     k3_table, over_table = section.tables
     assert [row[0] for row in k3_table.rows] == ["advi, adam_1e-2, jitter"]
     assert over_table.rows[0][1].startswith("45/50")  # extra component empty

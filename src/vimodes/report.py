@@ -1183,7 +1183,9 @@ def components_section(cells: pd.DataFrame) -> Section:
             statements.append(f"{setting_label(r)}: {pct(c['rate_a'])} with K = 3 against "
                               f"{pct(c['rate_b'])} with K = 2 ("
                               + ("a difference" if p < 0.05 else "no difference detectable")
-                              + f", Holm p {_pvalue(p)})")
+                              + f": {100 * c['diff']:+.0f} points, 95% CI "
+                              f"{100 * c['diff_low']:+.0f} to {100 * c['diff_high']:+.0f}; "
+                              f"Holm p {_pvalue(p)})")
     if table:
         section.paragraphs.append(
             "With K = 3 components there are 3! = 6 labellings; a fit is on a single mode when "
