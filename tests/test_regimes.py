@@ -293,3 +293,23 @@ def test_components_section_compares_k3_with_the_same_setting_at_k2(map_cells):
     assert [row[0] for row in k3_table.rows] == ["advi, adam_1e-2, jitter"]
     assert over_table.rows[0][1].startswith("45/50")  # extra component empty
     assert over_table.rows[0][-1].startswith("100/100")  # the K = 2 model on the same data
+
+
+def test_regime_map_draws_a_row_per_outcome_class_that_occurs(map_cells):
+    from vimodes.plots import fig_regime_map
+
+    cells = map_cells.copy()
+    cells["rate_not_converged"] = 0.0
+    cells["rate_not_converged_low"] = 0.0
+    cells["rate_not_converged_high"] = 0.0
+    cells.loc[cells["cell_id"] == "small_asked", ["rate_not_converged",
+                                                  "rate_not_converged_high"]] = [0.4, 0.5]
+    fig = fig_regime_map(cells)
+    try:
+        assert len(fig.axes) == 6  # single mode, collapsed, not converged x 2 varied axes
+        labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+        assert labels == ["share:\nsingle mode", "share:\ncollapsed", "share:\nnot converged"]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

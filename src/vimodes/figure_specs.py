@@ -177,9 +177,9 @@ register(FigureSpec(
     "regime_map", "Where VI lands as the data change",
     "Each panel moves one descriptor of the data away from the default regime (N = 100000, "
     "slopes 3 and -1, noise sd 0.1, equal weights, x ~ U(-1, 1)), whose cell is the common point "
-    "of every panel: the share of fits on a single mode (top) and still collapsed on the "
-    "one-line solution (bottom), with 95% Wilson intervals over the seeds of each cell, one line "
-    "per setting. The classifier's slope tolerance in each regime follows that regime's NUTS "
+    "of every panel: the share of fits in each outcome class that occurs in the map (a row "
+    "each: on a single mode first, then e.g. collapsed on the one-line solution and not "
+    "converged), with 95% Wilson intervals over the seeds of each cell, one line per setting. The classifier's slope tolerance in each regime follows that regime's NUTS "
     "reference posterior.",
     category="2. Factors", inputs=("cells",), section="regimes"))
 register(FigureSpec(

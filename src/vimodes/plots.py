@@ -846,6 +846,11 @@ def fig_budget_curves(fits: pd.DataFrame) -> Figure:
     return fig
 
 
+# the outcome classes the regime map can draw (a row each when some cell of the map has one)
+REGIME_MAP_CLASSES = ("single_mode", "mode_too_wide", "spanning", "collapsed", "not_converged",
+                      "failed")
+
+
 def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
     """The table behind the regime map: per setting that was run in at least one one-factor
     regime, per regime axis, one row per point (the base regime's cell is a point of every
@@ -867,9 +872,10 @@ def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
             row = {"setting": setting_label(r), "regime_axis": axis,
                    "value": float(r[f"regime_{axis}"]), "data_regime": r["data_regime"],
                    "n_fits": int(r["n_fits"])}
-            for name in ("single_mode", "collapsed"):
+            for name in REGIME_MAP_CLASSES:
                 for suffix in ("", "_low", "_high"):
-                    row[f"rate_{name}{suffix}"] = float(r[f"rate_{name}{suffix}"])
+                    column = f"rate_{name}{suffix}"
+                    row[column] = float(r[column]) if column in r else 0.0
             out.append(row)
     points = pd.DataFrame(out)
     if points.empty:
@@ -880,38 +886,43 @@ def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def fig_regime_map(cells: pd.DataFrame) -> Figure:
-    """Single-mode (top) and collapsed (bottom) rates against each data-regime axis, one
-    line per setting, 95% Wilson intervals; each axis moves one descriptor of the data away from
-    the default regime, which is the common point of every panel."""
+    """The rate of every outcome class that occurs in the map (a row each, single mode first)
+    against each data-regime axis (a column each), one line per setting, 95% Wilson intervals;
+    each axis moves one descriptor of the data away from the default regime, which is the
+    common point of every panel."""
     points = regime_map_points(cells)
     if points.empty:
         fig, ax = plt.subplots(figsize=(6, 2))
         return _empty(fig, ax, "no one-factor data regime in this study")
     axes_present = [a for a in REGIME_AXES if a.name in set(points["regime_axis"])]
-    fig, axes = plt.subplots(2, len(axes_present), figsize=(2.6 * len(axes_present) + 1, 5.2),
+    classes = [name for name in REGIME_MAP_CLASSES
+               if name == "single_mode" or (points[f"rate_{name}"] > 0).any()]
+    fig, axes = plt.subplots(len(classes), len(axes_present),
+                             figsize=(2.6 * len(axes_present) + 1, 2.4 * len(classes) + 0.6),
                              layout="constrained", sharey=True, squeeze=False)
     settings = sorted(points["setting"].unique())
     palette = plt.get_cmap("tab10")
     for col, axis in enumerate(axes_present):
         for index, setting in enumerate(settings):
             line = points[(points["regime_axis"] == axis.name) & (points["setting"] == setting)]
-            for row, name in enumerate(("single_mode", "collapsed")):
+            for row, name in enumerate(classes):
                 ax = axes[row, col]
                 rate = line[f"rate_{name}"].to_numpy()
                 err = np.vstack([rate - line[f"rate_{name}_low"].to_numpy(),
                                  line[f"rate_{name}_high"].to_numpy() - rate])
                 ax.errorbar(line["value"], rate, yerr=err, color=palette(index % 10),
                             marker="o", markersize=3, linewidth=1.2, capsize=2)
-        for row, title in enumerate(("on a single mode", "collapsed")):
+        for row, name in enumerate(classes):
             ax = axes[row, col]
             if axis.log_scale:
                 ax.set_xscale("log")
             ax.set_ylim(-0.03, 1.03)
             ax.grid(color="#dddddd", linewidth=0.5)
-            if row == 1:
+            if row == len(classes) - 1:
                 ax.set_xlabel(axis.label)
             if col == 0:
-                ax.set_ylabel(f"share {title}")
+                ax.set_ylabel("share:\n" + OUTCOME_LABELS.get(name, name).split(" (")[0],
+                              fontsize=8)
     handles = [Line2D([], [], color=palette(i % 10), marker="o", label=setting)
                for i, setting in enumerate(settings)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)),
