@@ -215,15 +215,22 @@ def test_cells_share_common_random_numbers_per_seed(datasets):
 def test_cavi_fit_does_not_depend_on_the_seeds_fitted_before(datasets):
     """As for ADVI: fitting seeds [0, 2] in one CAVI fitter gives seed 2 exactly the result of
     a fitter that fits seed 2 alone."""
-    s = settings(method="cavi", iterations=50)
+    in_chunk, alone = _seed_2_in_a_chunk_and_alone(settings(method="cavi", iterations=50),
+                                                   datasets)
+    np.testing.assert_array_equal(in_chunk.info["loss_trace"], alone.info["loss_trace"])
+
+
+def _seed_2_in_a_chunk_and_alone(s, datasets):
+    """Seed 2 fitted after seed 0 in one fitter and by a fresh fitter; asserts equal draws (and
+    that seed 0's differ) and returns both results."""
     chunk = make_fitter(s, N)
     in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 2)]
     alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
     assert in_chunk[1].status == alone.status == "ok"
     for name in ("slopes", "weights", "sigma"):
         np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
-    np.testing.assert_array_equal(in_chunk[1].info["loss_trace"], alone.info["loss_trace"])
     assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+    return in_chunk[1], alone
 
 
 @pytest.mark.slow  # three nutpie compilations: about a minute
@@ -233,10 +240,4 @@ def test_nutpie_nuts_fit_does_not_depend_on_the_seeds_fitted_before(datasets):
     s = settings(method="nuts", draws=50, tune=100, chains=1, sampler="nutpie",
                  likelihood="fused", optimizer_name=None, learning_rate=None, iterations=None,
                  batch_size=None)
-    chunk = make_fitter(s, N)
-    in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 2)]
-    alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
-    assert in_chunk[1].status == alone.status == "ok"
-    for name in ("slopes", "weights", "sigma"):
-        np.testing.assert_array_equal(in_chunk[1].draws[name], alone.draws[name])
-    assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+    _seed_2_in_a_chunk_and_alone(s, datasets)

@@ -331,9 +331,9 @@ REGIME_CONTRAST_COLUMNS = (
 )
 
 
-def setting_key(row) -> tuple:
-    """A cell's setting: its levels of ``SETTING_AXES`` (missing levels compare equal)."""
-    return tuple(_level(row.get(axis)) for axis in SETTING_AXES)
+def setting_key(row, axes: tuple[str, ...] = SETTING_AXES) -> tuple:
+    """A cell's setting: its levels of ``axes`` (missing levels compare equal)."""
+    return tuple(_level(row.get(axis)) for axis in axes)
 
 
 def regime_contrasts(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:

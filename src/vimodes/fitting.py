@@ -22,7 +22,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
-from vimodes.config import TRACE_EVERY, VI_METHODS, FitSettings  # noqa: F401 (re-exported)
+from vimodes.config import TRACE_EVERY, FitSettings
 from vimodes.methods import family, method_spec
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset

@@ -37,18 +37,12 @@ def _dims(name: str, ndim: int) -> list[str]:
 
 
 def _dataset(arrays: dict[str, np.ndarray]) -> xr.Dataset:
-    variables, components = {}, None
-    for name in sorted(arrays):
-        values = np.asarray(arrays[name])
-        dims = _dims(name, values.ndim)
-        if "component" in dims:
-            components = values.shape[-1]
-        variables[name] = (dims, values)
-    coords = {"chain": np.arange(next(iter(variables.values()))[1].shape[0]),
-              "draw": np.arange(next(iter(variables.values()))[1].shape[1])} if variables else {}
-    if components is not None:
-        coords["component"] = np.arange(components)
-    return xr.Dataset(variables, coords=coords)
+    variables = {name: (_dims(name, np.ndim(arrays[name])), np.asarray(arrays[name]))
+                 for name in sorted(arrays)}
+    dataset = xr.Dataset(variables)
+    # integer coordinates for every dimension the variables have (chain, draw, component, ...)
+    return dataset.assign_coords({dim: np.arange(size) for dim, size in dataset.sizes.items()
+                                  if dim in ("chain", "draw", "component")})
 
 
 def write_posterior(path: str | Path, result, record: dict) -> None:

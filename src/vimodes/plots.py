@@ -568,9 +568,8 @@ def elbo_gap_rows(fits: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return rows
     rows["elbo_full"] = numeric(rows, "elbo_full")
-    single = rows[rows["outcome"].isin(SINGLE_MODE_CLASSES)]
     rows["fitted_k"] = numeric(rows, "model_components").fillna(-1)
-    single = single.assign(fitted_k=rows.loc[single.index, "fitted_k"])
+    single = rows[rows["outcome"].isin(SINGLE_MODE_CLASSES)]
     reference = single.groupby(["data_regime", "seed", "fitted_k"])["elbo_full"].max()
     key = pd.MultiIndex.from_frame(rows[["data_regime", "seed", "fitted_k"]])
     rows["elbo_gap"] = rows["elbo_full"].to_numpy() - reference.reindex(key).to_numpy()

@@ -983,28 +983,35 @@ def regime_changes(cells: pd.DataFrame) -> tuple[int, list[str]] | None:
     contrasts = regime_contrasts(cells)
     if contrasts.empty:
         return None
+    return len(contrasts), _changed(_sorted_map(contrasts), cells.set_index("cell_id"))
+
+
+def _sorted_map(contrasts: pd.DataFrame) -> pd.DataFrame:
+    return contrasts.sort_values(["regime_axis", "regime_value", "setting"])
+
+
+def _changed(contrasts: pd.DataFrame, by_id: pd.DataFrame) -> list[str]:
+    """The regime-map comparisons with Holm p < 0.05, as text (``by_id``: cells by id)."""
     changed = []
-    by_id = cells.set_index("cell_id")
-    for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
-        if c["p_holm"] < 0.05:
-            cell = by_id.loc[c["cell_id"]]
-            others = ", ".join(f"{integer(cell.get(f'n_{name}', 0))} {label}" for name, label in
-                               (("collapsed", "collapsed"), ("not_converged", "not converged"))
-                               if cell.get(f"n_{name}", 0) > 0)
-            changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
-                           f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
-                           f"{pct(c['rate_b'])} in the default regime (difference "
-                           f"{100 * c['diff']:+.0f} points, 95% CI {100 * c['diff_low']:+.0f} "
-                           f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})"
-                           + (f"; of its {int(c['n_a'])} fits {others}" if others else ""))
-    return len(contrasts), changed
+    for _, c in contrasts[contrasts["p_holm"] < 0.05].iterrows():
+        cell = by_id.loc[c["cell_id"]]
+        others = ", ".join(f"{integer(cell.get(f'n_{name}', 0))} {label}" for name, label in
+                           (("collapsed", "collapsed"), ("not_converged", "not converged"))
+                           if cell.get(f"n_{name}", 0) > 0)
+        changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
+                       f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
+                       f"{pct(c['rate_b'])} in the default regime (difference "
+                       f"{100 * c['diff']:+.0f} points, 95% CI {100 * c['diff_low']:+.0f} "
+                       f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})"
+                       + (f"; of its {int(c['n_a'])} fits {others}" if others else ""))
+    return changed
 
 
 def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
     """The regime map: each one-factor regime's rates against the default regime's cell of the
     same setting (independent proportions, Holm), where the answer changes, the tolerance each
     regime's classification used, and (unequal weights) which labelling VI prefers."""
-    from vimodes.contrasts import holm_adjust, regime_contrasts
+    from vimodes.contrasts import regime_contrasts
 
     section = Section("regimes", "Across data regimes: where the answer changes",
                       figures=figures_in("regimes"))
@@ -1022,7 +1029,8 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
         f"adjustment over all {len(contrasts)} comparisons of the map).")
     rows = []
     by_id = cells.set_index("cell_id")
-    for _, c in contrasts.sort_values(["regime_axis", "regime_value", "setting"]).iterrows():
+    contrasts = _sorted_map(contrasts)
+    for _, c in contrasts.iterrows():
         label = _regime_value_text(c["regime_axis"], c["regime_value"])
         cell = by_id.loc[c["cell_id"]]
         other = [f"{integer(cell.get(f'n_{name}', 0))}" for name in ("collapsed", "not_converged")]
@@ -1030,7 +1038,7 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
                      f"{int(c['k_b'])}/{int(c['n_b'])}",
                      f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
                      f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_holm"])])
-    _, changed = regime_changes(cells)
+    changed = _changed(contrasts, by_id)
     section.tables.append(Table(
         ["regime", "setting", "single mode (regime)", "collapsed", "not converged",
          "single mode (default regime)", "difference, points (95% CI)", "Holm p"], rows,
@@ -1045,7 +1053,7 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
                                   "detectably (every Holm p >= 0.05).")
     stuck = [f"{_regime_value_text(c['regime_axis'], c['regime_value'])} ({c['setting']}): "
              f"{integer(by_id.loc[c['cell_id']].get('n_not_converged', 0))}/{int(c['n_a'])}"
-             for _, c in contrasts.sort_values(["regime_axis", "regime_value"]).iterrows()
+             for _, c in contrasts.iterrows()
              if by_id.loc[c["cell_id"]].get("n_not_converged", 0) > c["n_a"] / 2]
     if "outcome_reason" in fits and "cell_id" in fits:
         map_fits = fits[(fits["level"] == "fit") & fits["cell_id"].isin(contrasts["cell_id"])]
@@ -1066,7 +1074,7 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
     if crossed is not None:
         section.tables.append(crossed)
     section.notes.extend(_tolerance_notes(fits))
-    section.notes.extend(_labelling_notes(cells, holm_adjust))
+    section.notes.extend(_labelling_notes(cells))
     return section
 
 
@@ -1111,10 +1119,12 @@ def _tolerance_notes(fits: pd.DataFrame) -> list[str]:
             "sd): " + "; ".join(parts) + "."]
 
 
-def _labelling_notes(cells: pd.DataFrame, holm_adjust) -> list[str]:
+def _labelling_notes(cells: pd.DataFrame) -> list[str]:
     """Unequal weights make the two labellings distinguishable (mode A: model component 0 is
     the heavier true component). The model and the starts are exchangeable, so no preference is
     expected; the exact binomial test per cell says whether one shows."""
+    from vimodes.contrasts import holm_adjust
+
     if "regime_axis" not in cells:
         return []
     rows = cells[(cells["regime_axis"] == "heavier_weight")
@@ -1144,8 +1154,8 @@ def components_section(cells: pd.DataFrame) -> Section:
     """K = 3 against K = 2, same settings: three-component data fitted with three components
     (compared with the default regime's K = 2 cell of the same setting as independent
     proportions, Holm), and the classes of an over-fitted K = 3 model on the K = 2 data."""
-    from vimodes.contrasts import (CONTRAST_AXES, _level, holm_adjust, independent_contrast,
-                                   setting_label)
+    from vimodes.contrasts import (CONTRAST_AXES, holm_adjust, independent_contrast,
+                                   setting_key, setting_label)
 
     section = Section("components", "K components: three lines instead of two")
     if "regime_components" not in cells:
@@ -1155,8 +1165,8 @@ def components_section(cells: pd.DataFrame) -> Section:
     data_k = cells["regime_components"]
     model_k = cells["components"].fillna(data_k) if "components" in cells else data_k
 
-    def key(row):
-        return tuple(_level(row.get(axis)) for axis in CONTRAST_AXES)
+    def key(row):  # the setting without the model's K: K = 3 is compared with K = 2
+        return setting_key(row, CONTRAST_AXES)
 
     base = {key(r): r for _, r in cells[(cells["regime_axis"] == "base")
                                         & cells["components"].isna()].iterrows()}
