@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PYTENSOR_FLAGS ?= compile__timeout=1800
 
-.PHONY: run test test-slow test-slurm test-render bench lint format figures report readme clean-outputs
+.PHONY: run test test-slow test-slurm test-render bench lint format figures report readme conda-env clean-outputs
 
 $(BIN)/snakemake: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ figures: $(BIN)/snakemake
 readme: $(BIN)/snakemake
 	$(BIN)/python -c "from vimodes.report import update_readme; update_readme('report/report.md', 'README.md')"
 
+## make conda-env: regenerate workflow/envs/vimodes.yaml (for --sdm conda) from requirements.lock
+conda-env: $(BIN)/snakemake
+	$(BIN)/python -m vimodes.workflow_plan requirements.lock > workflow/envs/vimodes.yaml
+
 lint: $(BIN)/snakemake
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
@@ -70,4 +74,4 @@ format: $(BIN)/snakemake
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 clean-outputs:
-	rm -rf data/sim data/fits data/classified data/tables figures/*.png figures/*.svg report/*.md report/*.html .snakemake/incomplete
+	rm -rf data/sim data/fits data/classified data/tables figures/*.png figures/*.svg report/*.md report/*.html

@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import yaml
 
 from vimodes.config import ConfigError, build_study, load_study, load_yaml
 
@@ -180,10 +179,10 @@ def test_component_validation_names_the_key(raw, key, words):
 
 def test_schema_method_enum_is_the_method_registry():
     """A method is added in one place: the registry; the schema's enum must list the same."""
-    from vimodes.config import SCHEMA_PATH
+    from vimodes.config import load_schema
     from vimodes.methods import METHOD_NAMES
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     grid = schema["$defs"]["grid"]["properties"]
     assert tuple(grid["methods"]["items"]["enum"]) == METHOD_NAMES
 
@@ -217,9 +216,9 @@ def test_an_init_kind_a_method_lacks_is_refused_by_name():
 def test_every_schema_key_has_a_description():
     """The schema documents every key it accepts (the README's promise): walk every property,
     also inside $defs and array items."""
-    from vimodes.config import SCHEMA_PATH
+    from vimodes.config import load_schema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     missing = []
 
     def walk(node, path):

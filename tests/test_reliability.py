@@ -27,8 +27,8 @@ import yaml
 from conftest import RUN_TIMEOUT_S, SNAKEMAKE, copy_workflow, job_count, snakemake
 from vimodes.canonical import diff_hashes, study_hashes
 from vimodes.config import load_study
-from vimodes.records import (find_damage, integrity_check, netcdf_problem, parquet_problem,
-                             snakemake_state, stale_temporary_files)
+from vimodes.records import (damage_message, find_damage, netcdf_problem, parquet_problem,
+                             remove_stale_temporary_files, stale_temporary_files)
 
 TINY = "config/tiny.yaml"
 EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
@@ -166,8 +166,8 @@ def test_killed_write_leaves_no_file_at_the_final_path(tmp_path, scenario, name)
         assert not target.exists()
     leftovers = stale_temporary_files([tmp_path / "out"])
     assert leftovers and all(p.name.startswith(f".{name}.") for p in leftovers)
-    integrity_check(temp_folders=[tmp_path / "out"], workdir=tmp_path, log=lambda _: None)
-    assert not stale_temporary_files([tmp_path / "out"])
+    removed = remove_stale_temporary_files([tmp_path / "out"], log=lambda _: None)
+    assert removed == leftovers and not stale_temporary_files([tmp_path / "out"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,24 +343,26 @@ def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
     assert "no HDF5 signature" in netcdf_problem(tmp_path / "foreign.nc")
     assert parquet_problem(tmp_path / "foreign.nc").startswith("truncated or not a parquet")
 
-    # a locked directory (a Snakemake run in progress): report, change nothing
-    (tmp_path / ".snakemake" / "locks").mkdir(parents=True)
-    (tmp_path / ".snakemake" / "locks" / "0.input.lock").write_text("")
-    messages = []
-    integrity_check([str(data)], chunks, [str(table)], log=messages.append)
-    assert "locked" in messages[0] and snakemake_state(".")[1] == set()
-    # unlocked: every damaged output is named and marked incomplete, in Snakemake's format
-    shutil.rmtree(tmp_path / ".snakemake" / "locks")
-    messages.clear()
-    found = integrity_check([str(data)], chunks, [str(table)], log=messages.append)
+    # the message names every damaged file and the --forcerun option with each output once
+    (chunk / "seed-0.nc").write_bytes(b"")
+    found = find_damage([str(data)], chunks, [str(table)])
     assert {d.output for d in found} == {str(data), str(chunk), str(table)}
+    message = damage_message(found)
     for path in (data, chunk / "seed-0.nc", table):
-        assert str(path) in messages[0]
-    assert snakemake_state(".") == (False, {str(data), str(chunk), str(table)})
-    # marked outputs are left to --rerun-incomplete: not reported twice
-    messages.clear()
-    assert integrity_check([str(data)], chunks, [str(table)], log=messages.append) == []
-    assert messages == []
+        assert f"  - {path}: " in message
+    assert forcerun_args(message) == sorted([str(data), str(chunk), str(table)])
+    assert f"  rm -rf {' '.join(forcerun_args(message))}" in message
+    # once deleted (the message's first step), an output is no longer damage
+    shutil.rmtree(chunk)
+    data.unlink()
+    table.unlink()
+    assert find_damage([str(data)], chunks, [str(table)]) == []
+
+
+def forcerun_args(message: str) -> list[str]:
+    """The outputs of the `--forcerun` line of an integrity-check message."""
+    line = next(ln for ln in message.splitlines() if ln.strip().startswith("--forcerun "))
+    return line.split()[1:]
 
 
 def test_integrity_check_is_fast_for_thousands_of_outputs(tmp_path):
@@ -408,22 +410,61 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(failing_study, t
     fit_json.write_text(fit_json.read_text()[:200])
     (data.parent / ".seed-0.nc.x1y2.tmp").write_bytes(b"\x89HDF")  # a killed write's leftover
 
-    out = snakemake("data/tables/cells.csv", "report/summary.md", "-n", "--rerun-incomplete",
-                    "--configfile", config, cwd=work)
-    text = out.stdout + out.stderr
-    assert "Integrity check: 3 damaged output file(s)" in text
+    refused = snakemake("data/tables/cells.csv", "report/summary.md", "-n",
+                        "--configfile", config, cwd=work, check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "Integrity check: 3 damaged output file(s) in 3 output(s)" in text
     assert "data/sim/default/seed-1.nc: truncated (1000 of" in text
     assert f"data/fits/{CAVI_CELL}/chunk-0/seed-0.nc: truncated" in text
     assert f"data/fits/{EXPLODE_CELL}/chunk-0/seed-1.json: truncated or not valid JSON" in text
-    assert "removed 1 temporary file(s)" in text
-    # the damaged data set, both chunks that read it (and so everything downstream) rerun
+    forced = forcerun_args(text)
+    assert forced == sorted(["data/sim/default/seed-1.nc", f"data/fits/{CAVI_CELL}/chunk-0",
+                             f"data/fits/{EXPLODE_CELL}/chunk-0"])
+    # the recipe: delete them, then --forcerun them: the damaged data set, both chunks that
+    # read it (and so everything downstream) are planned
+    for output in forced:
+        shutil.rmtree(work / output) if (work / output).is_dir() else (work / output).unlink()
+    out = snakemake("data/tables/cells.csv", "report/summary.md", "-n", "--configfile", config,
+                    "--forcerun", *forced, cwd=work)
+    text = out.stdout + out.stderr
     assert job_count(text, "simulate") == 1
     assert job_count(text, "fit_chunk") == 2
     assert job_count(text, "aggregate") == 1
+    # a real run (here only the data set) starts by removing the killed write's leftover
+    snakemake(str(data.relative_to(work)), "--cores", "1", "--configfile", config,
+              "--forcerun", *forced, cwd=work)
+    assert netcdf_problem(data) is None
+    assert not stale_temporary_files([work / "data"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Slow: whole studies (make test-slow)
+
+def snakemake_state(workdir: Path) -> tuple[bool, set[str]]:
+    """(is `workdir` locked by a Snakemake run, outputs Snakemake marked incomplete), read from
+    Snakemake 9's own records (.snakemake/locks; .snakemake/incomplete: one file per output,
+    named by the urlsafe base64 of its path, cut into '@'-prefixed folder names). Only this
+    test reads them, to check what Snakemake itself does on an interrupt."""
+    import base64
+
+    state = Path(workdir) / ".snakemake"
+    locks = state / "locks"
+    locked = locks.is_dir() and any(locks.iterdir())
+    incomplete = set()
+    root = state / "incomplete"
+    if root.is_dir():
+        for dirpath, _, filenames in os.walk(root):
+            parts = [p.lstrip("@") for p in Path(dirpath).relative_to(root).parts]
+            for name in filenames:
+                if name == "migration_underway":
+                    continue
+                try:
+                    incomplete.add(base64.urlsafe_b64decode("".join([*parts, name])).decode())
+                except (ValueError, UnicodeDecodeError):
+                    continue
+    return locked, incomplete
+
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
@@ -552,10 +593,12 @@ def test_damaged_files_are_regenerated(baseline, tmp_path):
 
     refused = snakemake("--cores", "2", "--configfile", TINY, cwd=work, check=False)
     text = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "IncompleteFilesException" in text
+    assert refused.returncode != 0 and "Integrity check: 3 damaged output file(s)" in text
     for path in (data, fit_nc, fit_json):
         assert str(path.relative_to(work)) in text
-    run_tiny(work, "--rerun-incomplete")
+    for output in forcerun_args(text):
+        shutil.rmtree(work / output) if (work / output).is_dir() else (work / output).unlink()
+    run_tiny(work, "--forcerun", *forcerun_args(text))
     _assert_same_study(baseline[1], work)
 
 

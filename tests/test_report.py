@@ -121,8 +121,14 @@ def figure_tables(fits, cells, data_summary) -> dict[str, pd.DataFrame]:
                           "draw": np.arange(20), "chain": 0,
                           "slope_0": 3 + 0.01 * np.arange(20), "slope_1": -1.0,
                           "weight_0": 0.5, "sigma": 0.1})
+    # 4 chains, chains 0 and 2 in mode A (slopes 3, -1), chains 1 and 3 in mode B
+    chain, draw = np.divmod(np.arange(40), 10)
+    nuts = pd.concat([pd.DataFrame({"cell_id": "marginal__nuts__c4", "seed": 0, "chain": chain,
+                                    "draw": draw, "variable": f"slopes[{k}]",
+                                    "value": np.where(chain % 2 == k, 3.0, -1.0) + 0.01 * draw})
+                      for k in range(2)], ignore_index=True)
     return {"cells": cells, "fits": fits, "data_summary": data_summary,
-            "loss_traces": traces, "representative_draws": draws,
+            "loss_traces": traces, "representative_draws": draws, "nuts_chain_draws": nuts,
             "posterior_grid": pd.DataFrame({"w0": w0.ravel(), "w1": w1.ravel(),
                                             "log_density": -delta.ravel(),
                                             "delta": delta.ravel()})}
@@ -729,3 +735,12 @@ def test_adam_figure_draws_every_adam_fit_once():
     assert len(points) == 6
     assert fig.axes[0].get_title() == "fullrank ADVI: 2 of 6 not single mode"
     assert sorted(points[:, 1].round(2)) == [0.0, 0.6, 0.99, 1.0, 1.0, 1.0]
+
+
+def test_inline_markup_is_commonmark_and_escapes_html():
+    from vimodes.report import inline_html
+
+    assert inline_html("**Answer.** `as_asked_fix_all` in 3/5 < 4") == (
+        "<strong>Answer.</strong> <code>as_asked_fix_all</code> in 3/5 &lt; 4")
+    assert "<script>" not in inline_html("a <script>alert(1)</script> b")
+    assert inline_html("slopes_0 and slopes_1") == "slopes_0 and slopes_1"  # no emphasis

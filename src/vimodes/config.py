@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from vimodes.methods import (
     methods_where,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The schema ships inside the package (package data), so that a workflow used as a Snakemake
+# module or an installed (non-editable) package finds it; workflow/schemas/config.schema.yaml,
+# where Snakemake workflows keep their schema, is a link to this file.
+SCHEMA_RESOURCE = resources.files("vimodes") / "schemas" / "config.schema.yaml"
 
 VI_METHODS = methods_where(family="vi")  # PyMC's pm.fit family (optimiser, minibatch)
 # iterations between stored loss means / snapshots of a VI fit (here, not in vimodes.fitting,
@@ -147,11 +151,23 @@ def study_config(config: dict, configfiles: list[str | Path], overrides: dict,
     (nested keys of the default leaking in), so a file that lacks a required top-level key is
     refused. Without a config file the default study is used, with `--config` values on top.
     """
+    with_overrides = (" with --config " + " ".join(f"{k}={v}" for k, v in overrides.items())
+                      if overrides else "")
+    handed = [key for key in config if key not in overrides]
+    if not configfiles and handed:
+        # a module's `config:` or a consumer's `configfile:` directive: a whole study, too
+        source = "the configuration handed to the workflow (module config: or configfile:)"
+        missing = [key for key in required_keys() if key not in config]
+        if missing:
+            raise ConfigError([
+                f"missing required top-level key(s) {', '.join(missing)}. A configuration "
+                "handed to this workflow is a complete study, it is not merged onto the "
+                f"default ({describe_file(default_path)}): start from a copy of that file."],
+                source=source)
+        return dict(config), source + with_overrides
     if not configfiles:
-        source = describe_file(default_path)
-        if overrides:
-            source += " with --config " + " ".join(f"{k}={v}" for k, v in overrides.items())
-        return {**load_yaml(default_path), **config}, source
+        return ({**load_yaml(default_path), **config},
+                describe_file(default_path) + with_overrides)
     files = [describe_file(f).removeprefix("config file ") for f in configfiles]
     source = ("config file " if len(files) == 1 else "config files ") + ", ".join(files)
     declared = set()
@@ -169,7 +185,7 @@ def study_config(config: dict, configfiles: list[str | Path], overrides: dict,
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.safe_load(SCHEMA_RESOURCE.read_text(encoding="utf-8"))
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:

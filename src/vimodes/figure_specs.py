@@ -22,7 +22,7 @@ KHAT_GOOD, KHAT_OK = 0.5, 0.7  # Pareto k-hat thresholds of Yao et al. (2018)
 
 # The rules that `snakemake figures` may run (never a fit, a classification or the aggregation):
 # the figure and report rules and the table rules that derive figure tables from existing fits.
-TABLE_RULES = ("loss_traces", "representative_draws", "posterior_grid")
+TABLE_RULES = ("loss_traces", "representative_draws", "nuts_chain_draws", "posterior_grid")
 FIGURE_RULES = ("figures", "write_report", "plot_figure", *TABLE_RULES)
 
 
@@ -126,6 +126,17 @@ register(FigureSpec(
     "one line through all points (what the question's whole-batch mixture finds).",
     category="3. Trajectories and draws",
     inputs=("representative_draws", "posterior_grid", "data_summary"), section="factors"))
+register(FigureSpec(
+    "nuts_chains", "Label switching between NUTS chains",
+    "One NUTS fit with several chains (4 where the study has such a fit) whose draws span both "
+    "permutation modes (outcome class spanning): the first such cell, its smallest seed. Per "
+    "slope (rows): the density and the trace of each chain (`az.plot_trace`) and the rank plot "
+    "(`az.plot_rank`: the ranks of each chain's draws among the draws of all chains), with the "
+    "slope's R-hat. Each chain sits in one permutation mode and stays there: the labels switch "
+    "between chains, not within one. The rank histograms are therefore far from uniform (a "
+    "chain in the upper mode has only high ranks) and R-hat flags the fit, although every "
+    "chain on its own explores one mode well.",
+    category="3. Trajectories and draws", inputs=("nuts_chain_draws",), section="factors"))
 register(FigureSpec(
     "adam_non_single", "Where and how wide the adam fits are",
     "Every meanfield and full-rank ADVI fit of the corrected models under adam (all step sizes, "

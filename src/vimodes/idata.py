@@ -4,11 +4,45 @@ Canonical means: no creation timestamps or wall-clock statistics in the file, va
 sorted order, attributes from the (deterministic) fit record only -- so two runs of the same fit
 write files with the same sha256. Files are written to a temporary path, reopened and checked
 for every expected group, then moved into place.
+
+What a fit file holds, readable with ArviZ alone (``az.from_netcdf``, ``az.summary``,
+``az.plot_trace``, ``az.plot_pair``):
+
+* ``posterior``: the draws, dims ``(chain, draw[, component])`` with integer coordinates; the
+  fit record (JSON, timings left out) is the attribute ``fit_record``;
+* ``sample_stats``: the sampler's statistics (NUTS only);
+* ``loss``: the VI loss history, variable ``loss`` over the dimension ``iteration``, whose
+  coordinate is the iteration at the end of each stored value (VI: the mean minibatch loss of
+  each block of ``vimodes.config.TRACE_EVERY`` iterations, the last block possibly shorter;
+  CAVI: the negative ELBO after each sweep). Fits without a loss (NUTS, SVGD, Pathfinder) have
+  no such group. ArviZ keeps custom groups through ``from_netcdf`` / ``to_netcdf`` and, by
+  default, without a warning.
+* the observed data by reference, not by copy: the posterior attributes
+  ``observed_data_file`` (the data set's path relative to the fit file's folder, POSIX
+  separators) and ``observed_data_sha256`` (of the data set file's bytes).
+  :func:`attach_observed_data` returns the InferenceData with a real ``observed_data`` group::
+
+      idata = vimodes.idata.attach_observed_data("data/fits/<cell>/chunk-0/seed-3.nc")
+
+Why a reference: the x and y of a data set (100 000 rows) take 1.6 MB, a fit file about 30 kB,
+and every data set is fitted by every cell of its regime (65 cells of the default regime in
+config/config.yaml, 103 in config/full.yaml): a copy in every fit file would multiply the
+fits' disk use by ~50 and store each data set once per cell. None of ``az.summary`` / ``az.plot_trace`` / ``az.plot_pair`` reads
+``observed_data`` (the fits have no ``posterior_predictive`` or ``log_likelihood`` for
+``plot_ppc`` / ``loo`` to pair it with), so the group is wanted only by a user who looks at the
+data next to the posterior; for that, one call loads the real arrays, and the sha256 guarantees
+they are the bytes the fit saw (a regenerated or edited data set is refused, not silently
+used). The path is relative to the fit file so that the reference survives moving or copying
+the project (or its ``data/`` folder) as a whole; an attribute of the posterior is where ArviZ
+itself keeps file-level metadata, and an empty ``observed_data`` group with attributes only
+would make ArviZ functions that look for that group fail in confusing ways.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +53,20 @@ from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path
 # record keys that describe timing, which differs between runs and so stays out of the file
 _VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
 
+# the custom group of the VI loss history, and the posterior attributes of the data reference
+LOSS_GROUP = "loss"
+OBSERVED_DATA_FILE_ATTR = "observed_data_file"
+OBSERVED_DATA_SHA256_ATTR = "observed_data_sha256"
+# iterations per stored loss value by method; the VI default is vimodes.config.TRACE_EVERY
+_ITERATIONS_PER_LOSS = {"cavi": 1}
+
 
 class CorruptFitError(OSError):
     """A fit file that cannot be read back completely; the next run regenerates it."""
+
+
+class ObservedDataMismatchError(ValueError):
+    """The data set file a fit file refers to is not the one it was fitted to (other sha256)."""
 
 
 # per-component variables: their last axis is the model's component k (named dimension and
@@ -45,18 +90,70 @@ def _dataset(arrays: dict[str, np.ndarray]) -> xr.Dataset:
                                   if dim in ("chain", "draw", "component")})
 
 
-def write_posterior(path: str | Path, result, record: dict) -> None:
-    """Write the draws and the fit record (as an attribute of the posterior group)."""
+def loss_iterations(record: dict, n_values: int) -> tuple[np.ndarray, int]:
+    """The iteration at the end of each of the ``n_values`` stored loss values of a fit record,
+    and the iterations per value (the last VI block ends at ``iterations_done``)."""
+    from vimodes.config import TRACE_EVERY
+
+    every = _ITERATIONS_PER_LOSS.get(record.get("method"), TRACE_EVERY)
+    done = record.get("iterations_done") or n_values * every
+    return np.minimum(np.arange(1, n_values + 1) * every, max(int(done), 1)), every
+
+
+def _loss_dataset(record: dict) -> xr.Dataset | None:
+    """The ``loss`` group of a fit record's ``loss_trace``; None without a loss."""
+    trace = record.get("loss_trace")
+    trace = np.asarray([] if trace is None else trace, dtype=float).reshape(-1)
+    if trace.size == 0:
+        return None
+    iteration, every = loss_iterations(record, trace.size)
+    loss = xr.Dataset({"loss": ("iteration", trace)},
+                      coords={"iteration": iteration.astype(np.int64)})
+    loss.attrs = {"iterations_per_value": int(every),
+                  "description": "VI loss history: the mean minibatch loss of each block of "
+                                 "iterations_per_value iterations (CAVI: the negative ELBO per "
+                                 "sweep); coordinate iteration = the block's last iteration"}
+    return loss
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_reference(path: Path, data_path: str | Path) -> dict[str, str]:
+    data_path = Path(data_path)
+    try:
+        relative = os.path.relpath(data_path.absolute(), path.absolute().parent)
+    except ValueError:  # another drive (Windows): no relative path exists
+        relative = str(data_path.absolute())
+    return {OBSERVED_DATA_FILE_ATTR: Path(relative).as_posix(),
+            OBSERVED_DATA_SHA256_ATTR: file_sha256(data_path)}
+
+
+def write_posterior(path: str | Path, result, record: dict,
+                    data_path: str | Path | None = None) -> None:
+    """Write the draws, the fit record (as an attribute of the posterior group), the loss
+    history (group ``loss``, from ``record["loss_trace"]``, when the fit has one) and, given
+    ``data_path``, the reference to the data set fitted (see the module docstring)."""
     attrs = {key: value for key, value in record.items() if key not in _VOLATILE}
     groups = {"posterior": _dataset(result.draws)}
     if result.sample_stats:
         groups["sample_stats"] = _dataset(result.sample_stats)
+    loss = _loss_dataset(record)
+    if loss is not None:
+        groups[LOSS_GROUP] = loss
     import arviz as az
 
     idata = az.InferenceData(**groups)
     for group in idata.groups():
-        idata[group].attrs = {}
+        idata[group].attrs = dict(loss.attrs) if group == LOSS_GROUP else {}
     idata.posterior.attrs["fit_record"] = json.dumps(_jsonable(attrs), sort_keys=True)
+    if data_path is not None:
+        idata.posterior.attrs.update(_data_reference(Path(path), data_path))
     with atomic_path(path) as tmp:
         idata.to_netcdf(str(tmp), engine=NETCDF_ENGINE)
         check_posterior_file(tmp, expected_groups=tuple(groups))
@@ -81,3 +178,38 @@ def read_posterior(path: str | Path) -> dict[str, np.ndarray]:
             return {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
     except Exception as err:  # noqa: BLE001
         raise CorruptFitError(f"fit file '{path}' is unreadable or truncated: {err}") from err
+
+
+def attach_observed_data(idata_path: str | Path, data_path: str | Path | None = None):
+    """The fit file ``idata_path`` as ``az.InferenceData`` with an ``observed_data`` group: the
+    ``x`` and ``y`` of the data set it was fitted to, over the dimension ``obs_id``.
+
+    The data set is the file the posterior attribute ``observed_data_file`` names (relative to
+    the fit file's folder), or ``data_path`` when given (e.g. after moving ``data/sim``); either
+    way its sha256 must equal ``observed_data_sha256``, else ``ObservedDataMismatchError``."""
+    import arviz as az
+
+    idata_path = Path(idata_path)
+    idata = az.from_netcdf(str(idata_path), engine=NETCDF_ENGINE)
+    attrs = idata.posterior.attrs
+    if OBSERVED_DATA_SHA256_ATTR not in attrs:
+        raise ValueError(f"fit file '{idata_path}' has no reference to its data set (posterior "
+                         f"attributes {OBSERVED_DATA_FILE_ATTR}, {OBSERVED_DATA_SHA256_ATTR})")
+    if data_path is None:
+        data_path = idata_path.parent / attrs[OBSERVED_DATA_FILE_ATTR]
+    data_path = Path(data_path)
+    if not data_path.is_file():
+        raise FileNotFoundError(f"data set file '{data_path}' referred to by fit file "
+                                f"'{idata_path}' does not exist")
+    expected, actual = attrs[OBSERVED_DATA_SHA256_ATTR], file_sha256(data_path)
+    if actual != expected:
+        raise ObservedDataMismatchError(
+            f"data set file '{data_path}' has sha256 {actual}, but fit file '{idata_path}' was "
+            f"fitted to a data set with sha256 {expected}: not the data of this fit")
+    with xr.open_dataset(str(data_path), engine=NETCDF_ENGINE) as data:
+        observed = data[["x", "y"]].load().rename({"obs": "obs_id"})
+    observed = observed.assign_coords(obs_id=np.arange(observed.sizes["obs_id"]))
+    observed.attrs = {OBSERVED_DATA_FILE_ATTR: str(data_path),
+                      OBSERVED_DATA_SHA256_ATTR: expected}
+    idata.add_groups(observed_data=observed)
+    return idata

@@ -76,7 +76,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     # the vectorised engine fits the whole chunk in one call; each seed's result is its own
     batch = (dict(zip(seeds, fitter.fit_many(datasets, study.config["seed_base"], list(seeds))))
              if hasattr(fitter, "fit_many") else {})
-    for seed, data in zip(seeds, datasets):
+    for seed, data, data_path in zip(seeds, datasets, data_paths):
         t0 = time.perf_counter()
         try:
             result = batch[seed] if batch else fitter.fit(data, study.config["seed_base"], seed)
@@ -102,13 +102,15 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
                 record[f"{name}_mean"] = flat.mean(axis=0)
                 record[f"{name}_sd"] = flat.std(axis=0)
         if result.draws:  # a failed fit has a record but no draws
-            write_posterior(fit_record_path(out_dir, seed, "nc"), result, record)
+            # the data set by reference (path + sha256): attach_observed_data loads it
+            write_posterior(fit_record_path(out_dir, seed, "nc"), result, record,
+                            data_path=data_path)
         if result.checkpoint_draws:
             # the checkpoints take the place of chains: read back with read_posterior
             write_posterior(fit_record_path(out_dir, seed, "checkpoints.nc"),
                             FitResult(result.status, None, draws=result.checkpoint_draws),
                             {"seed": seed, "cell_id": cell_id, "checkpoint_iterations":
-                             result.info["checkpoint_iterations"]})
+                             result.info["checkpoint_iterations"]}, data_path=data_path)
         write_json(record, fit_record_path(out_dir, seed, "json"))
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])

@@ -5,7 +5,8 @@ Two layers, so that changing a colour never refits anything:
 * **figure tables**, built by rules from the fit files (``data/fits/<cell>/chunk-<k>/seed-<s>.*``)
   and the aggregated tables: ``loss_traces`` (one row per fit and stored loss value),
   ``representative_draws`` (a subsample of the slope draws of a few fits per (method, outcome)
-  class), ``posterior_grid`` (the corrected model's log posterior density over a (w0, w1) grid
+  class), ``nuts_chain_draws`` (every draw of every chain of one spanning multi-chain NUTS
+  fit), ``posterior_grid`` (the corrected model's log posterior density over a (w0, w1) grid
   for one data set, weights and sigma held at their true values) and ``data_summary`` (that data
   set's truth and its single-line least-squares fit);
 * **figures**, each drawn from tables ONLY by one function of :data:`FIGURES` and written as PNG
@@ -34,9 +35,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES  # noqa: E402
-from vimodes.config import TRACE_EVERY as VI_TRACE_EVERY  # noqa: E402
 from vimodes.methods import METHOD_NAMES, METHOD_SPECS, methods_where  # noqa: E402
 from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
+from vimodes.idata import loss_iterations  # noqa: E402
 from vimodes.records import atomic_path, read_json  # noqa: E402
 from vimodes.regimes import REGIME_AXES  # noqa: E402
 
@@ -85,7 +86,6 @@ MODEL_ORDER = (
 )
 FIT_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
 VI_METHODS = methods_where(family="vi")
-TRACE_EVERY = {"cavi": 1}  # iterations per stored loss value; VI default below
 
 DPI = 130
 STYLE = {
@@ -174,8 +174,8 @@ def _outcomes(fits: pd.DataFrame) -> pd.DataFrame:
 def make_loss_traces(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """One row per fit and stored loss value: the fit's axes, its final ``outcome``, the
     ``iteration`` at the end of the stored bin and the ``loss`` (VI: mean of the bin's minibatch
-    losses, ``vimodes.fitting.TRACE_EVERY`` iterations per bin; CAVI: the negative ELBO per
-    sweep). Fits without a trace (NUTS, Pathfinder) have no rows."""
+    losses, ``vimodes.config.TRACE_EVERY`` iterations per bin; CAVI: the negative ELBO per
+    sweep; the same iterations as the fit file's ``loss`` group, ``vimodes.idata``). Fits without a trace (NUTS, Pathfinder) have no rows."""
     outcomes = _outcomes(fits).set_index(["cell_id", "seed"])
     frames = []
     for (cell_id, seed), path in sorted(fit_file_index(fit_dirs, "json").items()):
@@ -183,9 +183,7 @@ def make_loss_traces(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.D
         trace = np.asarray(record.get("loss_trace") or [], dtype=float)
         if trace.size == 0:
             continue
-        every = TRACE_EVERY.get(record.get("method"), VI_TRACE_EVERY)
-        done = record.get("iterations_done") or trace.size * every
-        iteration = np.minimum(np.arange(1, trace.size + 1) * every, max(done, 1))
+        iteration, _ = loss_iterations(record, trace.size)
         key = (cell_id, int(seed))
         outcome = outcomes.loc[key, "outcome"] if key in outcomes.index else "unclassified"
         frames.append(pd.DataFrame({
@@ -248,6 +246,57 @@ def make_representative_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+NUTS_CHAIN_COLUMNS = ("cell_id", "seed", "chain", "draw", "variable", "value")
+PREFERRED_CHAINS = 4
+
+
+def select_spanning_nuts_fit(fits: pd.DataFrame,
+                             available: Iterable[tuple[str, int]]) -> pd.Series | None:
+    """The multi-chain NUTS fit of the label-switching figure: among the per-fit rows with
+    method ``nuts``, at least 2 chains, status ``ok``, outcome ``spanning`` and a posterior file
+    in ``available`` ((cell_id, seed) pairs), those with 4 chains if any; of these the first cell
+    (by cell id) and its smallest seed. None when no fit qualifies. Deterministic."""
+    available = set(available)
+    rows = fit_rows(fits)
+    if rows.empty or not {"method", "chains", "outcome", "cell_id", "seed"} <= set(rows):
+        return None
+    chains = numeric(rows, "chains")
+    keep = (rows["method"] == "nuts") & (chains >= 2) & (rows["outcome"] == "spanning")
+    if "status" in rows:
+        keep &= rows["status"] == "ok"
+    keep &= np.array([(c, int(s)) in available for c, s in zip(rows["cell_id"], rows["seed"])],
+                     dtype=bool)
+    rows = rows[keep].assign(_chains=chains[keep], _seed=rows.loc[keep, "seed"].astype(int))
+    if rows.empty:
+        return None
+    if (rows["_chains"] == PREFERRED_CHAINS).any():
+        rows = rows[rows["_chains"] == PREFERRED_CHAINS]
+    return rows.sort_values(["cell_id", "_seed"]).iloc[0].drop(["_chains", "_seed"])
+
+
+def make_nuts_chain_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """Every draw of every chain of the slopes of ONE spanning multi-chain NUTS fit
+    (:func:`select_spanning_nuts_fit`), long: ``cell_id``, ``seed``, ``chain``, ``draw``,
+    ``variable`` (``slopes[0]``, ``slopes[1]``, ...) and ``value``; no rows when no fit
+    qualifies."""
+    from vimodes.idata import read_posterior
+
+    index = fit_file_index(fit_dirs, "nc")
+    row = select_spanning_nuts_fit(fits, index)
+    if row is None:
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else
+                                          "int64" if c in ("seed", "chain", "draw") else object)
+                             for c in NUTS_CHAIN_COLUMNS})
+    cell_id, seed = str(row["cell_id"]), int(row["seed"])
+    slopes = np.asarray(read_posterior(index[(cell_id, seed)])["slopes"], dtype=float)
+    n_chain, n_draw, n_comp = slopes.shape
+    chain, draw = np.meshgrid(np.arange(n_chain), np.arange(n_draw), indexing="ij")
+    frames = [pd.DataFrame({"cell_id": cell_id, "seed": seed, "chain": chain.ravel(),
+                            "draw": draw.ravel(), "variable": f"slopes[{k}]",
+                            "value": slopes[:, :, k].ravel()}) for k in range(n_comp)]
+    return pd.concat(frames, ignore_index=True)[list(NUTS_CHAIN_COLUMNS)]
 
 
 def profile_log_density(x: np.ndarray, y: np.ndarray, w0: np.ndarray, w1: np.ndarray,
@@ -446,6 +495,63 @@ def fig_slope_draws(representative_draws: pd.DataFrame, posterior_grid: pd.DataF
     if mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.6, ticks=levels[::2],
                      label="log10(1 + log density below its maximum)")
+    return fig
+
+
+def _component(variable: str) -> int:
+    match = re.fullmatch(r"slopes\[(\d+)\]", str(variable))
+    return int(match.group(1)) if match else -1
+
+
+def nuts_chain_idata(nuts_chain_draws: pd.DataFrame):
+    """The ArviZ InferenceData of a :func:`make_nuts_chain_draws` table: ``slopes`` of shape
+    (chain, draw, component), dimension ``component`` with coordinates 0..K-1."""
+    import arviz as az
+
+    table = nuts_chain_draws[nuts_chain_draws["variable"].map(_component) >= 0]
+    variables = sorted(table["variable"].unique(), key=_component)
+    chains, draws = np.sort(table["chain"].unique()), np.sort(table["draw"].unique())
+    wide = (table.pivot(index=["chain", "draw"], columns="variable", values="value")
+            .reindex(index=pd.MultiIndex.from_product([chains, draws]), columns=variables))
+    slopes = wide.to_numpy(float).reshape(chains.size, draws.size, len(variables))
+    return az.from_dict(posterior={"slopes": slopes}, dims={"slopes": ["component"]},
+                        coords={"chain": chains, "draw": draws,
+                                "component": [_component(v) for v in variables]})
+
+
+def fig_nuts_chains(nuts_chain_draws: pd.DataFrame) -> Figure:
+    """Label switching between the chains of one spanning multi-chain NUTS fit: per slope
+    (rows) the density of each chain and its trace (``az.plot_trace``, one row per component)
+    and the rank plot (``az.plot_rank``), with the slope's R-hat."""
+    table = nuts_chain_draws
+    if (table.empty or not set(NUTS_CHAIN_COLUMNS) <= set(table)
+            or not (table["variable"].map(_component) >= 0).any()):
+        fig, ax = plt.subplots(figsize=(6, 2))
+        return _empty(fig, ax, "no multi-chain NUTS fit with chains in both modes")
+    import arviz as az
+
+    idata = nuts_chain_idata(table)
+    n_chain = idata.posterior.sizes["chain"]
+    components = [int(k) for k in idata.posterior["component"].values]
+    rhat = np.atleast_1d(az.rhat(idata)["slopes"].values)
+    fig, axes = plt.subplots(len(components), 3, squeeze=False,
+                             figsize=(10.0, 0.9 + 2.3 * len(components)), layout="constrained")
+    az.plot_trace(idata, var_names=["slopes"], compact=False, legend=True, axes=axes[:, :2])
+    az.plot_rank(idata, var_names=["slopes"], ax=axes[:, 2])
+    for row, (k, value) in enumerate(zip(components, rhat)):
+        density, trace, rank = axes[row]
+        density.set_title(f"slopes[{k}]: density of each chain")
+        trace.set_title(f"slopes[{k}]: trace of each chain")
+        rank.set_title(f"slopes[{k}]: rank plot, R-hat {value:.2f}")
+        rank.set_xlabel("rank of the draw among all chains", fontsize=STYLE["axes.labelsize"])
+        rank.set_ylabel("chain", fontsize=STYLE["axes.labelsize"])
+        for ax in (density, trace, rank):  # ArviZ scales its own tick labels
+            ax.tick_params(labelsize=STYLE["xtick.labelsize"])
+        density.set_xlabel("slope")
+        trace.set_xlabel("draw")
+    first = table.iloc[0]
+    fig.suptitle(f"{first['cell_id']}, seed {int(first['seed'])}: {n_chain} NUTS chains",
+                 fontsize=9)
     return fig
 
 
@@ -942,6 +1048,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "adam_non_single": fig_adam_non_single,
     "regime_map": fig_regime_map,
     "elbo_by_class": fig_elbo_by_class,
+    "nuts_chains": fig_nuts_chains,
 }
 
 

@@ -106,16 +106,15 @@ def read_json(path: str | Path) -> dict:
 # edit). Snakemake only looks at file existence and mtimes, so it would happily reuse such a
 # file. Deleting it is not enough either: Snakemake does not regenerate a missing intermediate
 # file whose downstream outputs exist and are up to date (it treats it like a removed temp()
-# file). So the check names each damaged output and marks it *incomplete* in Snakemake's own
-# records, exactly as if the job writing it had been killed: `--rerun-incomplete` (set in
-# profiles/default) then deletes it, reruns its job and everything downstream of it;
-# without that flag Snakemake stops and lists it. A damaged fit file marks its whole chunk
+# file). So the check stops the run (dry runs too), names each damaged output and gives the
+# public way to regenerate it with everything downstream: delete it, then run the same command
+# with `--forcerun <outputs>` (Snakemake's own option; the check itself changes nothing, so it
+# is safe while another run holds the directory). A damaged fit file names its whole chunk
 # directory (Snakemake's unit of output). The check reads at most a few hundred bytes per
-# NetCDF/parquet file and parses the small JSON records: well under a second for thousands of
-# outputs.
+# NetCDF file, the footer of each parquet file and the small JSON records: well under a second
+# for thousands of outputs.
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-PARQUET_MAGIC = b"PAR1"
 
 
 def _hdf5_end_of_file(head: bytes) -> int | None:
@@ -163,19 +162,19 @@ def netcdf_problem(path: str | Path) -> str | None:
 
 
 def parquet_problem(path: str | Path) -> str | None:
-    """Why a parquet file is damaged, or None: magic bytes at both ends and the footer length."""
+    """Why a parquet file is damaged, or None: pyarrow must be able to read its footer (the
+    metadata a truncated, empty or foreign file lacks); the data pages are not read."""
+    import pyarrow.parquet as pq
+
     try:
         size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-            handle.seek(max(0, size - 8))
-            tail = handle.read(8)
+        pq.read_metadata(path)
     except OSError as err:
-        return f"unreadable ({err.strerror})"
-    if size < 12 or head != PARQUET_MAGIC or tail[4:] != PARQUET_MAGIC:
+        if err.strerror:  # the file system's error, not pyarrow's
+            return f"unreadable ({err.strerror})"
         return f"truncated or not a parquet file ({size} bytes)"
-    if int.from_bytes(tail[:4], "little") + 12 > size:
-        return "truncated (footer longer than the file)"
+    except ValueError:  # pyarrow's ArrowInvalid: no footer, bad magic bytes
+        return f"truncated or not a parquet file ({size} bytes)"
     return None
 
 
@@ -242,8 +241,7 @@ class Damage:
 
 def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
                 skip=frozenset()) -> list[Damage]:
-    """Damaged outputs among those that exist; outputs in `skip` (already marked incomplete:
-    `--rerun-incomplete` handles them) are not looked at."""
+    """Damaged outputs among those that exist; outputs in `skip` are not looked at."""
     damage = []
     for path in data_files:
         if path not in skip and os.path.exists(path) and (why := netcdf_problem(path)):
@@ -268,83 +266,28 @@ def stale_temporary_files(folders) -> list[Path]:
     return sorted(found)
 
 
-# Snakemake 9's file persistence (snakemake/persistence/file.py): `.snakemake/locks/*` exist while
-# a run holds the directory; an output marked incomplete has a record under
-# `.snakemake/incomplete` named by the urlsafe base64 of its path, cut into folder names of at
-# most NAME_MAX - 1 characters (all but the last '@'-prefixed), holding {"external_jobid": null}.
-_SNAKEMAKE_DIR = ".snakemake"
+def damage_message(damage: list[Damage]) -> str:
+    """What was found and the two public steps that regenerate it: delete the damaged outputs
+    (a missing output is not damage), then `--forcerun` them, which reruns their jobs and
+    everything downstream (without it Snakemake would leave a deleted intermediate missing)."""
+    outputs = sorted({d.output for d in damage})
+    lines = [f"Integrity check: {len(damage)} damaged output file(s) in {len(outputs)} "
+             "output(s):", *(f"  - {d}" for d in damage),
+             "To regenerate them and everything downstream, delete them:",
+             "  rm -rf " + " ".join(outputs),
+             "then run the same command again with",
+             "  --forcerun " + " ".join(outputs)]
+    return "\n".join(lines)
 
 
-def _incomplete_record(workdir: Path, output: str) -> Path:
-    import base64
-
-    root = workdir / _SNAKEMAKE_DIR / "incomplete"
-    root.mkdir(parents=True, exist_ok=True)
-    max_len = os.pathconf(root, "PC_NAME_MAX") or 255
-    b64 = base64.urlsafe_b64encode(output.encode()).decode()
-    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
-    return root.joinpath(*["@" + p for p in parts[:-1]], parts[-1])
-
-
-def snakemake_state(workdir: str | Path = ".") -> tuple[bool, set[str]]:
-    """(is the working directory locked by a Snakemake run, outputs marked incomplete)."""
-    import base64
-
-    state = Path(workdir) / _SNAKEMAKE_DIR
-    locks = state / "locks"
-    locked = locks.is_dir() and any(locks.iterdir())
-    incomplete = set()
-    root = state / "incomplete"
-    if root.is_dir():
-        for dirpath, _, filenames in os.walk(root):
-            parts = [p.lstrip("@") for p in Path(dirpath).relative_to(root).parts]
-            for name in filenames:
-                if name == "migration_underway":
-                    continue
-                try:
-                    incomplete.add(base64.urlsafe_b64decode("".join([*parts, name])).decode())
-                except (ValueError, UnicodeDecodeError):
-                    continue
-    return locked, incomplete
-
-
-def mark_incomplete(output: str, workdir: str | Path = ".") -> None:
-    """Mark `output` (a path relative to the working directory) incomplete, as Snakemake does
-    for the outputs of a job that is running or was killed."""
-    record = _incomplete_record(Path(workdir), output)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"external_jobid": None}))
-    os.chmod(record, 0o660)
-
-
-def integrity_check(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
-                    temp_folders=(), workdir: str | Path = ".", log=print) -> list[Damage]:
-    """Find damaged outputs, name each through `log` and mark it incomplete so that the run
-    regenerates it (with everything downstream); remove stale temporary files of killed writes.
-
-    Paths are relative to `workdir`, Snakemake's working directory. While a Snakemake run holds
-    the directory (``.snakemake/locks``), only report.
-    """
-    locked, incomplete = snakemake_state(workdir)
-    damage = find_damage(data_files, chunk_dirs, parquet_files, skip=incomplete)
-    stale = [] if locked else stale_temporary_files(temp_folders)
-    if damage:
-        outputs = sorted({d.output for d in damage})
-        if locked:
-            action = ("the directory is locked by a running Snakemake, so nothing is changed "
-                      "(if none is running: `snakemake --unlock`, then rerun)")
-        else:
-            action = (f"marked {len(outputs)} output(s) incomplete: run with "
-                      "--rerun-incomplete (as profiles/default does) to delete and "
-                      "regenerate them and everything downstream")
-            for output in outputs:
-                mark_incomplete(output, workdir)
-        lines = [f"Integrity check: {len(damage)} damaged output file(s); {action}:"]
-        lines += [f"  - {d}" for d in damage]
-        log("\n".join(lines))
+def remove_stale_temporary_files(folders, log=print) -> list[Path]:
+    """Delete the temporary files of killed atomic writes under `folders`. Call it only while
+    holding the working directory (Snakemake's `onstart:` runs under its lock), so that no
+    running job's file in progress is taken for a stale one."""
+    stale = stale_temporary_files(folders)
     if stale:
-        log(f"Integrity check: removed {len(stale)} temporary file(s) of interrupted writes "
+        log(f"Removed {len(stale)} temporary file(s) of interrupted writes "
             f"({', '.join(str(p) for p in stale[:5])}{', ...' if len(stale) > 5 else ''})")
         for path in stale:
             path.unlink(missing_ok=True)
-    return damage
+    return stale

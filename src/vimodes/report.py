@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import math
 import os
 import platform
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.figure_specs import FIGURE_SPECS, figures_in
@@ -1434,11 +1434,14 @@ def build_context(cells: pd.DataFrame, fits: pd.DataFrame, data_summary: pd.Data
     }
 
 
+# CommonMark without raw HTML: the report's text is Markdown (report.md shows it as written),
+# and the HTML report renders the same text the same way; anything like a tag is escaped
+_INLINE_MARKDOWN = MarkdownIt("commonmark", {"html": False})
+
+
 def inline_html(text: str) -> str:
-    """Escape, then render `code` and **bold** (the only markup the report's text uses)."""
-    escaped = html.escape(str(text), quote=False)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    """One line of the report's Markdown (`code`, **bold**, ...) as escaped inline HTML."""
+    return _INLINE_MARKDOWN.renderInline(str(text))
 
 
 def md_cell(text: str) -> str:

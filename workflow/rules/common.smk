@@ -1,3 +1,4 @@
+import os
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -7,7 +8,17 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# This workflow's own folder, not workflow.basedir (the consumer's folder when the workflow is
+# used as a Snakemake module): the package beside it is what the Snakefile and every script
+# import (PYTHONPATH reaches the scripts' processes, also in a conda env or on a cluster node).
+WORKFLOW_ROOT = Path(
+    workflow.current_basedir.get_path_or_uri(secret_free=True)
+).parents[1]
+if (WORKFLOW_ROOT / "src" / "vimodes").is_dir():
+    sys.path.insert(0, str(WORKFLOW_ROOT / "src"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(WORKFLOW_ROOT / "src"), os.environ.get("PYTHONPATH")])
+    )
 
 from vimodes.config import ConfigError, build_study, fit_rule_params, study_config
 from vimodes.figure_specs import FIGURE_SPECS
@@ -21,7 +32,7 @@ try:
         config,
         workflow.overwrite_configfiles,
         workflow.config_settings.config,
-        Path(workflow.basedir) / "config" / "config.yaml",
+        WORKFLOW_ROOT / "config" / "config.yaml",
     )
     config.clear()
     config.update(_config)
@@ -50,6 +61,7 @@ localrules:
     summary,
     loss_traces,
     representative_draws,
+    nuts_chain_draws,
     posterior_grid,
     plot_figure,
     write_report,
@@ -143,25 +155,33 @@ def figure_caption(wildcards):
 
 
 def check_outputs():
-    """Start-up check (main process only): name damaged outputs -- a truncated data set, or a
-    fit chunk with a truncated, missing or foreign file -- and mark them incomplete, so that
-    --rerun-incomplete regenerates them and all downstream (tests/RELIABILITY.md)."""
-    from snakemake.logging import logger
-
-    from vimodes.records import integrity_check
+    """Start-up check (main process only): a damaged output -- a truncated data set, or a fit
+    chunk with a truncated, missing or foreign file -- stops the run with its name and the
+    steps that regenerate it and all downstream (tests/RELIABILITY.md)."""
+    from vimodes.records import damage_message, find_damage
 
     chunk_dirs = {
         f"data/fits/{cell}/chunk-{chunk}": STUDY.chunk_seeds(cell, chunk)
         for cell, chunk in STUDY.fit_chunks()
     }
-    integrity_check(
+    damage = find_damage(
         [data_file(regime, seed) for regime, seed in STUDY.datasets()],
         chunk_dirs,
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
-        temp_folders=["data/sim", "data/classified", "data/tables"],
-        log=logger.warning,
     )
+    if damage:
+        raise WorkflowError(damage_message(damage))
 
 
 if workflow.is_main_process:
     check_outputs()
+
+
+onstart:
+    # under Snakemake's lock (not in dry runs): no running job's file in progress is touched
+    from snakemake.logging import logger
+    from vimodes.records import remove_stale_temporary_files
+
+    remove_stale_temporary_files(
+        ["data/sim", "data/classified", "data/tables"], log=logger.warning
+    )

@@ -31,7 +31,8 @@ rule figures:
         [--configfile config/smoke.yaml] [--forceall]
 
     (the allowed rules are vimodes.figure_specs.FIGURE_RULES: figures, write_report,
-    plot_figure and the table rules loss_traces, representative_draws, posterior_grid;
+    plot_figure and the table rules loss_traces, representative_draws, nuts_chain_draws,
+    posterior_grid;
 
     `--allowed-rules` makes the fit tables in data/tables/ inputs that must already exist;
     `--forceall` redraws figures that are up to date. Plain `snakemake figures` also works:
@@ -84,6 +85,27 @@ rule representative_draws:
         n_draws=200,
     script:
         "../scripts/representative_draws.py"
+
+
+rule nuts_chain_draws:
+    """Every draw of every chain of the slopes of one multi-chain NUTS fit whose chains
+    span both permutation modes (empty without one), for the figure nuts_chains."""
+    input:
+        fits="data/tables/fits.parquet",
+        fit_dirs=all_chunk_outputs("data/fits/{cell}/chunk-{chunk}"),
+    output:
+        "data/tables/nuts_chain_draws.parquet",
+    log:
+        "logs/report/nuts_chain_draws.log",
+    benchmark:
+        "logs/benchmarks/report/nuts_chain_draws.tsv"
+    conda:
+        "../envs/vimodes.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/nuts_chain_draws.py"
 
 
 rule posterior_grid:
