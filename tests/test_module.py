@@ -2,6 +2,8 @@
 `module ... snakefile: <local path>` and `use rule * from ...`, hands it a configuration and
 plans the same jobs as the workflow run directly."""
 
+import re
+
 import yaml
 
 from conftest import copy_workflow, snakemake
@@ -9,14 +11,22 @@ from conftest import copy_workflow, snakemake
 RULES = ("simulate", "fit_chunk", "classify_chunk", "aggregate", "plot_figure", "write_report")
 
 
+def readme_snippet(repo) -> str:
+    """The README's consumer Snakefile, verbatim."""
+    text = (repo / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return next(block for block in blocks if "module vimodes:" in block)
+
+
 def consumer(folder, repo, configfile):
+    """The README's consumer Snakefile with its two placeholders filled in."""
     folder.mkdir(parents=True, exist_ok=True)
+    snippet = readme_snippet(repo)
+    assert '"/path/to/this/repository/Snakefile"' in snippet
+    assert 'configfile: "config/my_study.yaml"' in snippet
     (folder / "Snakefile").write_text(
-        f'configfile: "{configfile}"\n\n\n'
-        f"module vimodes:\n"
-        f'    snakefile:\n        "{repo / "Snakefile"}"\n'
-        f"    config:\n        config\n\n\n"
-        f"use rule * from vimodes\n")
+        snippet.replace("/path/to/this/repository", str(repo))
+        .replace("config/my_study.yaml", str(configfile)))
     return folder
 
 

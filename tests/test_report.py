@@ -744,3 +744,14 @@ def test_inline_markup_is_commonmark_and_escapes_html():
         "<strong>Answer.</strong> <code>as_asked_fix_all</code> in 3/5 &lt; 4")
     assert "<script>" not in inline_html("a <script>alert(1)</script> b")
     assert inline_html("slopes_0 and slopes_1") == "slopes_0 and slopes_1"  # no emphasis
+
+
+def test_markdown_tables_keep_cells_as_written_and_escape_pipes():
+    from markdown_it import MarkdownIt
+
+    from vimodes.report import Table
+
+    text = Table(["setting", "rate"], [["a|b", "0.50"], ["`c`", "1/2"]]).markdown
+    assert "0.50" in text and "a\\|b" in text  # no number parsing; a pipe stays in its cell
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    assert html.count("<tr>") == 3 and html.count("<td") == 4 and "<td style=\"text-align:left\">a|b<" in html

@@ -1,6 +1,7 @@
 """The repository stands on its own: no tracked file points outside it (to material that a
 clone does not have)."""
 
+import re
 import subprocess
 
 import pytest
@@ -38,3 +39,18 @@ def test_the_question_is_documented_with_its_source(repo):
     for setting in ("128", "10000", "1e-4", "meanfield", "full-rank"):
         assert setting in text, setting
     assert "docs/question.md" in (repo / "README.md").read_text()
+
+
+def test_one_version_in_pyproject_citation_and_changelog(repo):
+    """The package version, the citation's version and the changelog's latest release agree."""
+    import tomllib
+
+    import yaml
+
+    version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    citation = yaml.safe_load((repo / "CITATION.cff").read_text())
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$",
+                          (repo / "CHANGELOG.md").read_text(), flags=re.M)
+    assert releases, "CHANGELOG.md lists no release"
+    assert version == str(citation["version"]) == releases[0][0]
+    assert str(citation["date-released"]) == releases[0][1]

@@ -123,6 +123,13 @@ class Table:
     def empty(self) -> bool:
         return not self.rows
 
+    @property
+    def markdown(self) -> str:
+        """The table as a Markdown pipe table (cells kept as written: no number parsing)."""
+        frame = pd.DataFrame([[md_cell(v) for v in row] for row in self.rows],
+                             columns=[md_cell(c) for c in self.columns])
+        return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+
 
 @dataclass
 class Section:
