@@ -16,8 +16,10 @@ WORKFLOW_ROOT = Path(
 ).parents[1]
 if (WORKFLOW_ROOT / "src" / "vimodes").is_dir():
     sys.path.insert(0, str(WORKFLOW_ROOT / "src"))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(WORKFLOW_ROOT / "src"), os.environ.get("PYTHONPATH")])
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(WORKFLOW_ROOT / "src"), os.environ.get("PYTHONPATH")])
+        )
     )
 
 from vimodes.config import ConfigError, build_study, fit_rule_params, study_config
