@@ -540,7 +540,7 @@ def fig_nuts_chains(nuts_chain_draws: pd.DataFrame) -> Figure:
     az.plot_rank(idata, var_names=["slopes"], ax=axes[:, 2])
     for row, (k, value) in enumerate(zip(components, rhat)):
         density, trace, rank = axes[row]
-        density.set_title(f"slopes[{k}]: density of each chain")
+        density.set_title(f"slopes[{k}]: density of each chain (a spike at its mode)")
         trace.set_title(f"slopes[{k}]: trace of each chain")
         rank.set_title(f"slopes[{k}]: rank plot, R-hat {value:.2f}")
         rank.set_xlabel("rank of the draw among all chains", fontsize=STYLE["axes.labelsize"])
