@@ -21,11 +21,12 @@ venv: $(BIN)/snakemake
 run: $(BIN)/snakemake
 	$(BIN)/python -m vimodes.progress --every 60 -- $(BIN)/snakemake --cores $(CORES)
 
-## make test: unit tests, dry runs, lint, format check and an end-to-end smoke study
+## make test: unit tests, dry runs, lint, format check and the end-to-end quick study, on two
+## pytest-xdist workers (a study or a large dry run shared by tests is computed once: conftest)
 test: $(BIN)/snakemake
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
-## make test-slow: reliability tests that interrupt and resume real studies
+## make test-slow: reliability tests that interrupt and resume real studies, the smoke study
 test-slow: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q -m slow -o addopts=""
 

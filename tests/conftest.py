@@ -94,3 +94,68 @@ def job_count(dry_run_output: str, rule: str) -> int:
         if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
             return int(parts[1])
     return 0
+
+
+QUICK = "config/quick.yaml"
+
+
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(folder)` -> a JSON-able result, computed once per test session even when
+    pytest-xdist runs the session in several worker processes (`make test`): the first worker
+    builds under a file lock in the session's shared temporary folder, the others reuse it."""
+    import json
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: nothing to share
+        return build(tmp_path_factory.mktemp(name))
+    shared = base.parent  # pytest-<n>/ of this session, holding popen-gw0/, popen-gw1/, ...
+    folder, done = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory):
+    """The default suite's one end-to-end study, config/quick.yaml, from the data to the
+    report (about two minutes on 2 cores), run once per session: (copy, config path, the
+    run's output, seconds). Tests that change it work on a copy
+    (`shutil.copytree(..., symlinks=True)` keeps mtimes)."""
+    import time
+    from types import SimpleNamespace
+
+    def build(folder):
+        work = copy_workflow(folder)
+        started = time.perf_counter()
+        result = snakemake("--cores", "2", "--configfile", QUICK, cwd=work)
+        return {"work": str(work), "stdout": result.stdout, "stderr": result.stderr,
+                "seconds": time.perf_counter() - started}
+
+    run = once_per_session(tmp_path_factory, "quick", build)
+    output = SimpleNamespace(stdout=run["stdout"], stderr=run["stderr"])
+    return Path(run["work"]), QUICK, output, run["seconds"]
+
+
+@pytest.fixture(scope="session")
+def cluster_dry_runs(tmp_path_factory) -> dict[str, str]:
+    """The (non-quiet) dry-run output of the default and the full study through the SLURM
+    profile, as docs/running-on-slurm.md runs them, once per session (the full study's DAG
+    takes ~40 s to plan): config path -> stdout. --cores 4 lets a four-chain NUTS job ask for
+    its 4 CPUs (a dry run otherwise assumes one core); no cluster is called."""
+
+    def build(folder):
+        work = copy_workflow(folder, profiles=True)
+        env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
+        outputs = {}
+        for config in ("config/config.yaml", "config/full.yaml"):
+            result = subprocess.run([SNAKEMAKE, "--profile", "profiles/slurm", "-n", "--cores",
+                                     "4", "--configfile", config], cwd=work, env=env,
+                                    capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            outputs[config] = result.stdout
+        return outputs
+
+    return once_per_session(tmp_path_factory, "dry_runs", build)

@@ -5,12 +5,10 @@ is a configuration the loader accepts."""
 import copy
 import os
 import re
-import subprocess
 
 import pytest
 import yaml
 
-from conftest import SNAKEMAKE, copy_workflow
 from vimodes.config import build_study, load_yaml
 
 SLURM_GUIDE = "docs/running-on-slurm.md"
@@ -43,19 +41,9 @@ def dry_run_summary(output: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory):
-    """Both studies through the SLURM profile, as the guide runs them. --cores 4 lets a
-    four-chain NUTS job ask for its 4 CPUs (a dry run otherwise assumes one core)."""
-    work = copy_workflow(tmp_path_factory.mktemp("docs"), profiles=True)
-    env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
-    summaries = {}
-    for config in STUDIES:
-        result = subprocess.run([SNAKEMAKE, "--profile", "profiles/slurm", "-n", "--cores", "4",
-                                 "--configfile", config], cwd=work, env=env,
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        summaries[config] = dry_run_summary(result.stdout)
-    return summaries
+def dry_runs(cluster_dry_runs):
+    """Both studies through the SLURM profile, as the guide runs them (conftest)."""
+    return {config: dry_run_summary(cluster_dry_runs[config]) for config in STUDIES}
 
 
 ROWS = {  # row label in the guide's table -> key of dry_run_summary

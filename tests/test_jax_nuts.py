@@ -43,6 +43,8 @@ def datasets():
     return {s: simulate(DataRegime(n_obs=N), seed=s, seed_base=SEED_BASE) for s in (0, 1)}
 
 
+# ~50 s of JAX compiling per model: make test-slow (numpyro is the optional NUTS backend)
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["marginal", "ordered"])
 def test_numpyro_nuts_is_seeded_swaps_data_and_finds_a_mode(datasets, model):
     settings = FitSettings(model=model, method="nuts", chains=2, draws=150, tune=150,

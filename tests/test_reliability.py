@@ -52,27 +52,12 @@ def chunk_dir(work: Path, cell: str, chunk: int) -> Path:
 # ----------------------------------------------------------------------------------------------
 # 1. Failure as data (default suite)
 
-@pytest.fixture(scope="module")
-def failing_study(tmp_path_factory):
-    """tiny.yaml cut to the exploding ADVI cell and the CAVI cell, two seeds each (one chunk
-    each), run up to the tables and the summary: about a minute."""
-    work = copy_workflow(tmp_path_factory.mktemp("failing"))
-    raw = yaml.safe_load((work / TINY).read_text())
-    grids = copy.deepcopy(raw["grids"])
-    grids[0]["optimizers"] = ["explode"]
-    for grid in grids:
-        grid["seeds"] = 2
-    config = tiny_subset(work, "tiny_failing.yaml", grids=grids)
-    started = time.perf_counter()
-    result = snakemake("data/tables/cells.csv", "report/summary.md", "--cores", "2",
-                       "--configfile", config, cwd=work)
-    return work, config, result, time.perf_counter() - started
-
-
-def test_numerical_failure_is_recorded_and_the_study_completes(failing_study):
-    work, config, result, _ = failing_study
+def test_numerical_failure_is_recorded_and_the_study_completes(quick_study):
+    """config/quick.yaml has a cell whose every fit fails numerically (adam, learning rate 1e6)
+    beside cells that succeed: the failures are records, the study reaches its report."""
+    work, config, result, _ = quick_study
     study = load_study(work / config)
-    assert {c.cell_id for c in study.cells} == {EXPLODE_CELL, CAVI_CELL}
+    assert {EXPLODE_CELL, CAVI_CELL} <= {c.cell_id for c in study.cells}
     for seed in (0, 1):
         record = json.loads((chunk_dir(work, EXPLODE_CELL, 0) / f"seed-{seed}.json").read_text())
         assert record["status"] == "failed"
@@ -396,10 +381,10 @@ def test_integrity_check_is_fast_for_thousands_of_outputs(tmp_path):
     assert elapsed < 10  # about 0.5 s on an idle 2-core machine
 
 
-def test_damaged_outputs_are_named_and_planned_for_regeneration(failing_study, tmp_path):
+def test_damaged_outputs_are_named_and_planned_for_regeneration(quick_study, tmp_path):
     work = tmp_path / "copy"
-    shutil.copytree(failing_study[0], work, symlinks=True)  # keeps mtimes and .snakemake
-    config = failing_study[1]
+    shutil.copytree(quick_study[0], work, symlinks=True)  # keeps mtimes and .snakemake
+    config = quick_study[1]
     data = work / "data" / "sim" / "default" / "seed-1.nc"
     with open(data, "r+b") as handle:
         handle.truncate(1000)
@@ -421,15 +406,18 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(failing_study, t
     forced = forcerun_args(text)
     assert forced == sorted(["data/sim/default/seed-1.nc", f"data/fits/{CAVI_CELL}/chunk-0",
                              f"data/fits/{EXPLODE_CELL}/chunk-0"])
-    # the recipe: delete them, then --forcerun them: the damaged data set, both chunks that
-    # read it (and so everything downstream) are planned
+    # the recipe: delete them, then --forcerun them: the damaged data set, every chunk that
+    # reads it (the two damaged ones among them) and everything downstream are planned
     for output in forced:
         shutil.rmtree(work / output) if (work / output).is_dir() else (work / output).unlink()
     out = snakemake("data/tables/cells.csv", "report/summary.md", "-n", "--configfile", config,
                     "--forcerun", *forced, cwd=work)
     text = out.stdout + out.stderr
+    study = load_study(work / config)
+    readers = [(cell, k) for cell, k in study.fit_chunks() if 1 in study.chunk_seeds(cell, k)]
+    assert {(CAVI_CELL, 0), (EXPLODE_CELL, 0)} <= set(readers)
     assert job_count(text, "simulate") == 1
-    assert job_count(text, "fit_chunk") == 2
+    assert job_count(text, "fit_chunk") == len(readers)
     assert job_count(text, "aggregate") == 1
     # a real run (here only the data set) starts by removing the killed write's leftover
     snakemake(str(data.relative_to(work)), "--cores", "1", "--configfile", config,
