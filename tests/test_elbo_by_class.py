@@ -28,7 +28,7 @@ def _fits():
 
 
 def test_gaps_are_to_the_best_single_mode_fit_of_the_same_data_set():
-    from vimodes.plots import elbo_gap_rows
+    from vimodes.figure_tables import elbo_gap_rows
 
     rows = elbo_gap_rows(_fits())
     assert len(rows) == 8

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from vimodes import plots  # noqa: E402
+from vimodes import figure_tables, plots  # noqa: E402
 from vimodes.figure_specs import FIGURE_SPECS, TABLE_RULES  # noqa: E402
 from vimodes.idata import write_posterior  # noqa: E402
 
@@ -76,8 +76,8 @@ def study(tmp_path):
 
 def test_picks_the_smallest_seed_of_a_spanning_four_chain_fit(study):
     fits, dirs, slopes = study
-    table = plots.make_nuts_chain_draws(fits, dirs)
-    assert list(table.columns) == list(plots.NUTS_CHAIN_COLUMNS)
+    table = figure_tables.make_nuts_chain_draws(fits, dirs)
+    assert list(table.columns) == list(figure_tables.NUTS_CHAIN_COLUMNS)
     assert set(table["cell_id"]) == {CELL_4} and set(table["seed"]) == {3}
     expected = slopes[(CELL_4, 3)]
     assert len(table) == expected.size  # 4 chains x N_DRAW draws x 2 slopes, nothing else
@@ -92,21 +92,21 @@ def test_picks_the_smallest_seed_of_a_spanning_four_chain_fit(study):
 def test_falls_back_to_fewer_chains_and_is_empty_without_a_spanning_fit(study):
     fits, dirs, slopes = study
     two_only = fits[fits["cell_id"] != CELL_4]
-    table = plots.make_nuts_chain_draws(two_only, dirs)
+    table = figure_tables.make_nuts_chain_draws(two_only, dirs)
     assert set(table["cell_id"]) == {CELL_2} and sorted(table["chain"].unique()) == [0, 1]
     np.testing.assert_array_equal(
         table[table["variable"] == "slopes[1]"].sort_values(["chain", "draw"])["value"],
         slopes[(CELL_2, 0)][:, :, 1].ravel())
     # no multi-chain NUTS fit is spanning (the 1-chain and the VI fit are, here): empty table
     none = fits.assign(outcome=np.where(fits["chains"].fillna(1) >= 2, "mode_B", "spanning"))
-    empty = plots.make_nuts_chain_draws(none, dirs)
-    assert empty.empty and list(empty.columns) == list(plots.NUTS_CHAIN_COLUMNS)
-    assert plots.select_spanning_nuts_fit(fits, available=[]) is None  # no posterior files
+    empty = figure_tables.make_nuts_chain_draws(none, dirs)
+    assert empty.empty and list(empty.columns) == list(figure_tables.NUTS_CHAIN_COLUMNS)
+    assert figure_tables.select_spanning_nuts_fit(fits, available=[]) is None  # no posterior files
 
 
 def test_the_figure_draws_trace_and_rank_of_every_chain(study):
     fits, dirs, slopes = study
-    table = plots.make_nuts_chain_draws(fits, dirs)
+    table = figure_tables.make_nuts_chain_draws(fits, dirs)
     idata = plots.nuts_chain_idata(table)
     assert idata.posterior["slopes"].dims == ("chain", "draw", "component")
     np.testing.assert_array_equal(idata.posterior["slopes"].values, slopes[(CELL_4, 3)])
@@ -131,7 +131,7 @@ def test_the_figure_draws_trace_and_rank_of_every_chain(study):
 
 def test_the_figure_says_so_for_an_empty_table(study):
     fits, dirs, _ = study
-    empty = plots.make_nuts_chain_draws(fits.iloc[:0], dirs)
+    empty = figure_tables.make_nuts_chain_draws(fits.iloc[:0], dirs)
     fig = plots.FIGURES["nuts_chains"](nuts_chain_draws=empty)
     try:
         (ax,) = fig.axes

@@ -207,7 +207,8 @@ def test_regime_contrasts_pair_each_regime_with_its_base_setting(map_cells):
 
 
 def test_regime_map_figure_draws_one_line_per_setting_and_axis(map_cells):
-    from vimodes.plots import fig_regime_map, regime_map_points
+    from vimodes.plots import fig_regime_map
+    from vimodes.figure_tables import regime_map_points
 
     points = regime_map_points(map_cells)
     # the base cells are the common point of the two varied axes; the crossed regime is left out

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vimodes import plots, report, workflow_plan
+from vimodes import figure_tables as tables_layer
+from vimodes import plots, report, vocabulary, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
 
@@ -154,7 +155,7 @@ def test_too_wide_is_counted_but_not_single_mode(cells):
     assert cell["n_mode_too_wide"] == 1 and cell["n_single_mode"] == 1
     assert cell["rate_mode_too_wide"] == 0.25
     assert (cells[[f"n_{c}" for c in HEADLINE_CLASSES]].sum(axis=1) == cells["n_fits"]).all()
-    assert plots.OUTCOME_ORDER == HEADLINE_CLASSES == OUTCOME_CLASSES
+    assert vocabulary.OUTCOME_ORDER == HEADLINE_CLASSES == OUTCOME_CLASSES
 
 
 def test_equal_modes_test_is_nan_for_the_ordered_model(cells, fits):
@@ -184,7 +185,7 @@ def test_headline_table_numbers_equal_cell_table(cells):
         model = row[0].strip("`")
         setting = row[2]
         match = vi[(vi["model"] == model) & (vi["cell_id"].str.endswith(setting.replace(" ", "__")))
-                   & (vi["method"].map(plots.method_label) == row[1])]
+                   & (vi["method"].map(vocabulary.method_label) == row[1])]
         assert len(match) == 1
         cell = match.iloc[0]
         k, n = int(cell["n_single_mode"]), int(cell["n_fits"])
@@ -212,7 +213,7 @@ def test_headline_never_pools_rates_over_cells(cells):
 
 def test_question_section_reads_the_ablation_cells(fits, data_summary):
     section = report.question_section(fits, data_summary)
-    rows = plots.question_comparison_rows(fits)
+    rows = tables_layer.question_comparison_rows(fits)
     asked = rows[rows["model"] == "as_asked"]
     fix = rows[rows["model"] == "as_asked_fix_mixture"]
     assert report.num(asked["sigma_mean"].median()) in section.paragraphs[0]
@@ -244,7 +245,7 @@ def test_reference_and_other_sections(cells, fits):
 
 def test_diagnostics_counts_khat_per_class(fits):
     section = report.diagnostics_section(fits)
-    rows = plots.fit_rows(fits)
+    rows = tables_layer.fit_rows(fits)
     single = rows[rows["outcome"].isin(["mode_A", "mode_B"]) & rows["psis_khat"].notna()]
     good = int((single["psis_khat"] <= plots.KHAT_OK).sum())
     assert f"{good}/{len(single)}" in section.paragraphs[0]
@@ -254,7 +255,7 @@ def test_diagnostics_counts_khat_per_class(fits):
 
 
 def test_minority_share_text_reads_the_fit_table(fits):
-    rows = plots.fit_rows(fits)
+    rows = tables_layer.fit_rows(fits)
     text = report.minority_text(rows)
     for name, labels in (("single-mode", ["mode_A", "mode_B"]), ("spanning", ["spanning"])):
         share = rows[rows["outcome"].isin(labels)]["minority_share"]
@@ -317,7 +318,7 @@ def draw(tmp_path, figure_tables):
     def _draw(name, tables=None):
         inputs = _inputs(tmp_path, figure_tables if tables is None else tables, name)
         with plt.rc_context(plots.STYLE):
-            fig = plots.FIGURES[name](**{k: plots.read_table(v) for k, v in inputs.items()})
+            fig = plots.FIGURES[name](**{k: tables_layer.read_table(v) for k, v in inputs.items()})
         drawn.append(fig)
         return fig
 
@@ -356,19 +357,19 @@ def _check_strip(ax, frame, category, categories, value):
         np.testing.assert_allclose(np.sort(mine[:, 1]), np.sort(expected.to_numpy()))
         assert _median_bars(ax)[x] == pytest.approx(expected.median())
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == [plots.OUTCOME_LABELS.get(c, plots.METHOD_LABELS.get(c, c)).split(" (")[0]
+    assert labels == [vocabulary.OUTCOME_LABELS.get(c, vocabulary.METHOD_LABELS.get(c, c)).split(" (")[0]
                       for c in categories]
 
 
 def test_outcome_rates_figure_draws_every_cell_rate(draw, cells):
     fig = draw("outcome_rates")
     axes = fig.axes
-    classes = list(plots.RATE_CLASSES)
-    assert [ax.get_title() for ax in axes] == [plots.OUTCOME_LABELS[c] for c in classes]
+    classes = list(vocabulary.RATE_CLASSES)
+    assert [ax.get_title() for ax in axes] == [vocabulary.OUTCOME_LABELS[c] for c in classes]
     # rows: one per cell, labelled with its grid, label and fit count
     labels = {round(t.get_position()[1], 6): t.get_text() for t in axes[0].get_yticklabels()}
     assert len(labels) == len(cells)
-    by_label = {f"[{r['grid']}] {plots.cell_label(r)} (n={int(r['n_fits'])})": r
+    by_label = {f"[{r['grid']}] {vocabulary.cell_label(r)} (n={int(r['n_fits'])})": r
                 for _, r in cells.iterrows()}
     assert set(labels.values()) == set(by_label)
     for ax, outcome in zip(axes, classes):
@@ -388,20 +389,20 @@ def test_slope_draws_figure_draws_every_representative_fit(draw, figure_tables):
     summary = figure_tables["data_summary"].iloc[0]
     fig = draw("slope_draws")
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    methods = plots.ordered(draws["method"], plots.METHOD_ORDER)
-    outcomes = plots.ordered(draws["outcome"], plots.OUTCOME_ORDER)
+    methods = vocabulary.ordered(draws["method"], vocabulary.METHOD_ORDER)
+    outcomes = vocabulary.ordered(draws["outcome"], vocabulary.OUTCOME_ORDER)
     assert len(panels) == len(methods) * len(outcomes)
     for ax, (method, outcome) in zip(panels, [(m, o) for m in methods for o in outcomes]):
         sub = draws[(draws["method"] == method) & (draws["outcome"] == outcome)]
         np.testing.assert_allclose(_points(ax), sub[["slope_0", "slope_1"]].to_numpy())
-        assert ax.get_title() == plots.OUTCOME_LABELS[outcome]
+        assert ax.get_title() == vocabulary.OUTCOME_LABELS[outcome]
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert legend == ["marginal seed 0"]
         truth = [line for line in ax.get_lines() if line.get_marker() == "x"]
         assert sorted(map(tuple, truth[0].get_xydata())) == sorted(
             [(summary["true_slope_0"], summary["true_slope_1"]),
              (summary["true_slope_1"], summary["true_slope_0"])])
-    assert panels[0].get_ylabel().startswith(plots.METHOD_LABELS["advi"])
+    assert panels[0].get_ylabel().startswith(vocabulary.METHOD_LABELS["advi"])
 
 
 def test_loss_traces_figure_draws_one_line_per_fit(draw, figure_tables):
@@ -414,33 +415,33 @@ def test_loss_traces_figure_draws_one_line_per_fit(draw, figure_tables):
     for line, (_, fit) in zip(lines, traces.groupby(["cell_id", "seed"], sort=True)):
         np.testing.assert_array_equal(line.get_xdata(), fit["iteration"])
         np.testing.assert_array_equal(line.get_ydata(), fit["loss"])
-        assert line.get_color() == plots.OUTCOME_COLORS[fit["outcome"].iloc[0]]
+        assert line.get_color() == vocabulary.OUTCOME_COLORS[fit["outcome"].iloc[0]]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend == [plots.OUTCOME_LABELS[o] for o in ("mode_A", "mode_B")]
+    assert legend == [vocabulary.OUTCOME_LABELS[o] for o in ("mode_A", "mode_B")]
 
 
 def test_errors_by_class_figure_draws_every_fit_error(draw, fits):
     fig = draw("errors_by_class")
-    rows = plots.fit_rows(fits)
+    rows = tables_layer.fit_rows(fits)
     columns = ["sigma_abs_error", "slope_abs_error", "weight_abs_error"]
     rows = rows[rows[columns].notna().any(axis=1)]
-    outcomes = plots.ordered(rows["outcome"], plots.OUTCOME_ORDER)
+    outcomes = vocabulary.ordered(rows["outcome"], vocabulary.OUTCOME_ORDER)
     assert len(fig.axes) == 3
     for ax, column in zip(fig.axes, columns):
         _check_strip(ax, rows, "outcome", outcomes, column)
         assert ax.get_yscale() == "log"
-    methods = plots.ordered(rows["method"], plots.METHOD_ORDER)
+    methods = vocabulary.ordered(rows["method"], vocabulary.METHOD_ORDER)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == \
-        [plots.METHOD_LABELS[m] for m in methods]
+        [vocabulary.METHOD_LABELS[m] for m in methods]
 
 
 def test_khat_by_class_figure_draws_every_khat_and_the_thresholds(draw, fits):
     fig = draw("khat_by_class")
     (ax,) = fig.axes
-    rows = plots.fit_rows(fits)
+    rows = tables_layer.fit_rows(fits)
     rows = rows[rows["psis_khat"].notna()]
     assert len(rows) > 0
-    _check_strip(ax, rows, "outcome", plots.ordered(rows["outcome"], plots.OUTCOME_ORDER),
+    _check_strip(ax, rows, "outcome", vocabulary.ordered(rows["outcome"], vocabulary.OUTCOME_ORDER),
                  "psis_khat")
     levels = sorted(line.get_ydata()[0] for line in ax.get_lines()
                     if line.get_linestyle() in (":", "--"))
@@ -451,10 +452,10 @@ def test_khat_by_class_figure_draws_every_khat_and_the_thresholds(draw, fits):
 def test_runtime_figure_draws_every_successful_fit(draw, fits):
     fig = draw("runtime")
     (ax,) = fig.axes
-    rows = plots.fit_rows(fits)
+    rows = tables_layer.fit_rows(fits)
     rows = rows[(rows["status"] == "ok") & (rows["fit_seconds"] > 0)]
-    assert (plots.fit_rows(fits)["status"] == "failed").any()  # left out below
-    _check_strip(ax, rows, "method", plots.ordered(rows["method"], plots.METHOD_ORDER),
+    assert (tables_layer.fit_rows(fits)["status"] == "failed").any()  # left out below
+    _check_strip(ax, rows, "method", vocabulary.ordered(rows["method"], vocabulary.METHOD_ORDER),
                  "fit_seconds")
     assert ax.get_ylabel() == "fit time per fit (s)"
 
@@ -462,8 +463,8 @@ def test_runtime_figure_draws_every_successful_fit(draw, fits):
 def test_question_model_figure_draws_the_compared_fits(draw, fits, data_summary):
     fig = draw("question_model")
     sigma_ax, slopes_ax, rate_ax = fig.axes
-    rows = plots.question_comparison_rows(fits)
-    models = plots.ordered(rows["model"], plots.MODEL_ORDER)
+    rows = tables_layer.question_comparison_rows(fits)
+    models = vocabulary.ordered(rows["model"], vocabulary.MODEL_ORDER)
     ok = rows[rows["sigma_mean"].notna()]
     assert len(_points(sigma_ax)) == len(ok)
     np.testing.assert_allclose(np.sort(_points(sigma_ax)[:, 1]), np.sort(ok["sigma_mean"]))
@@ -525,7 +526,7 @@ def test_profile_log_density_matches_direct_sum():
     x = rng.uniform(-1, 1, 50)
     y = np.where(rng.random(50) < 0.5, 3 * x, -x) + 0.1 * rng.standard_normal(50)
     w = np.array([-1.0, 0.5, 3.0])
-    got = plots.profile_log_density(x, y, w, w, weights=(0.3, 0.7), sigma=0.2, prior_sd=2.0,
+    got = tables_layer.profile_log_density(x, y, w, w, weights=(0.3, 0.7), sigma=0.2, prior_sd=2.0,
                                     chunk=7)
     for i, a in enumerate(w):
         for j, b in enumerate(w):
@@ -539,7 +540,7 @@ def test_posterior_grid_peaks_at_the_modes():
 
     data = simulate(DataRegime(n_obs=500), 0, 20180913)
     low, high, points = workflow_plan.grid_limits(data.regime.slopes)
-    grid, summary = plots.make_posterior_grid(data, low, high, points)
+    grid, summary = tables_layer.make_posterior_grid(data, low, high, points)
     assert len(grid) == points ** 2 and (grid["delta"] >= 0).all()
     best = grid.loc[grid["delta"].idxmin()]
     assert {round(best["w0"], 6), round(best["w1"], 6)} == {3.0, -1.0}
@@ -569,11 +570,11 @@ def test_loss_traces_and_representative_draws_from_fit_files(tmp_path):
         _write_fit(folder, cell, seed, "advi", mode_a, [10.0 - seed, 5.0, 1.0])
     fits = pd.DataFrame([{**_fit_row("marginal", "advi", "adam", s, "mode_A"),
                           "cell_id": cell} for s in range(4)])
-    traces = plots.make_loss_traces(fits, [folder])
+    traces = tables_layer.make_loss_traces(fits, [folder])
     assert len(traces) == 12
     assert traces[traces["seed"] == 0]["iteration"].tolist() == [100, 200, 300]
     assert set(traces["outcome"]) == {"mode_A"}
-    draws = plots.make_representative_draws(fits, [folder], per_class=3, n_draws=50)
+    draws = tables_layer.make_representative_draws(fits, [folder], per_class=3, n_draws=50)
     assert draws.groupby(["cell_id", "seed"]).ngroups == 3
     assert draws.groupby("seed").size().max() == 50
     assert np.allclose(draws["slope_0"], 3.0)

@@ -27,26 +27,27 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
-from vimodes.figure_specs import FIGURE_SPECS, figures_in
+from vimodes.figure_specs import FIGURE_SPECS, KHAT_OK, figures_in
 from vimodes.metrics import wilson_interval
 from vimodes.methods import INIT_KINDS, init_meaning, methods_where
-from vimodes.plots import (
-    KHAT_OK,
-    METHOD_ORDER,
-    MODEL_ORDER,
-    OUTCOME_LABELS,
-    OUTCOME_ORDER,
+from vimodes.figure_tables import (
     adam_fit_rows,
     checkpoint_curves,
     elbo_gap_rows,
     fit_rows,
-    method_label,
     numeric,
-    ordered,
     question_comparison_rows,
 )
 from vimodes.records import atomic_path, package_versions
 from vimodes.regimes import AXIS_BY_NAME
+from vimodes.vocabulary import (
+    METHOD_ORDER,
+    MODEL_ORDER,
+    OUTCOME_LABELS,
+    OUTCOME_ORDER,
+    method_label,
+    ordered,
+)
 
 ADVI_METHODS = methods_where(report_group="advi")
 OTHER_METHODS = methods_where(report_group="other")

@@ -2,7 +2,7 @@ from vimodes.runtime import script_logging
 
 with script_logging(snakemake.log[0]):
     from vimodes.pipeline import write_table
-    from vimodes.plots import make_posterior_grid
+    from vimodes.figure_tables import make_posterior_grid
     from vimodes.simulate import read_dataset
 
     p = snakemake.params
