@@ -512,6 +512,51 @@ def _mid_chunks(work: Path) -> list[str]:
             if (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
 
 
+def _fit_job_pids(work: Path) -> list[int]:
+    """The Python processes of fit_chunk jobs running in `work` (Snakemake runs a script as a
+    copy under .snakemake/scripts/)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd == str(work) and any(a.endswith(b"fit_chunk.py") for a in args):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_an_interrupted_fit_job_fails_and_its_retry_completes_the_study(snapshot, baseline,
+                                                                        tmp_path):
+    """REL 1: an interrupt is not a numerical failure. SIGINT to one running fit job's process
+    (mid-chunk: its first seed written): the job fails (no `failed` fit record is written for
+    it), Snakemake restarts it (`--retries 1`, as profiles/default sets), and the study ends
+    identical to the uninterrupted one."""
+    work = from_snapshot(snapshot, tmp_path / "wf")
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY, "--retries", "1"],
+                            cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (_mid_chunks(work) and _fit_job_pids(work)):
+        assert proc.poll() is None and time.monotonic() < deadline, "study ended before"
+        time.sleep(0.05)
+    interrupted = _mid_chunks(work)
+    for pid in _fit_job_pids(work):
+        os.kill(pid, signal.SIGINT)
+    assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
+    text = (tmp_path / "run.log").read_text()
+    assert "Error in rule fit_chunk" in text and "Trying to restart job" in text
+    for chunk in interrupted:
+        for record in (work / chunk).glob("seed-*.json"):
+            assert "KeyboardInterrupt" not in record.read_text(), record
+    _assert_same_study(baseline[1], work)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGINT-group", "SIGKILL-group"])
 def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_path, how):
