@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vimodes.records import file_sha256
+
 # wall-clock timings: the only content allowed to differ between two runs of the same study.
 # A record key or table column is a timing if one of these names is a "_"-separated part of it
 # (fit_seconds, median_fit_seconds, fit_seconds_q25, ...).
@@ -31,14 +33,6 @@ def is_volatile(name: str) -> bool:
     return bool(_VOLATILE_NAME.search(str(name)))
 
 OUTPUT_FOLDERS = ("data/sim", "data/fits", "data/classified", "data/tables")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_sha256(path: str | Path) -> str:

@@ -40,7 +40,6 @@ would make ArviZ functions that look for that group fail in confusing ways.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path
+from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path, file_sha256
 
 # record keys that describe timing, which differs between runs and so stays out of the file
 _VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
@@ -114,14 +113,6 @@ def _loss_dataset(record: dict) -> xr.Dataset | None:
                                  "iterations_per_value iterations (CAVI: the negative ELBO per "
                                  "sweep); coordinate iteration = the block's last iteration"}
     return loss
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _data_reference(path: Path, data_path: str | Path) -> dict[str, str]:

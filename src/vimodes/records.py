@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -176,6 +177,12 @@ def parquet_problem(path: str | Path) -> str | None:
     except ValueError:  # pyarrow's ArrowInvalid: no footer, bad magic bytes
         return f"truncated or not a parquet file ({size} bytes)"
     return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (read in blocks by hashlib)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def record_problem(path: str | Path, seed: int) -> tuple[str | None, dict | None]:
