@@ -44,12 +44,10 @@ def fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
     return fits.reset_index(drop=True)
 
 
-
 def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame:
         return pd.Series(np.nan, index=frame.index, dtype=float)
     return pd.to_numeric(frame[column], errors="coerce").astype(float)
-
 
 
 def fit_file_index(fit_dirs: Iterable[str | Path], suffix: str) -> dict[tuple[str, int], Path]:
@@ -66,19 +64,18 @@ def fit_file_index(fit_dirs: Iterable[str | Path], suffix: str) -> dict[tuple[st
     return index
 
 
-
 def _outcomes(fits: pd.DataFrame) -> pd.DataFrame:
     columns = [c for c in ("cell_id", "seed", "grid", "model", "method", "optimizer", "iterations",
                            "init", "batch_size", "outcome") if c in fits]
     return fit_rows(fits)[columns]
 
 
-
 def make_loss_traces(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """One row per fit and stored loss value: the fit's axes, its final ``outcome``, the
     ``iteration`` at the end of the stored bin and the ``loss`` (VI: mean of the bin's minibatch
     losses, ``vimodes.config.TRACE_EVERY`` iterations per bin; CAVI: the negative ELBO per
-    sweep; the same iterations as the fit file's ``loss`` group, ``vimodes.idata``). Fits without a trace (NUTS, Pathfinder) have no rows."""
+    sweep; the same iterations as the fit file's ``loss`` group, ``vimodes.idata``). Fits
+    without a trace (NUTS, Pathfinder) have no rows."""
     outcomes = _outcomes(fits).set_index(["cell_id", "seed"])
     frames = []
     for (cell_id, seed), path in sorted(fit_file_index(fit_dirs, "json").items()):
@@ -100,7 +97,6 @@ def make_loss_traces(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.D
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-
 def select_representatives(fits: pd.DataFrame, available: Iterable[tuple[str, int]],
                            per_class: int = 3) -> pd.DataFrame:
     """Up to ``per_class`` fits per (method, outcome) with draws on disk, spread over the models
@@ -120,7 +116,6 @@ def select_representatives(fits: pd.DataFrame, available: Iterable[tuple[str, in
     if not chosen:
         return rows.iloc[:0]
     return pd.DataFrame(chosen).reset_index(drop=True)
-
 
 
 def make_representative_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path],
@@ -153,13 +148,8 @@ def make_representative_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-
 NUTS_CHAIN_COLUMNS = ("cell_id", "seed", "chain", "draw", "variable", "value")
-
-
-
 PREFERRED_CHAINS = 4
-
 
 
 def select_spanning_nuts_fit(fits: pd.DataFrame,
@@ -186,7 +176,6 @@ def select_spanning_nuts_fit(fits: pd.DataFrame,
     return rows.sort_values(["cell_id", "_seed"]).iloc[0].drop(["_chains", "_seed"])
 
 
-
 def make_nuts_chain_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """Every draw of every chain of the slopes of ONE spanning multi-chain NUTS fit
     (:func:`select_spanning_nuts_fit`), long: ``cell_id``, ``seed``, ``chain``, ``draw``,
@@ -208,7 +197,6 @@ def make_nuts_chain_draws(fits: pd.DataFrame, fit_dirs: Iterable[str | Path]) ->
                             "draw": draw.ravel(), "variable": f"slopes[{k}]",
                             "value": slopes[:, :, k].ravel()}) for k in range(n_comp)]
     return pd.concat(frames, ignore_index=True)[list(NUTS_CHAIN_COLUMNS)]
-
 
 
 def profile_log_density(x: np.ndarray, y: np.ndarray, w0: np.ndarray, w1: np.ndarray,
@@ -234,7 +222,6 @@ def profile_log_density(x: np.ndarray, y: np.ndarray, w0: np.ndarray, w1: np.nda
             return -0.5 * (w / prior_sd) ** 2 - math.log(prior_sd) - 0.5 * math.log(2 * math.pi)
         out += log_prior(w0)[:, None] + log_prior(w1)[None, :]
     return out
-
 
 
 def make_posterior_grid(data, low: float, high: float, n_points: int,
@@ -271,9 +258,7 @@ def make_posterior_grid(data, low: float, high: float, n_points: int,
     return table, summary
 
 
-
 ELBO_GAP_FLOOR = 1e7
-
 
 
 def elbo_gap_rows(fits: pd.DataFrame) -> pd.DataFrame:
@@ -295,7 +280,6 @@ def elbo_gap_rows(fits: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["elbo_gap"].notna()]
 
 
-
 def adam_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
     """Meanfield and full-rank ADVI fits of the corrected models under adam (any step size,
     start or budget) whose model has as many components as the data (no ``components``
@@ -315,7 +299,6 @@ def adam_fit_rows(fits: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-
 def question_comparison_rows(fits: pd.DataFrame) -> pd.DataFrame:
     """Fits of the question's model, its ablations and the corrected ``marginal`` model, in the
     VI settings (method, optimizer, iterations, init, batch size, data) where ``as_asked`` was
@@ -329,7 +312,6 @@ def question_comparison_rows(fits: pd.DataFrame) -> pd.DataFrame:
     settings = asked[keys].drop_duplicates()
     wanted = rows[rows["model"].str.startswith("as_asked") | (rows["model"] == "marginal")]
     return wanted.merge(settings, on=keys, how="inner")
-
 
 
 def checkpoint_curves(fits: pd.DataFrame) -> pd.DataFrame:
@@ -353,7 +335,6 @@ def checkpoint_curves(fits: pd.DataFrame) -> pd.DataFrame:
                         f"rate_{name}_low": low, f"rate_{name}_high": high})
         out.append(row)
     return pd.DataFrame(out)
-
 
 
 def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
@@ -388,7 +369,6 @@ def regime_map_points(cells: pd.DataFrame) -> pd.DataFrame:
     # an axis with only the base point has no regime of its own: not drawn
     varied = points.groupby("regime_axis")["value"].transform("nunique") > 1
     return points[varied].sort_values(["regime_axis", "setting", "value"]).reset_index(drop=True)
-
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

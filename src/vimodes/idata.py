@@ -115,21 +115,23 @@ def _loss_dataset(record: dict) -> xr.Dataset | None:
     return loss
 
 
-def _data_reference(path: Path, data_path: str | Path) -> dict[str, str]:
+def _data_reference(path: Path, data_path: str | Path,
+                    data_sha256: str | None = None) -> dict[str, str]:
     data_path = Path(data_path)
     try:
         relative = os.path.relpath(data_path.absolute(), path.absolute().parent)
     except ValueError:  # another drive (Windows): no relative path exists
         relative = str(data_path.absolute())
     return {OBSERVED_DATA_FILE_ATTR: Path(relative).as_posix(),
-            OBSERVED_DATA_SHA256_ATTR: file_sha256(data_path)}
+            OBSERVED_DATA_SHA256_ATTR: data_sha256 or file_sha256(data_path)}
 
 
 def write_posterior(path: str | Path, result, record: dict,
-                    data_path: str | Path | None = None) -> None:
+                    data_path: str | Path | None = None, data_sha256: str | None = None) -> None:
     """Write the draws, the fit record (as an attribute of the posterior group), the loss
     history (group ``loss``, from ``record["loss_trace"]``, when the fit has one) and, given
-    ``data_path``, the reference to the data set fitted (see the module docstring)."""
+    ``data_path``, the reference to the data set fitted (see the module docstring; pass its
+    ``data_sha256`` when already known, so that a data set is hashed once per fit)."""
     attrs = {key: value for key, value in record.items() if key not in _VOLATILE}
     groups = {"posterior": _dataset(result.draws)}
     if result.sample_stats:
@@ -144,7 +146,7 @@ def write_posterior(path: str | Path, result, record: dict,
         idata[group].attrs = dict(loss.attrs) if group == LOSS_GROUP else {}
     idata.posterior.attrs["fit_record"] = json.dumps(_jsonable(attrs), sort_keys=True)
     if data_path is not None:
-        idata.posterior.attrs.update(_data_reference(Path(path), data_path))
+        idata.posterior.attrs.update(_data_reference(Path(path), data_path, data_sha256))
     with atomic_path(path) as tmp:
         idata.to_netcdf(str(tmp), engine=NETCDF_ENGINE)
         check_posterior_file(tmp, expected_groups=tuple(groups))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study
-from vimodes.records import package_versions, read_json, write_json
+from vimodes.records import file_sha256, package_versions, read_json, write_json
 from vimodes.regimes import regime_descriptors, regime_map
 from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
 
@@ -101,16 +101,19 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
                 flat = values.reshape(-1, *values.shape[2:])
                 record[f"{name}_mean"] = flat.mean(axis=0)
                 record[f"{name}_sd"] = flat.std(axis=0)
+        # the data set by reference (path + sha256, hashed once): attach_observed_data loads it
+        data_sha256 = (file_sha256(data_path) if result.draws or result.checkpoint_draws
+                       else None)
         if result.draws:  # a failed fit has a record but no draws
-            # the data set by reference (path + sha256): attach_observed_data loads it
             write_posterior(fit_record_path(out_dir, seed, "nc"), result, record,
-                            data_path=data_path)
+                            data_path=data_path, data_sha256=data_sha256)
         if result.checkpoint_draws:
             # the checkpoints take the place of chains: read back with read_posterior
             write_posterior(fit_record_path(out_dir, seed, "checkpoints.nc"),
                             FitResult(result.status, None, draws=result.checkpoint_draws),
                             {"seed": seed, "cell_id": cell_id, "checkpoint_iterations":
-                             result.info["checkpoint_iterations"]}, data_path=data_path)
+                             result.info["checkpoint_iterations"]},
+                            data_path=data_path, data_sha256=data_sha256)
         write_json(record, fit_record_path(out_dir, seed, "json"))
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])

@@ -246,20 +246,19 @@ class Damage:
         return f"{self.path}: {self.reason}{where}"
 
 
-def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
-                skip=frozenset()) -> list[Damage]:
-    """Damaged outputs among those that exist; outputs in `skip` are not looked at."""
+def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=()) -> list[Damage]:
+    """Damaged outputs among those that exist (a missing output is not damage)."""
     damage = []
     for path in data_files:
-        if path not in skip and os.path.exists(path) and (why := netcdf_problem(path)):
+        if os.path.exists(path) and (why := netcdf_problem(path)):
             damage.append(Damage(str(path), why, str(path)))
     for chunk_dir, seeds in (chunk_dirs or {}).items():
-        if chunk_dir in skip or not os.path.isdir(chunk_dir):
+        if not os.path.isdir(chunk_dir):
             continue
         for path, why in chunk_problems(chunk_dir, seeds):
             damage.append(Damage(path, why, str(chunk_dir)))
     for path in parquet_files:
-        if path not in skip and os.path.exists(path) and (why := parquet_problem(path)):
+        if os.path.exists(path) and (why := parquet_problem(path)):
             damage.append(Damage(str(path), why, str(path)))
     return damage
 

@@ -1470,7 +1470,6 @@ def render(context: dict, template_dir: str | Path, template: str) -> str:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True)
     env.filters["inline"] = lambda text: Markup(inline_html(text))
-    env.filters["md_cell"] = md_cell
     return env.get_template(template).render(**context)
 
 
