@@ -811,6 +811,12 @@ def reproduce_section(fits: pd.DataFrame, provenance: dict) -> Section:
 ALPHA = 0.05
 
 
+def _points(share: float) -> str:
+    """A difference of proportions in signed percentage points; a difference that rounds to 0
+    reads +0, never -0."""
+    return f"{round(100 * float(share)):+d}"
+
+
 def _pvalue(value) -> str:
     if is_missing(value):
         return "n/a"
@@ -866,8 +872,8 @@ def contrast_text(c: dict, label_a: str, label_b: str) -> str:
     k_a, k_b = round(c["rate_a"] * n), round(c["rate_b"] * n)
     verdict = "a difference" if c["p_holm"] < ALPHA else "no difference detectable"
     return (f"{label_a} {k_a}/{n} vs {label_b} {k_b}/{n} seeds on a single mode: {verdict} "
-            f"(paired difference {100 * c['diff']:+.0f} points, 95% CI "
-            f"{100 * c['diff_low']:+.0f} to {100 * c['diff_high']:+.0f}; exact McNemar "
+            f"(paired difference {_points(c['diff'])} points, 95% CI "
+            f"{_points(c['diff_low'])} to {_points(c['diff_high'])}; exact McNemar "
             f"p {_pvalue(c['p_mcnemar'])}, Holm-adjusted {_pvalue(c['p_holm'])})")
 
 
@@ -1009,8 +1015,8 @@ def _changed(contrasts: pd.DataFrame, by_id: pd.DataFrame) -> list[str]:
         changed.append(f"{_regime_value_text(c['regime_axis'], c['regime_value'])} "
                        f"({c['setting']}): {pct(c['rate_a'])} on a single mode against "
                        f"{pct(c['rate_b'])} in the default regime (difference "
-                       f"{100 * c['diff']:+.0f} points, 95% CI {100 * c['diff_low']:+.0f} "
-                       f"to {100 * c['diff_high']:+.0f}; Holm p {_pvalue(c['p_holm'])})"
+                       f"{_points(c['diff'])} points, 95% CI {_points(c['diff_low'])} "
+                       f"to {_points(c['diff_high'])}; Holm p {_pvalue(c['p_holm'])})"
                        + (f"; of its {int(c['n_a'])} fits {others}" if others else ""))
     return changed
 
@@ -1044,8 +1050,8 @@ def regime_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
         other = [f"{integer(cell.get(f'n_{name}', 0))}" for name in ("collapsed", "not_converged")]
         rows.append([label, c["setting"], f"{int(c['k_a'])}/{int(c['n_a'])}", *other,
                      f"{int(c['k_b'])}/{int(c['n_b'])}",
-                     f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
-                     f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_holm"])])
+                     f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
+                     f"{_points(c['diff_high'])})", _pvalue(c["p_holm"])])
     changed = _changed(contrasts, by_id)
     section.tables.append(Table(
         ["regime", "setting", "single mode (regime)", "collapsed", "not converged",
@@ -1195,14 +1201,14 @@ def components_section(cells: pd.DataFrame) -> Section:
         table.append([setting_label(r), code(r["data_regime"]),
                       *[cell_rate(r, label) for label in K_CLASSES],
                       cell_rate(b, "single_mode") if b is not None else "–",
-                      (f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
-                       f"{100 * c['diff_high']:+.0f}); Holm p {_pvalue(p)}") if c else "–"])
+                      (f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
+                       f"{_points(c['diff_high'])}); Holm p {_pvalue(p)}") if c else "–"])
         if c:
             statements.append(f"{setting_label(r)}: {pct(c['rate_a'])} with K = 3 against "
                               f"{pct(c['rate_b'])} with K = 2 ("
                               + ("a difference" if p < 0.05 else "no difference detectable")
-                              + f": {100 * c['diff']:+.0f} points, 95% CI "
-                              f"{100 * c['diff_low']:+.0f} to {100 * c['diff_high']:+.0f}; "
+                              + f": {_points(c['diff'])} points, 95% CI "
+                              f"{_points(c['diff_low'])} to {_points(c['diff_high'])}; "
                               f"Holm p {_pvalue(p)})")
     if table:
         section.paragraphs.append(
@@ -1271,8 +1277,8 @@ def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Secti
         n = int(c["n_pairs"])
         table.append([code(c["cell_a"]), str(n), f"{round(c['rate_a'] * n)}/{n}",
                       f"{round(c['rate_b'] * n)}/{n}",
-                      f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
-                      f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_mcnemar"]),
+                      f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
+                      f"{_points(c['diff_high'])})", _pvalue(c["p_mcnemar"]),
                       _pvalue(c["p_holm"])])
         if c["p_holm"] < ALPHA:
             disagree.append(code(c["cell_a"]))
@@ -1372,8 +1378,8 @@ def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
         n = int(c["n_pairs"])
         rows.append([c["axis"], f"{c['level_a']} vs {c['level_b']}", c["shared"], str(n),
                      f"{round(c['rate_a'] * n)} vs {round(c['rate_b'] * n)}",
-                     f"{100 * c['diff']:+.0f} ({100 * c['diff_low']:+.0f} to "
-                     f"{100 * c['diff_high']:+.0f})", _pvalue(c["p_mcnemar"]),
+                     f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
+                     f"{_points(c['diff_high'])})", _pvalue(c["p_mcnemar"]),
                      _pvalue(c["p_holm"])
                      + (" (deterministic)" if c.get("deterministic") else "")])
     section.tables.append(Table(
