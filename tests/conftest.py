@@ -144,18 +144,24 @@ def cluster_dry_runs(tmp_path_factory) -> dict[str, str]:
     """The (non-quiet) dry-run output of the default and the full study through the SLURM
     profile, as docs/running-on-slurm.md runs them, once per session (the full study's DAG
     takes ~40 s to plan): config path -> stdout. --cores 4 lets a four-chain NUTS job ask for
-    its 4 CPUs (a dry run otherwise assumes one core); no cluster is called."""
+    its 4 CPUs (a dry run otherwise assumes one core); no cluster is called. Run under
+    `python -X importtime`: the key "imports" maps each config to the top-level packages the
+    planning process imported."""
 
     def build(folder):
         work = copy_workflow(folder, profiles=True)
         env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
-        outputs = {}
+        outputs = {"imports": {}}
         for config in ("config/config.yaml", "config/full.yaml"):
-            result = subprocess.run([SNAKEMAKE, "--profile", "profiles/slurm", "-n", "--cores",
-                                     "4", "--configfile", config], cwd=work, env=env,
+            result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake",
+                                     "--profile", "profiles/slurm", "-n", "--cores", "4",
+                                     "--configfile", config], cwd=work, env=env,
                                     capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             outputs[config] = result.stdout
+            outputs["imports"][config] = sorted({
+                line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")})
         return outputs
 
     return once_per_session(tmp_path_factory, "dry_runs", build)

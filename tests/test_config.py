@@ -177,14 +177,32 @@ def test_component_validation_names_the_key(raw, key, words):
     assert key in message and words in message
 
 
-def test_schema_method_enum_is_the_method_registry():
-    """A method is added in one place: the registry; the schema's enum must list the same."""
+def test_schema_method_enum_is_the_method_registry(monkeypatch):
+    """A method is added in one place, the registry: the schema's enum is made from it when the
+    schema is read, so a method registered at run time is accepted and a name that is not
+    registered is refused with its key path."""
+    from vimodes import methods
     from vimodes.config import load_schema
-    from vimodes.methods import METHOD_NAMES
 
-    schema = load_schema()
-    grid = schema["$defs"]["grid"]["properties"]
-    assert tuple(grid["methods"]["items"]["enum"]) == METHOD_NAMES
+    grid = load_schema()["$defs"]["grid"]["properties"]
+    assert tuple(grid["methods"]["items"]["enum"]) == methods.METHOD_NAMES
+    raw = {"study_name": "t", "optimizers": {"a": {"name": "adam"}},
+           "inits": {"j": {"kind": "jitter"}},
+           "grids": [{"name": "g", "models": ["marginal"], "methods": ["plugin_method"],
+                      "optimizers": ["a"], "inits": ["j"], "seeds": 2}]}
+    with pytest.raises(ConfigError, match=r"config\.grids\[0\]\.methods\[0\]"):
+        build_study(raw)
+    monkeypatch.setattr(methods, "METHOD_NAMES", methods.METHOD_NAMES)  # restored afterwards
+    methods.register_method(methods.MethodSpec(
+        "plugin_method", "a plugin", "#000000", ("init",), {"jitter": "at the truth"},
+        "plugin_module:PluginFitter", init_kinds=("jitter",)))
+    try:
+        assert methods.METHOD_NAMES[-1] == "plugin_method"
+        assert [c.cell_id for c in build_study(raw).cells] == ["marginal__plugin_method__init-j"]
+        with pytest.raises(ValueError, match="already registered"):
+            methods.register_method(methods.METHOD_SPECS["plugin_method"])
+    finally:
+        del methods.METHOD_SPECS["plugin_method"]
 
 
 def test_cell_ids_follow_each_methods_axes():

@@ -156,7 +156,8 @@ def test_a_numerical_error_anywhere_in_a_fit_is_a_failed_record(tmp_path, monkey
     """fit_chunk records the error of the one seed and goes on with the next."""
     import vimodes.fitting
     from vimodes.config import build_study
-    from vimodes.pipeline import fit_chunk, simulate_dataset
+    from vimodes.pipeline import fit_chunk
+    from vimodes.simulate import simulate_dataset
 
     study = build_study({
         "study_name": "t", "seed_base": SEED_BASE, "chunk_size": 2, "draws": 50,
@@ -180,6 +181,43 @@ def test_a_numerical_error_anywhere_in_a_fit_is_a_failed_record(tmp_path, monkey
     assert [(r["seed"], r["status"]) for r in records] == [(0, "failed"), (1, "ok")]
     assert records[0]["error"] == "LinAlgError: not positive definite"
     assert (tmp_path / "fits" / "seed-0.json").exists()
+
+
+@pytest.mark.parametrize("error", [MemoryError("cannot allocate"),
+                                   OSError(28, "No space left on device"),
+                                   KeyboardInterrupt()], ids=["memory", "disk", "interrupt"])
+def test_an_infrastructure_error_fails_the_job_instead_of_becoming_a_record(tmp_path, monkeypatch,
+                                                                             error):
+    """REL 1: only numerical errors become `failed` records; memory, I/O and interrupts
+    propagate out of fit_chunk (the job fails and Snakemake's `retries: 1` reruns it), and the
+    seed that hit one leaves no record that would pass for a result."""
+    import vimodes.fitting
+    from vimodes.config import build_study
+    from vimodes.pipeline import fit_chunk
+    from vimodes.simulate import simulate_dataset
+
+    study = build_study({
+        "study_name": "t", "seed_base": SEED_BASE, "chunk_size": 2, "draws": 20,
+        "data_regimes": {"default": {"n_obs": 200}},
+        "optimizers": {"adam": {"name": "adam"}}, "inits": {"j": {"kind": "jitter"}},
+        "grids": [{"name": "g", "models": ["marginal"], "methods": ["cavi"],
+                   "optimizers": ["adam"], "inits": ["j"], "iterations": [20], "seeds": 2}]})
+    paths = []
+    for regime, seed in study.datasets():
+        paths.append(str(tmp_path / f"seed-{seed}.nc"))
+        simulate_dataset(study, regime, seed, paths[-1])
+    original = vimodes.fitting.CaviFitter.fit
+
+    def breaks_on_seed_1(self, data, seed_base, seed):
+        if seed == 1:
+            raise error
+        return original(self, data, seed_base, seed)
+
+    monkeypatch.setattr(vimodes.fitting.CaviFitter, "fit", breaks_on_seed_1)
+    with pytest.raises(type(error)):
+        fit_chunk(study, study.cells[0].cell_id, 0, paths, tmp_path / "fits")
+    assert (tmp_path / "fits" / "seed-0.json").exists()  # the seed before it was fitted
+    assert not list((tmp_path / "fits").glob("seed-1.*"))
 
 
 def test_fit_seed_formula_is_default_rng_of_seed_base_seed_1(datasets):

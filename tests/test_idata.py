@@ -222,7 +222,8 @@ def test_a_fit_file_without_its_loss_group_fails_the_check(vi_fit, tmp_path):
 def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
     """The pipeline's own writer (CAVI: fast, full data) passes each seed's data set."""
     from vimodes.config import build_study
-    from vimodes.pipeline import fit_chunk, simulate_dataset
+    from vimodes.pipeline import fit_chunk
+    from vimodes.simulate import simulate_dataset
     from vimodes.records import read_json
     from vimodes.simulate import read_dataset
 

@@ -32,6 +32,9 @@ def test_default_profile_settings_reach_snakemake(tmp_path, monkeypatch):
     assert args.rerun_incomplete is True
     assert args.retries == 1
     assert args.scheduler == "greedy"
+    # the rate limit that keeps the scheduler from re-solving every second (benchmarks/README.md)
+    limit = args.max_jobs_per_timespan
+    assert (limit.max_jobs, limit.timespan) == (1000, 10.0)
     assert args.cores == 2  # the command line's, the profile sets none
 
 

@@ -291,6 +291,28 @@ def _write_outputs(folder: Path):
     return data, chunk, table
 
 
+def test_the_integrity_check_runs_in_the_main_process_only(tmp_path):
+    """REL 6: the Snakefile is read again by every process Snakemake starts for jobs (`--mode
+    subprocess` / `remote`: cluster jobs, group jobs); those must not re-check the study (it
+    would cost each job the scan and fail jobs on outputs other jobs are writing). A damaged
+    data set stops the main process and is ignored by a job process, which still reads (and
+    validates) the config."""
+    work = copy_workflow(tmp_path / "wf")
+    damaged = work / "data" / "sim" / "default" / "seed-0.nc"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a truncated NetCDF-4 file
+    main = snakemake("-n", "--configfile", "config/quick.yaml", cwd=work, check=False)
+    assert main.returncode != 0
+    assert "--forcerun data/sim/default/seed-0.nc" in main.stdout + main.stderr
+    job = snakemake("-n", "--configfile", "config/quick.yaml", "--mode", "subprocess", cwd=work,
+                    check=False)
+    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+    assert "damaged" not in (job.stdout + job.stderr).lower()
+    bad = snakemake("-n", "--configfile", "config/quick.yaml", "--mode", "subprocess",
+                    "--config", "chunk_sise=1", cwd=work, check=False)
+    assert bad.returncode != 0 and "chunk_sise" in bad.stdout + bad.stderr  # the file was read
+
+
 def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Snakemake's paths are relative to its working directory
     data, chunk, table = (p.relative_to(tmp_path) for p in _write_outputs(tmp_path))

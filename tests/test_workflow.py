@@ -54,18 +54,12 @@ def test_bad_config_stops_before_any_job(repo, tmp_path):
     assert not (work / "data" / "sim").exists()
 
 
-def test_dry_run_imports_no_pymc(tmp_path):
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/full.yaml"])
+def test_dry_run_imports_no_pymc(config, cluster_dry_runs):
     """Planning reads only light modules: PyMC (and matplotlib) are imported by the jobs that
-    fit or draw, never by `snakemake -n` (every command pays for what planning imports)."""
-    import sys
-
-    work = copy_workflow(tmp_path / "wf")
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "-n",
-                             "--configfile", "config/smoke.yaml"], cwd=work,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")}
+    fit or draw, never by `snakemake -n` of the shipped studies (every command pays for what
+    planning imports). The dry runs ran under `python -X importtime` (conftest)."""
+    imported = cluster_dry_runs["imports"][config]
     assert "vimodes.figure_specs" in imported  # the probe sees the workflow's own imports
     heavy = sorted(m for m in imported if m.split(".")[0] in ("pymc", "pytensor", "matplotlib"))
     assert not heavy, heavy

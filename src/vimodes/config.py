@@ -21,7 +21,6 @@ import jsonschema
 import yaml
 
 from vimodes.methods import (
-    METHOD_NAMES,
     METHOD_SPECS,
     family,
     method_spec,
@@ -40,7 +39,6 @@ VI_METHODS = methods_where(family="vi")  # PyMC's pm.fit family (optimiser, mini
 TRACE_EVERY = 100
 VECTORISED_METHODS = methods_on_engine("vectorised")  # methods the vectorised engine implements
 ENGINES = ("pymc", "vectorised")
-METHODS = METHOD_NAMES
 
 
 class ConfigError(ValueError):
@@ -185,7 +183,11 @@ def study_config(config: dict, configfiles: list[str | Path], overrides: dict,
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_RESOURCE.read_text(encoding="utf-8"))
+    """The config schema, with the method registry's names as the methods' enum (read when
+    called, so that a method registered at run time is accepted)."""
+    schema = yaml.safe_load(SCHEMA_RESOURCE.read_text(encoding="utf-8"))
+    schema["$defs"]["grid"]["properties"]["methods"]["items"] = {"enum": list(METHOD_SPECS)}
+    return schema
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:
@@ -550,6 +552,15 @@ class Study:
 
     def config_hash(self) -> str:
         return config_hash(self.config)
+
+    def provenance(self) -> dict:
+        """What every output records about the run that wrote it: the config, its hash, the
+        seed base and the package versions."""
+        from vimodes.records import package_versions
+
+        return {"config_hash": self.config_hash(), "study_name": self.config["study_name"],
+                "seed_base": self.config["seed_base"],
+                **{f"version_{k}": v for k, v in package_versions().items()}}
 
 
 def config_hash(config: dict) -> str:

@@ -12,6 +12,7 @@ the message; interrupts and infrastructure errors propagate.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
 from vimodes.config import TRACE_EVERY, FitSettings
-from vimodes.methods import family, method_spec
+from vimodes.methods import method_spec
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
 
@@ -557,23 +558,11 @@ class CaviFitter:
 
 
 def make_fitter(settings: FitSettings, n_obs: int):
+    """The fitter of the cell's engine and method: the vectorised engine runs every method it
+    implements; otherwise the method registry's ``fitter`` class."""
     if settings.engine == "vectorised":
         from vimodes.vectorised import VectorisedVIFitter
 
         return VectorisedVIFitter(settings, n_obs)
-    fitter_family = family(settings.method)
-    if fitter_family == "vi":
-        return VIFitter(settings, n_obs)
-    if fitter_family == "nuts":
-        return NutsFitter(settings, n_obs)
-    if fitter_family == "cavi":
-        return CaviFitter(settings, n_obs)
-    if fitter_family == "dadvi":
-        from vimodes.dadvi_fit import DadviFitter
-
-        return DadviFitter(settings, n_obs)
-    if fitter_family == "pathfinder":
-        from vimodes.pathfinder_fit import PathfinderFitter
-
-        return PathfinderFitter(settings, n_obs)
-    raise ValueError(f"method '{settings.method}' has no fitter")
+    module_name, _, class_name = method_spec(settings.method).fitter.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(settings, n_obs)

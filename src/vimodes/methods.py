@@ -1,8 +1,11 @@
 """The inference methods by name: one entry per method, read by the config, the rules, the
 fitters, the figures and the report (no PyMC import: planning and reporting use it).
 
-A new method is one entry here, one fitter (``vimodes.fitting.make_fitter``) and the schema's
-method enum (tested equal to this registry).
+A new method is one fitter class (any importable module) and one entry here, added to this
+module or at run time with ``register_method``: the config schema's method enum, the cell ids,
+the rules, ``vimodes.fitting.make_fitter``, the classifier, the tables, the figures and the
+report all read the registry (tests/test_method_registry.py registers one from outside the
+package and runs it from the config to the report).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ _PATHFINDER_STARTS = {
     "prior": "not available (refused when the config is read)",
 }
 
+_VI_FITTER = "vimodes.fitting:VIFitter"
+_PATHFINDER_FITTER = "vimodes.pathfinder_fit:PathfinderFitter"
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -39,7 +45,10 @@ class MethodSpec:
     ``report_group``: "advi" (the main tables), "other" or "reference" (NUTS);
     ``deterministic_from_start``: the outcome is a function of data and start alone;
     ``minutes_per_fit``: the time-limit estimate per fit at N = 100000 and 10000 iterations
-    (measured on a 2-core machine, see benchmarks/README.md; the rules add a 3x margin).
+    (measured on a 2-core machine, see benchmarks/README.md; the rules add a 3x margin);
+    ``fitter``: "module:Class" of the fitter, imported only when a fit job runs (planning and
+    reporting never import PyMC); the class takes ``(FitSettings, n_obs)`` and its
+    ``fit(data, seed_base, seed)`` returns a ``vimodes.fitting.FitResult``.
     """
 
     name: str
@@ -47,6 +56,7 @@ class MethodSpec:
     colour: str
     axes: tuple[str, ...]
     starts: dict[str, str]
+    fitter: str
     engines: tuple[str, ...] = ("pymc",)
     init_kinds: tuple[str, ...] = INIT_KINDS
     full_data: bool = False
@@ -66,39 +76,55 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     for spec in (
         MethodSpec("advi", "meanfield ADVI", "#1f77b4",
                    ("optimizer", "iterations", "init", "batch_size"), _ADVI_STARTS,
-                   engines=("pymc", "vectorised"), report_group="advi", checkpoints=True,
-                   family="vi"),
+                   _VI_FITTER, engines=("pymc", "vectorised"), report_group="advi",
+                   checkpoints=True, family="vi"),
         MethodSpec("fullrank_advi", "fullrank ADVI", "#ff7f0e",
                    ("optimizer", "iterations", "init", "batch_size"), _ADVI_STARTS,
-                   engines=("pymc", "vectorised"), report_group="advi", checkpoints=True,
-                   family="vi"),
+                   _VI_FITTER, engines=("pymc", "vectorised"), report_group="advi",
+                   checkpoints=True, family="vi"),
         MethodSpec("svgd", "SVGD", "#2ca02c",
                    ("optimizer", "iterations", "init", "batch_size"), {
                        "default": "particles at initial point + N(0, 1) each (identical "
                                   "particles cannot spread)",
                        "jitter": "particles at initial point + N(0, s^2) each",
                        "prior": "particles at initial point + N(0, s^2) each (as jitter)"},
-                   relabel_by="draw", family="vi"),
+                   _VI_FITTER, relabel_by="draw", family="vi"),
         MethodSpec("pathfinder", "Pathfinder", "#9467bd", ("init",), _PATHFINDER_STARTS,
-                   init_kinds=("default", "jitter"), full_data=True, relabel_by="draw",
+                   _PATHFINDER_FITTER, init_kinds=("default", "jitter"), full_data=True, relabel_by="draw",
                    minutes_per_fit=1.0),
         MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
-                   _PATHFINDER_STARTS, init_kinds=("default", "jitter"), full_data=True,
-                   relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
+                   _PATHFINDER_STARTS, _PATHFINDER_FITTER, init_kinds=("default", "jitter"),
+                   full_data=True, relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
         MethodSpec("dadvi", "DADVI", "#17becf", ("init",), {
                        kind: text + "; log sds 0" for kind, text in _ADVI_STARTS.items()},
-                   full_data=True, minutes_per_fit=0.5),
+                   "vimodes.dadvi_fit:DadviFitter", full_data=True, minutes_per_fit=0.5),
         MethodSpec("cavi", "CAVI", "#8c564b", ("iterations", "init"), {
                        "default": "slopes 0, 0 (the symmetric point; CAVI is then "
                                   "deterministic)",
                        "jitter": "slopes ~ N(0, s^2)",
                        "prior": "slopes ~ N(0, (2s)^2) (the slope prior, sd 2, times s)"},
-                   full_data=True, deterministic_from_start=True, minutes_per_fit=0.05),
-        MethodSpec("nuts", "NUTS", "#d62728", ("chains",), _NUTS_STARTS, full_data=True,
-                   report_group="reference", minutes_per_fit=2.0),
+                   "vimodes.fitting:CaviFitter", full_data=True, deterministic_from_start=True,
+                   minutes_per_fit=0.05),
+        MethodSpec("nuts", "NUTS", "#d62728", ("chains",), _NUTS_STARTS,
+                   "vimodes.fitting:NutsFitter", full_data=True, report_group="reference",
+                   minutes_per_fit=2.0),
     )
 }
 METHOD_NAMES = tuple(METHOD_SPECS)  # also the order of tables and legends
+
+
+def register_method(spec: MethodSpec) -> None:
+    """Add a method from outside this module (a plugin, a test). Register before the modules
+    that read the registry are imported (e.g. from a ``sitecustomize`` module): they derive
+    their method lists when imported."""
+    global METHOD_NAMES
+    if spec.name in METHOD_SPECS:
+        raise ValueError(f"method '{spec.name}' is already registered")
+    if ":" not in spec.fitter:
+        raise ValueError(f"method '{spec.name}': fitter must be 'module:Class', not "
+                         f"{spec.fitter!r}")
+    METHOD_SPECS[spec.name] = spec
+    METHOD_NAMES = tuple(METHOD_SPECS)
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -129,5 +155,6 @@ def methods_on_engine(engine: str) -> tuple[str, ...]:
 
 
 def init_meaning(method: str, kind: str) -> str:
-    """What init ``kind`` means for ``method``."""
-    return method_spec(method).starts[kind]
+    """What init ``kind`` means for ``method`` (a kind the method does not take is refused when
+    the config is read)."""
+    return method_spec(method).starts.get(kind, "not available (refused when the config is read)")

@@ -1,6 +1,5 @@
 """The pipeline's steps as plain functions; Snakemake scripts only parse arguments and call these.
 
-* ``simulate_dataset``: one data set per (regime, seed);
 * ``fit_chunk``: one process fits a chunk of seeds of one cell, compiling once;
 * ``classify_chunk``: outcome class and metrics of every fit (and chain) of a chunk;
 * ``aggregate``: the tidy per-fit table, the per-cell summary with Wilson intervals and the
@@ -18,25 +17,13 @@ import pandas as pd
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study
-from vimodes.records import file_sha256, package_versions, read_json, write_json
+from vimodes.records import file_sha256, read_json, write_json
 from vimodes.regimes import regime_descriptors, regime_map
-from vimodes.simulate import DataRegime, read_dataset, simulate, write_dataset
+from vimodes.simulate import read_dataset
 
 log = logging.getLogger("vimodes")
 
 RECORD_VERSION = 1
-
-
-def provenance(study: Study) -> dict:
-    return {"config_hash": study.config_hash(), "study_name": study.config["study_name"],
-            "seed_base": study.config["seed_base"], **{f"version_{k}": v
-                                                        for k, v in package_versions().items()}}
-
-
-def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path) -> None:
-    regime = DataRegime.from_config(study.config["data_regimes"][regime_name])
-    data = simulate(regime, seed, study.config["seed_base"])
-    write_dataset(data, path, {**provenance(study), "regime": regime_name})
 
 
 def fit_record_path(fit_dir: str | Path, seed: int, suffix: str) -> Path:
@@ -66,7 +53,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     fitter = make_fitter(settings, datasets[0].regime.n_obs)
     setup_seconds = time.perf_counter() - started
     log.info("compiled %s in %.1f s", cell_id, setup_seconds)
-    base = {**cell.axes(), **provenance(study), "chunk": chunk, "chunk_seeds": list(seeds),
+    base = {**cell.axes(), **study.provenance(), "chunk": chunk, "chunk_seeds": list(seeds),
             "setup_seconds": setup_seconds, "record_version": RECORD_VERSION,
             "draws_asked": settings.draws}
     records = []

@@ -554,8 +554,9 @@ def reference_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
 
 
 def other_methods_section(cells: pd.DataFrame) -> Section:
-    section = Section("other_methods", "SVGD, Pathfinder and CAVI")
     other = sort_cells(cells[cells["method"].isin(OTHER_METHODS)])
+    run = [method_label(m) for m in OTHER_METHODS if m in set(other["method"])] or ["none"]
+    section = Section("other_methods", "Other methods: " + ", ".join(run))
     for method in OTHER_METHODS:
         sub = other[other["method"] == method]
         if sub.empty:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from vimodes.records import NETCDF_ENGINE, atomic_path
+
+if TYPE_CHECKING:
+    from vimodes.config import Study
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ def simulate(regime: DataRegime, seed: int, seed_base: int) -> Dataset:
     component = rng.choice(len(regime.weights), size=regime.n_obs, p=np.asarray(regime.weights))
     y = np.asarray(regime.slopes)[component] * x + regime.noise_sd * rng.standard_normal(regime.n_obs)
     return Dataset(x=x, y=y, component=component, regime=regime, seed=seed)
+
+
+def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path) -> None:
+    """Data set ``seed`` of data regime ``regime_name``, written with the study's provenance.
+    This module imports no more than it needs: the study has one such job per data set."""
+    regime = DataRegime.from_config(study.config["data_regimes"][regime_name])
+    data = simulate(regime, seed, study.config["seed_base"])
+    write_dataset(data, path, {**study.provenance(), "regime": regime_name})
 
 
 def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
