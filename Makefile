@@ -24,7 +24,7 @@ run: $(BIN)/snakemake
 ## make test: unit tests, dry runs, lint, format check and the end-to-end quick study, on two
 ## pytest-xdist workers (a study or a large dry run shared by tests is computed once: conftest)
 test: $(BIN)/snakemake
-	$(BIN)/python -m pytest -q -n 2 --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=40
 
 ## make test-slow: reliability tests that interrupt and resume real studies, the smoke study
 test-slow: $(BIN)/snakemake
