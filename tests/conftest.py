@@ -11,9 +11,14 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 RUN_TIMEOUT_S = 1800  # one study on a busy 2-core machine takes 2-5 minutes
 
-# A private compile cache per test session keeps parallel developers/CI from contending, while
-# reusing compiled code across the tests of one session.
-os.environ.setdefault("PYTENSOR_FLAGS", "compile__timeout=1800")
+# The tests compile as the fit jobs do (vimodes.runtime.configure_compile_cache): PyTensor's
+# cache with the long lock timeout and XLA's persistent cache, in the user's cache folders, so
+# that the session's processes (pytest workers, Snakemake jobs) and later sessions reuse what
+# was compiled. Set before any test module imports pytensor or jax.
+sys.path.insert(0, str(REPO / "src"))
+from vimodes.runtime import configure_compile_cache  # noqa: E402
+
+configure_compile_cache()
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,16 @@ SLURM profile's cluster settings when both apply."""
 import yaml
 from snakemake.cli import parse_args
 
-from conftest import copy_workflow, job_count, snakemake
+from conftest import QUICK, copy_workflow, job_count, snakemake
 
 WORKFLOW_PROFILE_MESSAGE = ("Using workflow specific profile profiles/default for setting default "
                             "command line arguments.")
 
 
 def test_plain_run_uses_the_default_profile(tmp_path):
+    """(The quick study's small DAG: what is tested is the profile lookup, not the plan.)"""
     work = copy_workflow(tmp_path / "wf", profiles=True)
-    result = snakemake("-n", "--cores", "2", cwd=work)
+    result = snakemake("-n", "--cores", "2", "--configfile", QUICK, cwd=work)
     assert WORKFLOW_PROFILE_MESSAGE in result.stderr
     assert job_count(result.stdout, "fit_chunk") > 0
 
@@ -21,7 +22,7 @@ def test_plain_run_uses_the_default_profile(tmp_path):
 def test_without_profiles_folder_no_profile_is_used(tmp_path):
     """The check above is not vacuous: the message comes from profiles/default alone."""
     work = copy_workflow(tmp_path / "wf")
-    result = snakemake("-n", "--cores", "2", cwd=work)
+    result = snakemake("-n", "--cores", "2", "--configfile", QUICK, cwd=work)
     assert "workflow specific profile" not in result.stderr
 
 

@@ -672,8 +672,38 @@ def test_compile_cache_flags(monkeypatch):
                                             f"compile__timeout={COMPILE_LOCK_TIMEOUT_S}")
     monkeypatch.setenv("PYTENSOR_FLAGS", "compile__timeout=5")
     monkeypatch.setenv("VIMODES_COMPILEDIR", "/tmp/y")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     configure_compile_cache()
     assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,base_compiledir=/tmp/y"
+    # XLA's persistent cache beside PyTensor's, for every compilation
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/y/jax"
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/z")  # a user's own setting stays
+    configure_compile_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/z"
+
+
+def test_the_jax_cache_serves_a_second_process(tmp_path):
+    """A jitted function compiled in one process is read from the persistent cache by the next
+    (what each vectorised fit job gains from configure_compile_cache)."""
+    child = textwrap.dedent('''
+        from vimodes.runtime import configure_compile_cache
+        configure_compile_cache()
+        import jax, jax.numpy as jnp
+        print(float(jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T)(jnp.ones((3, 3))).sum()))
+    ''')
+    env = {**os.environ, "VIMODES_COMPILEDIR": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+    first = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
+                           text=True, check=True)
+    entries = sorted(p.name for p in (tmp_path / "jax").iterdir())
+    assert any(name.startswith("jit__lambda") for name in entries), entries
+    second = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
+                            text=True, check=True)
+    assert second.stdout == first.stdout
+    assert sorted(p.name for p in (tmp_path / "jax").iterdir()) == entries  # nothing new
 
 
 # sitecustomize.py put first on the fit jobs' PYTHONPATH: each fit_chunk.py process writes the

@@ -16,8 +16,13 @@ COMPILE_LOCK_TIMEOUT_S = 1800
 
 
 def configure_compile_cache() -> None:
-    """Must run before pytensor is imported. ``VIMODES_COMPILEDIR`` moves the cache, e.g. to
-    node-local storage on a cluster (never NFS)."""
+    """Must run before pytensor and jax are imported. ``VIMODES_COMPILEDIR`` moves both caches,
+    e.g. to node-local storage on a cluster (never NFS).
+
+    PyTensor keeps its compiled C code between processes by itself; JAX does not unless told:
+    every fit job of the vectorised engine would compile the same step again (several seconds
+    each, measured in benchmarks/README.md), so XLA's persistent cache is switched on, for
+    every compilation, in ``<VIMODES_COMPILEDIR>/jax`` or the user's cache folder."""
     flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",") if f]
     if not any(f.startswith("compile__timeout") for f in flags):
         flags.append(f"compile__timeout={COMPILE_LOCK_TIMEOUT_S}")
@@ -25,6 +30,15 @@ def configure_compile_cache() -> None:
     if compiledir and not any(f.startswith("base_compiledir") for f in flags):
         flags.append(f"base_compiledir={compiledir}")
     os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(jax_cache_dir()))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def jax_cache_dir() -> Path:
+    if os.environ.get("VIMODES_COMPILEDIR"):
+        return Path(os.environ["VIMODES_COMPILEDIR"]) / "jax"
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "vimodes" / "jax"
 
 
 @contextlib.contextmanager

@@ -1,4 +1,6 @@
-from vimodes.runtime import script_logging
+from vimodes.runtime import configure_compile_cache, script_logging
+
+configure_compile_cache()
 
 with script_logging(snakemake.log[0]):
     from vimodes.mechanism import mechanism_table, settings_from_config
