@@ -674,11 +674,14 @@ def test_compile_cache_flags(monkeypatch):
     monkeypatch.setenv("VIMODES_COMPILEDIR", "/tmp/y")
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE", raising=False)
     configure_compile_cache()
     assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,base_compiledir=/tmp/y"
-    # XLA's persistent cache beside PyTensor's, for every compilation
+    # XLA's persistent cache beside PyTensor's, for every compilation, with a size limit
+    # (JAX locks the cache for parallel processes only when it has one)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/y/jax"
     assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/z")  # a user's own setting stays
     configure_compile_cache()
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/z"
@@ -696,14 +699,17 @@ def test_the_jax_cache_serves_a_second_process(tmp_path):
     env = {**os.environ, "VIMODES_COMPILEDIR": str(tmp_path)}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
     first = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
                            text=True, check=True)
-    entries = sorted(p.name for p in (tmp_path / "jax").iterdir())
+    entries = sorted(p.name for p in (tmp_path / "jax").iterdir() if p.name.endswith("-cache"))
     assert any(name.startswith("jit__lambda") for name in entries), entries
+    assert (tmp_path / "jax" / ".lockfile").exists()  # reads and writes are locked
     second = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
                             text=True, check=True)
     assert second.stdout == first.stdout
-    assert sorted(p.name for p in (tmp_path / "jax").iterdir()) == entries  # nothing new
+    assert sorted(p.name for p in (tmp_path / "jax").iterdir()
+                  if p.name.endswith("-cache")) == entries  # nothing compiled again
 
 
 # sitecustomize.py put first on the fit jobs' PYTHONPATH: each fit_chunk.py process writes the

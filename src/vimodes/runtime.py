@@ -13,6 +13,8 @@ from typing import Iterator
 # PyTensor waits at most this long for its compile-directory lock; the default (120 s) is too
 # short when many cold jobs start together (pymc#6818).
 COMPILE_LOCK_TIMEOUT_S = 1800
+# XLA's persistent cache: least recently used entries are evicted beyond this size
+JAX_CACHE_MAX_BYTES = 2 * 1024**3
 
 
 def configure_compile_cache() -> None:
@@ -22,7 +24,9 @@ def configure_compile_cache() -> None:
     PyTensor keeps its compiled C code between processes by itself; JAX does not unless told:
     every fit job of the vectorised engine would compile the same step again (several seconds
     each, measured in benchmarks/README.md), so XLA's persistent cache is switched on, for
-    every compilation, in ``<VIMODES_COMPILEDIR>/jax`` or the user's cache folder."""
+    every compilation, in ``<VIMODES_COMPILEDIR>/jax`` or the user's cache folder. A size limit
+    is set because only then does JAX take a file lock around each read and write of the cache
+    (without one it writes entries in place, which a parallel job could read half-written)."""
     flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",") if f]
     if not any(f.startswith("compile__timeout") for f in flags):
         flags.append(f"compile__timeout={COMPILE_LOCK_TIMEOUT_S}")
@@ -32,6 +36,7 @@ def configure_compile_cache() -> None:
     os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(jax_cache_dir()))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
 
 
 def jax_cache_dir() -> Path:
