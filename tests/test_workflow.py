@@ -175,6 +175,12 @@ def test_smoke_study_end_to_end(smoke_run):
     c2 = cells.loc["marginal__nuts__c2"]
     assert c2["n_mode_A"] + c2["n_mode_B"] + c2["n_spanning"] == c2["n_fits"]
     assert (cells[cells["model"] == "as_asked"]["n_single_mode"] == 0).all()
+    # README "Two VI engines": PyMC's full-rank ADVI fails on the ordered model (NaN gradient),
+    # its meanfield ADVI does not; when a PyMC release changes this, the README must too
+    ordered = cells[cells["model"] == "ordered"]
+    fullrank = ordered[ordered["method"] == "fullrank_advi"]
+    assert len(fullrank) == 2 and (fullrank["n_failed"] == fullrank["n_fits"]).all()
+    assert (ordered[ordered["method"] == "advi"]["n_failed"] == 0).all()
 
 
 def test_quick_rerun_has_nothing_to_do(quick_study):
