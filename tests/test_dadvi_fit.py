@@ -4,7 +4,8 @@ a fit record like the other methods', and failures as data."""
 import numpy as np
 import pytest
 
-from vimodes.fitting import FitSettings, make_fitter
+from vimodes.fitters import make_fitter
+from vimodes.fitting import FitSettings
 from vimodes.simulate import DataRegime, simulate
 
 N_OBS = 300

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vimodes.fitting import FitSettings, fit_rng, make_fitter
+from vimodes.fitters import make_fitter
+from vimodes.fitting import FitSettings, fit_rng
 from vimodes.simulate import DataRegime, simulate
 
 N = 2000

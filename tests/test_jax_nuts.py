@@ -14,7 +14,8 @@ from vimodes.fastlik import (  # noqa: E402
     mixture_regression_loglike,
     register_jax_dispatch,
 )
-from vimodes.fitting import FitSettings, make_fitter  # noqa: E402
+from vimodes.fitters import make_fitter  # noqa: E402
+from vimodes.fitting import FitSettings  # noqa: E402
 from vimodes.simulate import DataRegime, simulate  # noqa: E402
 
 N = 400

@@ -1,6 +1,6 @@
-"""Imports flow one way: vocabulary -> figure tables -> figures -> report, and the lower layers
-never import the drawing or rendering libraries (checked on the source, every import statement,
-also those inside functions)."""
+"""Imports flow one way: vocabulary -> figure tables -> figures -> report, the lower layers
+never import the drawing or rendering libraries, and no module of the package imports itself
+through others (checked on the source, every import statement, also those inside functions)."""
 
 import ast
 from pathlib import Path
@@ -46,3 +46,40 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from vimodes.plots import FIGURES\n    import matplotlib\n")
     assert {short(n) for n in imported_modules(probe)} == {"plots", "matplotlib"}
+
+
+def package_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """module -> the package's modules it imports (anywhere in its source)."""
+    modules = {path.stem for path in src.glob("*.py")}
+    return {module: {short(name) for name in imported_modules(src / f"{module}.py")
+                     if name.startswith("vimodes")} & modules - {module}
+            for module in modules}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected group of modules (depth-first search)."""
+    cycles, done = [], set()
+
+    def visit(module, path):
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                visit(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    return cycles
+
+
+def test_no_module_imports_itself_through_others():
+    assert import_cycles(package_graph()) == []
+
+
+def test_the_cycle_check_finds_a_lazy_cycle(tmp_path):
+    (tmp_path / "a.py").write_text("from vimodes.b import x\n")
+    (tmp_path / "b.py").write_text("def f():\n    from vimodes.a import y\n")
+    (tmp_path / "c.py").write_text("import vimodes.a\n")
+    assert import_cycles(package_graph(tmp_path)) == [["a", "b", "a"]]

@@ -12,7 +12,6 @@ the message; interrupts and infrastructure errors propagate.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +24,10 @@ from pytensor.tensor.random.type import RandomGeneratorType
 
 from vimodes.config import TRACE_EVERY, FitSettings
 from vimodes.methods import method_spec
+from vimodes.model_specs import VARIABLES
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
 
-VARIABLES = ("slopes", "weights", "sigma")
 
 FIT_STREAM = 1  # default_rng([seed_base, seed, FIT_STREAM]) drives everything random in a fit
 # draws from stored checkpoints come from their own stream, so storing checkpoints changes
@@ -555,14 +554,3 @@ class CaviFitter:
         }
         return FitResult("ok", None, info=info,
                          draws={name: np.asarray(value)[None, ...] for name, value in draws.items()})
-
-
-def make_fitter(settings: FitSettings, n_obs: int):
-    """The fitter of the cell's engine and method: the vectorised engine runs every method it
-    implements; otherwise the method registry's ``fitter`` class."""
-    if settings.engine == "vectorised":
-        from vimodes.vectorised import VectorisedVIFitter
-
-        return VectorisedVIFitter(settings, n_obs)
-    module_name, _, class_name = method_spec(settings.method).fitter.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)(settings, n_obs)

@@ -19,7 +19,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from vimodes.fitting import VARIABLES
+from vimodes.model_specs import VARIABLES
 
 EXTRA_FIELDS = ("diverging", "num_steps", "adapt_state.step_size")
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the parameters every model and fit file has, in this order
+VARIABLES = ("slopes", "weights", "sigma")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

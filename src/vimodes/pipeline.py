@@ -37,7 +37,8 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     A numerical failure of a fit becomes a record with status "failed"; anything else (I/O,
     memory, interrupts) propagates so that Snakemake retries the job.
     """
-    from vimodes.fitting import NUMERICAL_ERRORS, FitResult, FitSettings, make_fitter
+    from vimodes.fitters import make_fitter
+    from vimodes.fitting import NUMERICAL_ERRORS, FitResult, FitSettings
     from vimodes.idata import write_posterior
 
     cell = study.cell_by_id[cell_id]
