@@ -92,6 +92,17 @@ def snakemake(*args, cwd, check=True, env=None, timeout=RUN_TIMEOUT_S):
     return result
 
 
+def assert_no_traceback(output: str) -> None:
+    """What a user sees of a refused config: the problems, and no stack frames but the one
+    location Snakemake prints for the error (the line of common.smk that raised it)."""
+    import re
+
+    frames = re.findall(r'File "([^"]+)", line \d+', output)
+    assert "Traceback" not in output, output[-3000:]
+    assert all(frame.endswith("workflow/rules/common.smk") for frame in frames), frames
+    assert len(frames) <= 2, frames  # "WorkflowError in file ..." and its one frame line
+
+
 def job_count(dry_run_output: str, rule: str) -> int:
     """The count of `rule` in the job-stats table of a dry run."""
     for line in dry_run_output.splitlines():

@@ -286,6 +286,18 @@ def test_fit_rule_params_come_from_the_fit_settings(repo):
     assert changed(lambda c: c["nuts"].update(tune=500), nuts)
     assert not changed(lambda c: c["nuts"].update(tune=500), advi)  # not an ADVI setting
     assert changed(lambda c: c["vi"].update(khat_draws=500), advi)
+
+    def rebuilt_changes(edit, cell):
+        """The same cell of the study rebuilt from an edited config (cells carry settings)."""
+        config = copy.deepcopy(study.config)
+        edit(config)
+        again = build_study(config).cell_by_id[cell.cell_id]
+        return fit_rule_params(again, config) != fit_rule_params(cell, study.config)
+
+    # the cell's optimiser: its learning rate and its update rule are ADVI's own settings
+    lr = lambda c: c["optimizers"][advi.optimizer].update(learning_rate=0.123)  # noqa: E731
+    assert rebuilt_changes(lr, advi) and not rebuilt_changes(lr, nuts)
+    assert rebuilt_changes(lambda c: c["optimizers"][advi.optimizer].update(name="sgd"), advi)
     assert changed(lambda c: c.update(draws=10), advi) and changed(lambda c: c.update(draws=10),
                                                                     nuts)
     assert changed(lambda c: c["inits"]["jitter"].update(scale=2.0),

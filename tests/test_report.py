@@ -176,6 +176,27 @@ def test_equal_modes_test_is_nan_for_the_ordered_model(cells, fits):
 # --- report numbers ----------------------------------------------------------------------------
 
 
+def test_cell_counts_equal_hand_counts_of_the_fixture(cells):
+    """The counting function against counts made by hand from CELLS and _nuts_rows (fit level
+    only): single mode is mode A + mode B, never spanning, too wide or collapsed."""
+    expected = {  # cell -> (fits, single mode, spanning, too wide, collapsed, failed)
+        "as_asked__advi__default__it1000__init-jitter__b128": (4, 0, 0, 0, 0, 0),
+        "as_asked__fullrank_advi__default__it1000__init-jitter__b128": (4, 0, 0, 0, 0, 1),
+        "as_asked_fix_mixture__advi__default__it1000__init-jitter__b128": (4, 2, 0, 0, 2, 0),
+        "marginal__advi__default__it1000__init-jitter__b128": (4, 1, 0, 1, 1, 0),
+        "marginal__advi__adam__it1000__init-jitter__b128": (4, 4, 0, 0, 0, 0),
+        "marginal__fullrank_advi__adam__it1000__init-jitter__b128": (4, 1, 1, 0, 0, 1),
+        "ordered__advi__adam__it1000__init-jitter__b128": (4, 3, 0, 0, 0, 1),
+        "marginal__cavi__it200__init-jitter": (4, 4, 0, 0, 0, 0),
+        "marginal__nuts__c1": (2, 2, 0, 0, 0, 0),
+        "marginal__nuts__c2": (2, 1, 1, 0, 0, 0),
+    }
+    found = {row["cell_id"]: (row["n_fits"], row["n_single_mode"], row["n_spanning"],
+                              row["n_mode_too_wide"], row["n_collapsed"], row["n_failed"])
+             for _, row in cells.iterrows()}
+    assert found == expected
+
+
 def test_headline_table_numbers_equal_cell_table(cells):
     table = report.headline_table(cells)
     vi = cells[cells["method"].isin(["advi", "fullrank_advi"])]
