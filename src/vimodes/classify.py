@@ -202,7 +202,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "OUTCOME_CLASSES",
@@ -223,6 +222,15 @@ __all__ = [
     "classify_draws",
     "classify_failed",
 ]
+
+
+def _linear_sum_assignment(cost):
+    # scipy.optimize takes half a second to import; the figure and report jobs import this
+    # module for its class names only
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(cost)
+
 
 OUTCOME_CLASSES = ("mode_A", "mode_B", "mode_single", "mode_too_wide", "spanning",
                    "partial_collapse", "collapsed", "overfit_empty", "overfit_duplicated",
@@ -437,7 +445,7 @@ def nearest_labelling(slopes, truth: TrueParameters, tolerances) -> tuple[tuple[
     true = np.asarray(truth.slopes, dtype=float)
     tol = np.asarray(tolerances, dtype=float)
     cost = np.abs(s[:, None] - true[None, :]) / tol[None, :]
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = _linear_sum_assignment(cost)
     perm = tuple(int(c) for c in cols[np.argsort(rows)])
     return perm, float(np.max(cost[np.arange(s.size), list(perm)]))
 
@@ -501,7 +509,7 @@ def assign_draws(
     if _boxes_disjoint(true, tol * (1.0 + EDGE_RTOL)):
         # the optimal assignment of a draw inside a box is that box's labelling (module doc)
         index = {tuple(p): i for i, p in enumerate(perms.tolist())}
-        best = np.array([index[tuple(int(c) for c in linear_sum_assignment(c_n)[1])]
+        best = np.array([index[tuple(int(c) for c in _linear_sum_assignment(c_n)[1])]
                          for c_n in cost], dtype=int).reshape(-1)
         d_best = dist[np.arange(len(best)), best]
         in_basin = d_best <= 1.0
@@ -646,7 +654,7 @@ def _partial_structure(centre, truth, settings, reference_sd):
             rest_model = np.array([i for i in range(k) if i not in set(nearest.tolist())])
             rest_true = np.array([j for j in range(k) if j not in group])
             cost = np.abs(centre[rest_model][:, None] - true[rest_true][None, :]) / tol[rest_true]
-            rows, cols = linear_sum_assignment(cost)
+            rows, cols = _linear_sum_assignment(cost)
             if np.all(cost[rows, cols] <= 1.0):
                 return np.sort(nearest), group, rest_model[rows], rest_true[cols], merged
     return None
