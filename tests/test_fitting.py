@@ -153,23 +153,30 @@ def test_singular_covariance_leaves_the_fit_ok_without_importance_diagnostics(da
     assert "LinAlgError" in result.info["diagnostics_error"]
 
 
+def _simulated_study(tmp_path, raw: dict):
+    """The study of config ``raw`` and its data sets, written under ``tmp_path``."""
+    from vimodes.config import build_study
+    from vimodes.simulate import simulate_dataset
+
+    study = build_study(raw)
+    paths = []
+    for regime, seed in study.datasets():
+        paths.append(str(tmp_path / f"seed-{seed}.nc"))
+        simulate_dataset(study, regime, seed, paths[-1])
+    return study, paths
+
+
 def test_a_numerical_error_anywhere_in_a_fit_is_a_failed_record(tmp_path, monkeypatch):
     """fit_chunk records the error of the one seed and goes on with the next."""
     import vimodes.fitting
-    from vimodes.config import build_study
     from vimodes.pipeline import fit_chunk
-    from vimodes.simulate import simulate_dataset
 
-    study = build_study({
+    study, paths = _simulated_study(tmp_path, {
         "study_name": "t", "seed_base": SEED_BASE, "chunk_size": 2, "draws": 50,
         "data_regimes": {"default": {"n_obs": 300}}, "vi": {"khat_draws": 10},
         "optimizers": {"adam": {"name": "adam", "learning_rate": 0.05}},
         "grids": [{"name": "g", "models": ["marginal"], "methods": ["advi"],
                    "optimizers": ["adam"], "iterations": [100], "seeds": 2}]})
-    paths = []
-    for regime, seed in study.datasets():
-        paths.append(str(tmp_path / f"seed-{seed}.nc"))
-        simulate_dataset(study, regime, seed, paths[-1])
     original = vimodes.fitting.VIFitter.fit
 
     def fails_on_seed_0(self, data, seed_base, seed):
@@ -193,20 +200,14 @@ def test_an_infrastructure_error_fails_the_job_instead_of_becoming_a_record(tmp_
     propagate out of fit_chunk (the job fails and Snakemake's `retries: 1` reruns it), and the
     seed that hit one leaves no record that would pass for a result."""
     import vimodes.fitting
-    from vimodes.config import build_study
     from vimodes.pipeline import fit_chunk
-    from vimodes.simulate import simulate_dataset
 
-    study = build_study({
+    study, paths = _simulated_study(tmp_path, {
         "study_name": "t", "seed_base": SEED_BASE, "chunk_size": 2, "draws": 20,
         "data_regimes": {"default": {"n_obs": 200}},
         "optimizers": {"adam": {"name": "adam"}}, "inits": {"j": {"kind": "jitter"}},
         "grids": [{"name": "g", "models": ["marginal"], "methods": ["cavi"],
                    "optimizers": ["adam"], "inits": ["j"], "iterations": [20], "seeds": 2}]})
-    paths = []
-    for regime, seed in study.datasets():
-        paths.append(str(tmp_path / f"seed-{seed}.nc"))
-        simulate_dataset(study, regime, seed, paths[-1])
     original = vimodes.fitting.CaviFitter.fit
 
     def breaks_on_seed_1(self, data, seed_base, seed):

@@ -23,10 +23,11 @@ _ADVI_STARTS = {
 }
 _NUTS_STARTS = dict.fromkeys(INIT_KINDS, "no init axis: nutpie's own initialisation of each "
                                          "chain")
+_NOT_AVAILABLE = "not available (refused when the config is read)"
 _PATHFINDER_STARTS = {
     "default": "each path at initial point + U(-2, 2) per coordinate (pymc-extras' default)",
     "jitter": "each path at initial point + U(-s, s) per coordinate",
-    "prior": "not available (refused when the config is read)",
+    "prior": _NOT_AVAILABLE,
 }
 
 _VI_FITTER = "vimodes.fitting:VIFitter"
@@ -90,8 +91,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                        "prior": "particles at initial point + N(0, s^2) each (as jitter)"},
                    _VI_FITTER, relabel_by="draw", family="vi"),
         MethodSpec("pathfinder", "Pathfinder", "#9467bd", ("init",), _PATHFINDER_STARTS,
-                   _PATHFINDER_FITTER, init_kinds=("default", "jitter"), full_data=True, relabel_by="draw",
-                   minutes_per_fit=1.0),
+                   _PATHFINDER_FITTER, init_kinds=("default", "jitter"), full_data=True,
+                   relabel_by="draw", minutes_per_fit=1.0),
         MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
                    _PATHFINDER_STARTS, _PATHFINDER_FITTER, init_kinds=("default", "jitter"),
                    full_data=True, relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
@@ -157,4 +158,4 @@ def methods_on_engine(engine: str) -> tuple[str, ...]:
 def init_meaning(method: str, kind: str) -> str:
     """What init ``kind`` means for ``method`` (a kind the method does not take is refused when
     the config is read)."""
-    return method_spec(method).starts.get(kind, "not available (refused when the config is read)")
+    return method_spec(method).starts.get(kind, _NOT_AVAILABLE)

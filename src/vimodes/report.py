@@ -555,7 +555,8 @@ def reference_section(cells: pd.DataFrame, fits: pd.DataFrame) -> Section:
 
 def other_methods_section(cells: pd.DataFrame) -> Section:
     other = sort_cells(cells[cells["method"].isin(OTHER_METHODS)])
-    run = [method_label(m) for m in OTHER_METHODS if m in set(other["method"])] or ["none"]
+    present = set(other["method"])
+    run = [method_label(m) for m in OTHER_METHODS if m in present] or ["none"]
     section = Section("other_methods", "Other methods: " + ", ".join(run))
     for method in OTHER_METHODS:
         sub = other[other["method"] == method]

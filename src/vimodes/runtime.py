@@ -34,14 +34,14 @@ def configure_compile_cache() -> None:
     if compiledir and not any(f.startswith("base_compiledir") for f in flags):
         flags.append(f"base_compiledir={compiledir}")
     os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(jax_cache_dir()))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_jax_cache_dir(compiledir)))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
 
 
-def jax_cache_dir() -> Path:
-    if os.environ.get("VIMODES_COMPILEDIR"):
-        return Path(os.environ["VIMODES_COMPILEDIR"]) / "jax"
+def _jax_cache_dir(compiledir: str | None) -> Path:
+    if compiledir:
+        return Path(compiledir) / "jax"
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache_home) / "vimodes" / "jax"
 
