@@ -1,58 +1,32 @@
+"""Session fixtures of the test suite (helpers.py holds the functions they use)."""
+
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-RUN_TIMEOUT_S = 1800  # one study on a busy 2-core machine takes 2-5 minutes
+from helpers import (PLUGIN, QUICK, REPO, RUN_TIMEOUT_S, copy_workflow, once_per_session,
+                     output_snapshot, snakemake, snapshot_changes)
 
 # The tests compile as the fit jobs do (vimodes.runtime.configure_compile_cache): PyTensor's
 # cache with the long lock timeout and XLA's persistent cache, in the user's cache folders, so
 # that the session's processes (pytest workers, Snakemake jobs) and later sessions reuse what
 # was compiled. Set before any test module imports pytensor or jax.
-sys.path.insert(0, str(REPO / "src"))
 from vimodes.runtime import configure_compile_cache  # noqa: E402
 
 configure_compile_cache()
+
+# The test plugin's method and figure are registered in the test session as in the Snakemake
+# runs of the tests (helpers.snakemake), before any test module imports the registries' readers
+sys.path.insert(0, str(REPO / PLUGIN))
+import vimodes_test_plugin  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
-
-
-# The working tree's outputs belong to the user: no test may create, change or delete anything
-# under these paths (tests run Snakemake only in copies made by copy_workflow).
-GUARDED = ("data", "figures", "report", "logs", ".snakemake")
-
-
-def output_snapshot(root: Path = REPO) -> dict[str, tuple[int, int]]:
-    """Every file and folder under the guarded paths of `root`: (mtime_ns, size) by path."""
-    found = {}
-    for name in GUARDED:
-        top = root / name
-        if not top.exists():
-            continue
-        found[name] = (top.stat().st_mtime_ns, 0)
-        for folder, dirs, files in os.walk(top):
-            for entry in dirs + files:
-                path = Path(folder) / entry
-                st = path.lstat()
-                found[str(path.relative_to(root))] = (st.st_mtime_ns, st.st_size)
-    return found
-
-
-def snapshot_changes(before: dict, after: dict) -> list[str]:
-    changes = [f"created {p}" for p in sorted(after.keys() - before.keys())]
-    changes += [f"deleted {p}" for p in sorted(before.keys() - after.keys())]
-    changes += [f"modified {p}" for p in sorted(before.keys() & after.keys())
-                if before[p] != after[p]]
-    return changes
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,117 +41,89 @@ def working_tree_outputs_untouched():
                          + "\n".join(changes[:50]))
 
 
-def copy_workflow(target: Path, profiles: bool = False) -> Path:
-    """A runnable copy of the workflow (sources only) in `target`.
-
-    With `profiles`, also profiles/ -- then Snakemake applies profiles/default to every run in
-    the copy, as for a user. Without, a test sees Snakemake's own defaults (e.g. no
-    --rerun-incomplete), which the tests of those defaults rely on.
-    """
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "Snakefile", target / "Snakefile")
-    for folder in ("workflow", "config", *(("profiles",) if profiles else ())):
-        shutil.copytree(REPO / folder, target / folder, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    return target
+# ---------------------------------------------------------------------------------------------
+# Results shared by many tests: built once per session, started in the background as soon as
+# the tests are collected. A worker that needs one before it is ready waits, but while it is
+# being built both workers go on with the tests that do not need it, so no core idles behind a
+# build that runs on one core (the dry runs) or waits for its first test to come up.
 
 
-def snakemake(*args, cwd, check=True, env=None, timeout=RUN_TIMEOUT_S):
-    """Run the venv's snakemake in `cwd`; with `check`, fail with the tail of its output."""
-    result = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True,
-                            env=env, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
+def build_quick_study(folder: Path) -> dict:
+    """The default suite's one end-to-end study, .test/config/quick.yaml, from the data to the
+    report (about two minutes on 2 cores)."""
+    import time
+
+    work = copy_workflow(folder)
+    started = time.perf_counter()
+    result = snakemake("--cores", "2", "--configfile", QUICK, cwd=work)
+    return {"work": str(work), "stdout": result.stdout, "stderr": result.stderr,
+            "seconds": time.perf_counter() - started}
 
 
-def assert_no_traceback(output: str) -> None:
-    """What a user sees of a refused config: the problems, and no stack frames but the one
-    location Snakemake prints for the error (the line of common.smk that raised it)."""
-    import re
-
-    frames = re.findall(r'File "([^"]+)", line \d+', output)
-    assert "Traceback" not in output, output[-3000:]
-    assert all(frame.endswith("workflow/rules/common.smk") for frame in frames), frames
-    assert len(frames) <= 2, frames  # "WorkflowError in file ..." and its one frame line
+CLUSTER_STUDIES = ("config/config.yaml", "config/full.yaml")
 
 
-def job_count(dry_run_output: str, rule: str) -> int:
-    """The count of `rule` in the job-stats table of a dry run."""
-    for line in dry_run_output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == rule and parts[1].isdigit():
-            return int(parts[1])
-    return 0
+def build_cluster_dry_runs(folder: Path) -> dict:
+    """The (non-quiet) dry-run output of the default and the full study through the SLURM
+    profile, as docs/running-on-slurm.md runs them (the full study's DAG takes ~40 s to plan),
+    both at once: config path -> stdout. --cores 4 lets a four-chain NUTS job ask for its 4 CPUs
+    (a dry run otherwise assumes one core); no cluster is called. Run under
+    `python -X importtime`: the key "imports" maps each config to the top-level packages the
+    planning process imported."""
+    work = copy_workflow(folder, profiles=True)
+    env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
+    runs = {config: subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "snakemake", "--profile", "profiles/slurm",
+         "-n", "--cores", "4", "--configfile", config], cwd=work, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for config in CLUSTER_STUDIES}
+    outputs = {"imports": {}}
+    for config, run in runs.items():
+        stdout, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+        assert run.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        outputs[config] = stdout
+        outputs["imports"][config] = sorted({
+            line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:")})
+    return outputs
 
 
-QUICK = "config/quick.yaml"
+SHARED_BUILDS = {"quick_study": ("quick", build_quick_study),
+                 "cluster_dry_runs": ("dry_runs", build_cluster_dry_runs)}
+_builds: dict = {}  # fixture name -> Future of its result, in this process
 
 
-def once_per_session(tmp_path_factory, name: str, build):
-    """`build(folder)` -> a JSON-able result, computed once per test session even when
-    pytest-xdist runs the session in several worker processes (`make test`): the first worker
-    builds under a file lock in the session's shared temporary folder, the others reuse it."""
-    import json
+def start_shared_build(config, fixture: str):
+    """The Future of the shared result behind `fixture`, started now unless it already is.
+    Every process starts it; the file lock of once_per_session lets one of them build it."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    from filelock import FileLock
+    if fixture not in _builds:
+        name, build = SHARED_BUILDS[fixture]
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        _builds[fixture] = pool.submit(once_per_session, config._tmp_path_factory, name, build)
+        pool.shutdown(wait=False)
+    return _builds[fixture]
 
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: nothing to share
-        return build(tmp_path_factory.mktemp(name))
-    shared = base.parent  # pytest-<n>/ of this session, holding popen-gw0/, popen-gw1/, ...
-    folder, done = shared / name, shared / f"{name}.json"
-    with FileLock(str(shared / f"{name}.lock")):
-        if not done.exists():
-            done.write_text(json.dumps(build(folder)))
-        return json.loads(done.read_text())
+
+def pytest_collection_finish(session):
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for fixture in SHARED_BUILDS.keys() & needed:
+        start_shared_build(session.config, fixture)
 
 
 @pytest.fixture(scope="session")
-def quick_study(tmp_path_factory):
-    """The default suite's one end-to-end study, config/quick.yaml, from the data to the
-    report (about two minutes on 2 cores), run once per session: (copy, config path, the
-    run's output, seconds). Tests that change it work on a copy
-    (`shutil.copytree(..., symlinks=True)` keeps mtimes)."""
-    import time
+def quick_study(request):
+    """The quick study's run (build_quick_study): (copy, config path, the run's output,
+    seconds). Tests that change it work on a copy (`shutil.copytree(..., symlinks=True)`
+    keeps mtimes)."""
     from types import SimpleNamespace
 
-    def build(folder):
-        work = copy_workflow(folder)
-        started = time.perf_counter()
-        result = snakemake("--cores", "2", "--configfile", QUICK, cwd=work)
-        return {"work": str(work), "stdout": result.stdout, "stderr": result.stderr,
-                "seconds": time.perf_counter() - started}
-
-    run = once_per_session(tmp_path_factory, "quick", build)
+    run = start_shared_build(request.config, "quick_study").result()
     output = SimpleNamespace(stdout=run["stdout"], stderr=run["stderr"])
     return Path(run["work"]), QUICK, output, run["seconds"]
 
 
 @pytest.fixture(scope="session")
-def cluster_dry_runs(tmp_path_factory) -> dict[str, str]:
-    """The (non-quiet) dry-run output of the default and the full study through the SLURM
-    profile, as docs/running-on-slurm.md runs them, once per session (the full study's DAG
-    takes ~40 s to plan): config path -> stdout. --cores 4 lets a four-chain NUTS job ask for
-    its 4 CPUs (a dry run otherwise assumes one core); no cluster is called. Run under
-    `python -X importtime`: the key "imports" maps each config to the top-level packages the
-    planning process imported."""
-
-    def build(folder):
-        work = copy_workflow(folder, profiles=True)
-        env = {**os.environ, "SLURM_CONF": str(work / "no-such-slurm.conf")}
-        outputs = {"imports": {}}
-        for config in ("config/config.yaml", "config/full.yaml"):
-            result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake",
-                                     "--profile", "profiles/slurm", "-n", "--cores", "4",
-                                     "--configfile", config], cwd=work, env=env,
-                                    capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-            outputs[config] = result.stdout
-            outputs["imports"][config] = sorted({
-                line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")})
-        return outputs
-
-    return once_per_session(tmp_path_factory, "dry_runs", build)
+def cluster_dry_runs(request) -> dict[str, str]:
+    """The dry runs of the default and the full study (build_cluster_dry_runs)."""
+    return start_shared_build(request.config, "cluster_dry_runs").result()

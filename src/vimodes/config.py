@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class Cell:
     #: has one id however it was declared and existing cell ids do not change.
     components: int | None = None
 
-    @property
+    @cached_property  # read for every job of every plan: computed once per cell
     def cell_id(self) -> str:
         """A readable, unique directory name; axes that do not apply to the method are left out."""
         parts = [self.model, self.method]
@@ -519,7 +520,7 @@ class Study:
     config: dict
     cells: tuple[Cell, ...]
 
-    @property
+    @cached_property  # every job's input functions look cells up: built once per study
     def cell_by_id(self) -> dict[str, Cell]:
         return {c.cell_id: c for c in self.cells}
 

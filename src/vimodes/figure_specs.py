@@ -2,7 +2,8 @@
 category, report section and the tables it is drawn from.
 
 A figure is ONE function in :data:`vimodes.plots.FIGURES` (keyword arguments = the table names of
-its :attr:`FigureSpec.inputs`) plus ONE :class:`FigureSpec` here. Everything else derives from
+its :attr:`FigureSpec.inputs`) plus ONE :class:`FigureSpec` here; a figure from outside the
+package (a plugin) names its function in :attr:`FigureSpec.function` instead. Everything else derives from
 this registry: the workflow's single ``plot_figure`` rule (its wildcard constraint, input, report
 category and caption, workflow/rules/report.smk), the figures of ``write_report``, the
 ``--allowed-rules`` of ``snakemake figures`` / ``make figures``, the report's figure captions
@@ -28,7 +29,9 @@ FIGURE_RULES = ("figures", "write_report", "plot_figure", *TABLE_RULES)
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """One figure: ``figures/{name}.png`` and ``.svg``, drawn by ``plots.FIGURES[name]``.
+    """One figure: ``figures/{name}.png`` and ``.svg``, drawn by ``plots.FIGURES[name]`` or,
+    for a figure defined outside the package, by ``function`` (``"module:function"``, imported
+    when the figure is drawn, so that registering it imports nothing heavy).
 
     ``caption`` uses the markup common to the report's Markdown/HTML and reStructuredText:
     plain text, `code` in single backticks and **bold**. ``inputs`` are table names:
@@ -42,12 +45,16 @@ class FigureSpec:
     category: str
     inputs: tuple[str, ...]
     section: str = ""
+    function: str = ""
 
     def __post_init__(self):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
             raise ValueError(f"figure name {self.name!r}: lower case, digits and _ only")
         if not self.inputs:
             raise ValueError(f"figure {self.name!r} reads no table")
+        if self.function and ":" not in self.function:
+            raise ValueError(f"figure {self.name!r}: function must be 'module:function', not "
+                             f"{self.function!r}")
 
     @property
     def input_paths(self) -> dict[str, str]:

@@ -4,7 +4,7 @@ A fitter owns the compiled PyTensor graph. For each seed it swaps the data into 
 variables, restores every piece of mutable state (variational parameters, optimiser
 accumulators), reseeds every random generator from the seed, and runs. A fit therefore depends
 only on (settings, data, seed), never on which seeds the process fitted before -- the property
-that lets the pipeline fit seeds in chunks (tested in tests/test_fitting.py).
+that lets the pipeline fit seeds in chunks (tested in tests/unit/test_fitting.py).
 
 Numerical failures (NaN/inf loss, sampler errors) are returned as ``status='failed'`` results with
 the message; interrupts and infrastructure errors propagate.

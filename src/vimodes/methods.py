@@ -4,7 +4,7 @@ fitters, the figures and the report (no PyMC import: planning and reporting use 
 A new method is one fitter class (any importable module) and one entry here, added to this
 module or at run time with ``register_method``: the config schema's method enum, the cell ids,
 the rules, ``vimodes.fitters.make_fitter``, the classifier, the tables, the figures and the
-report all read the registry (tests/test_method_registry.py registers one from outside the
+report all read the registry (tests/workflow/test_registries.py registers one from outside the
 package and runs it from the config to the report).
 """
 

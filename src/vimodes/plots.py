@@ -8,6 +8,7 @@ refits anything. The files are byte-identical on rerun: no software or date meta
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from vimodes.classify import SINGLE_MODE_CLASSES  # noqa: E402
-from vimodes.figure_specs import KHAT_GOOD, KHAT_OK  # noqa: E402,F401
+from vimodes.figure_specs import FIGURE_SPECS, KHAT_GOOD, KHAT_OK  # noqa: E402,F401
 from vimodes.figure_tables import (  # noqa: E402
     ELBO_GAP_FLOOR,
     NUTS_CHAIN_COLUMNS,
@@ -674,9 +675,21 @@ def save_figure(fig: Figure, paths: Iterable[str | Path]) -> None:
             os.chmod(tmp, 0o644)
 
 
+def figure_function(name: str) -> Callable[..., Figure]:
+    """The function that draws figure ``name``: :data:`FIGURES`, else its spec's ``function``."""
+    if name in FIGURES:
+        return FIGURES[name]
+    target = FIGURE_SPECS[name].function if name in FIGURE_SPECS else ""
+    if not target:
+        raise KeyError(f"figure {name!r} has no function: neither in plots.FIGURES nor named "
+                       "by its FigureSpec")
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
 def make_figure(name: str, inputs: dict[str, str | Path], outputs: Iterable[str | Path]) -> None:
-    """Draw figure ``name`` of :data:`FIGURES` from the named input tables and save it."""
-    function = FIGURES[name]
+    """Draw figure ``name`` from the named input tables and save it."""
+    function = figure_function(name)
     outputs = list(outputs)
     tables = {key: read_table(path) for key, path in inputs.items()}
     with plt.rc_context(STYLE):

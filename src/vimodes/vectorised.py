@@ -4,7 +4,7 @@ PyMC's ``pm.fit`` runs one fit as a Python loop of ~100-250 us PyTensor calls, a
 per-call overhead at minibatch 128. This engine runs the *same algorithm* for every seed of a
 chunk at once: one ``jax.vmap``-ed step inside a ``jax.lax.scan``, on the CPU by default and on a
 GPU unchanged (JAX picks the device). What "the same" means, checked against PyMC 5.28's sources
-and tested step by step against PyMC's own compiled step (``tests/test_vectorised.py``):
+and tested step by step against PyMC's own compiled step (``tests/unit/test_vectorised.py``):
 
 * the variational families are PyMC's: meanfield ``mu, rho`` with sd ``softplus(rho)`` (start
   ``rho = 0``), full-rank ``mu, L_tril`` with the Cholesky diagonal through ``softplus`` (start

@@ -1,7 +1,7 @@
 # The report: figure tables from the fit files, figures from tables only (one wildcard rule for
 # every figure of the registry vimodes.figure_specs, drawn by vimodes.plots.FIGURES), and
 # report/report.html + report/report.md from the tables and figures (vimodes.report).
-# Planning imports neither PyMC nor matplotlib (tests/test_workflow.py checks it).
+# Planning imports neither PyMC nor matplotlib (tests/workflow/test_workflow.py checks it).
 
 from vimodes.figure_specs import name_pattern
 from vimodes.model_specs import SLOPE_PRIOR_SD
@@ -26,9 +26,9 @@ FIGURE_FILES = expand("figures/{name}.{ext}", name=FIGURE_NAMES, ext=["png", "sv
 rule figures:
     """Rebuild every figure and the report from the existing tables only, never refitting:
 
-    make figures  [CONFIGFILE=config/smoke.yaml]
+    make figures  [CONFIGFILE=.test/config/smoke.yaml]
     = snakemake figures --cores 2 --allowed-rules $(python -m vimodes.figure_specs)
-        [--configfile config/smoke.yaml] [--forceall]
+        [--configfile .test/config/smoke.yaml] [--forceall]
 
     (the allowed rules are vimodes.figure_specs.FIGURE_RULES: figures, write_report,
     plot_figure and the table rules loss_traces, representative_draws, nuts_chain_draws,

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from conftest import copy_workflow, job_count, snakemake
+from helpers import QUICK, copy_workflow, job_count, snakemake
 from vimodes.workflow_plan import conda_environment
 
 
@@ -54,7 +54,7 @@ esac
 
 
 def conda_env_location(work, env) -> str:
-    listed = snakemake("--list-conda-envs", "--sdm", "conda", "--configfile", "config/quick.yaml",
+    listed = snakemake("--list-conda-envs", "--sdm", "conda", "--configfile", QUICK,
                        cwd=work, env=env).stdout
     row = next(line for line in listed.splitlines() if line.startswith("workflow/envs/"))
     return row.split()[-1]
@@ -70,7 +70,7 @@ def test_sdm_conda_dry_run_and_the_environment_follows_the_lock(tmp_path):
     (bin_dir / "conda").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     work = copy_workflow(tmp_path / "wf")
-    planned = snakemake("-n", "--sdm", "conda", "--configfile", "config/quick.yaml", cwd=work,
+    planned = snakemake("-n", "--sdm", "conda", "--configfile", QUICK, cwd=work,
                         env=env)
     text = planned.stdout + planned.stderr
     assert "Conda environment workflow/envs/vimodes.yaml will be created." in text

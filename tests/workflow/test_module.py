@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from conftest import copy_workflow, snakemake
+from helpers import SMOKE, copy_workflow, snakemake
 
 RULES = ("simulate", "fit_chunk", "classify_chunk", "aggregate", "plot_figure", "write_report")
 
@@ -41,9 +41,9 @@ def job_stats(dry_run_output: str) -> dict[str, int]:
 
 def test_module_use_plans_the_same_jobs_as_the_workflow(tmp_path, repo):
     direct = copy_workflow(tmp_path / "direct")
-    planned = job_stats(snakemake("-n", "--cores", "2", "--configfile", "config/smoke.yaml",
+    planned = job_stats(snakemake("-n", "--cores", "2", "--configfile", SMOKE,
                                   cwd=direct).stdout)
-    work = consumer(tmp_path / "consumer", repo, repo / "config" / "smoke.yaml")
+    work = consumer(tmp_path / "consumer", repo, repo / SMOKE)
     result = snakemake("-n", "--cores", "2", cwd=work)
     via_module = job_stats(result.stdout)
     assert all(via_module.get(rule, 0) > 0 for rule in RULES), via_module

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from helpers import REPO
 from vimodes.classify import ClassifierSettings, TrueParameters, classify_draws, slope_tolerances
 from vimodes.config import load_study
 from vimodes.contrasts import independent_contrast, regime_contrasts
@@ -21,7 +22,6 @@ from vimodes.regimes import REGIME_AXES, regime_axis, regime_descriptors, regime
 
 matplotlib.use("Agg")
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = {"n_obs": 100000, "slopes": [3.0, -1.0], "weights": [0.5, 0.5], "noise_sd": 0.1}
 
 

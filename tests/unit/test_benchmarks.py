@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
+
 
 
 @pytest.fixture(scope="module")

@@ -54,3 +54,45 @@ def test_one_version_in_pyproject_citation_and_changelog(repo):
     assert releases, "CHANGELOG.md lists no release"
     assert version == str(citation["version"]) == releases[0][0]
     assert str(citation["date-released"]) == releases[0][1]
+
+
+# A test named in the documentation: `file.py::name`, or `::name` after such a reference in the
+# same table cell or sentence (then of the file named last); `name*` names every test it begins
+TEST_REFERENCE = re.compile(r"(?:(?<![\w.])((?:[\w.]+/)*test_\w+\.py)|(?<![\w.])(?=::))(?:::(\w+)(\*)?)?")
+DOCUMENTS = ("README.md", "tests/README.md", "tests/RELIABILITY.md", "docs/running-on-slurm.md",
+             "benchmarks/README.md", ".test/README.md")
+
+
+def functions_by_test_file(repo) -> dict[str, set[str]]:
+    import ast
+
+    found = {}
+    for path in (repo / "tests").rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        found[path.name] = {node.name for node in tree.body
+                            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return found
+
+
+def test_every_test_the_documents_name_exists(repo):
+    """The promise tables point at tests by name: a renamed, moved or deleted test must not
+    leave a stale reference behind."""
+    tests = functions_by_test_file(repo)
+    missing, checked = [], 0
+    for document in DOCUMENTS:
+        current = None
+        for number, line in enumerate((repo / document).read_text().splitlines(), 1):
+            for match in TEST_REFERENCE.finditer(line):
+                file, name, prefix = match.groups()
+                if file:
+                    current = file.rsplit("/", 1)[-1]
+                    if current not in tests:
+                        missing.append(f"{document}:{number}: no test file {file}")
+                        continue
+                if name and current is not None:
+                    checked += 1
+                    known = tests.get(current, ())
+                    if not (any(t.startswith(name) for t in known) if prefix else name in known):
+                        missing.append(f"{document}:{number}: no test {current}::{name}")
+    assert checked > 50  # the promise table alone names more
+    assert not missing, "\n".join(missing)

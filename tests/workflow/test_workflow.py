@@ -1,5 +1,5 @@
 """The workflow as a user runs it: dry runs of every shipped config, lint, format, and one real
-end-to-end run of the quick study (config/quick.yaml; the larger smoke study in make test-slow)
+end-to-end run of the quick study (.test/config/quick.yaml; the larger smoke study in make test-slow)
 whose outputs are checked."""
 
 import json
@@ -13,25 +13,24 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIN, assert_no_traceback, copy_workflow, job_count, snakemake
+from helpers import BIN, QUICK, SMOKE, assert_no_traceback, copy_workflow, job_count, snakemake
 from vimodes.config import load_study
 
-@pytest.mark.parametrize("config", ["config.yaml", "full.yaml", "smoke.yaml", "quick.yaml"])
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/full.yaml", SMOKE, QUICK])
 def test_dry_run_plans_the_whole_grid(repo, tmp_path, config, cluster_dry_runs):
-    study = load_study(repo / "config" / config)
-    out = cluster_dry_runs.get(f"config/{config}")  # the large studies: planned once (conftest)
+    study = load_study(repo / config)
+    out = cluster_dry_runs.get(config)  # the large studies: planned once (conftest)
     if out is None:
         work = copy_workflow(tmp_path / "wf")
-        out = snakemake("-n", "--quiet", "rules", "--configfile", f"config/{config}",
-                        cwd=work).stdout
+        out = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
     assert job_count(out, "fit_chunk") == len(study.fit_chunks())
     assert job_count(out, "simulate") == len(study.datasets())
 
 
 def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
     work = copy_workflow(tmp_path / "wf")
-    base = snakemake("-n", "--quiet", "rules", "--configfile", "config/smoke.yaml", cwd=work).stdout
-    text = (work / "config" / "smoke.yaml").read_text().replace("seeds: 3", "seeds: 5", 1)
+    base = snakemake("-n", "--quiet", "rules", "--configfile", SMOKE, cwd=work).stdout
+    text = (work / SMOKE).read_text().replace("seeds: 3", "seeds: 5", 1)
     (work / "config" / "bigger.yaml").write_text(text)
     more = snakemake("-n", "--quiet", "rules", "--configfile", "config/bigger.yaml", cwd=work).stdout
 
@@ -41,7 +40,7 @@ def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
 
 def test_bad_config_stops_before_any_job(repo, tmp_path):
     work = copy_workflow(tmp_path / "wf")
-    text = (work / "config" / "smoke.yaml").read_text()
+    text = (work / SMOKE).read_text()
     (work / "config" / "bad.yaml").write_text(text.replace("chunk_size: 3", "chunk_sise: 3")
                                              .replace("methods: [advi, fullrank_advi]",
                                                       "methods: [advi, fulrank_advi]", 1))
@@ -130,7 +129,7 @@ def check_study_outputs(work, config: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def test_quick_study_end_to_end(quick_study):
-    """config/quick.yaml to its report: the outputs every study has, and the outcomes a correct
+    """.test/config/quick.yaml to its report: the outputs every study has, and the outcomes a correct
     pipeline gives on it (2 seeds, N = 500; observed: both fits of each assertion's cell)."""
     work, config, _, seconds = quick_study
     print(f"quick study: {seconds:.0f} s")
@@ -153,7 +152,7 @@ def test_quick_study_end_to_end(quick_study):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     work = copy_workflow(tmp_path_factory.mktemp("smoke"))
-    snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=work)
+    snakemake("--cores", "2", "--configfile", SMOKE, cwd=work)
     return work
 
 
@@ -165,7 +164,7 @@ def test_smoke_study_end_to_end(smoke_run):
     four of its cells; one-chain NUTS 2/2; the question's model 0/3 everywhere. The margins:
     at least one adam fit per engine on a mode, none with the default optimiser or the
     question's model, every one-chain NUTS fit on a mode."""
-    _, cells = check_study_outputs(smoke_run, "config/smoke.yaml")
+    _, cells = check_study_outputs(smoke_run, SMOKE)
     for engine in ("", "__engine-vectorised"):
         assert cells.loc[f"marginal__advi__adam__it1000__init-jitter__b128{engine}",
                          "n_single_mode"] >= 1
@@ -209,8 +208,8 @@ def test_cells_read_the_same_data_set_per_seed(tmp_path):
     """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/seed-s.nc, the
     one data set of that seed, whatever the cell."""
     work = copy_workflow(tmp_path / "wf")
-    study = load_study(work / "config" / "smoke.yaml")
-    out = snakemake("-n", "--configfile", "config/smoke.yaml", cwd=work).stdout
+    study = load_study(work / SMOKE)
+    out = snakemake("-n", "--configfile", SMOKE, cwd=work).stdout
     jobs = _dry_run_jobs(out, "fit_chunk")
     assert len(jobs) == len(study.fit_chunks())
     readers = {}
@@ -354,7 +353,8 @@ def test_fits_rerun_when_the_pymc_version_or_a_chunks_seeds_change_and_only_then
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(
         "import importlib.metadata as m\n_version = m.version\n"
-        "m.version = lambda name: '0.0.0+test' if name == 'pymc' else _version(name)\n")
+        "m.version = lambda name: '0.0.0+test' if name == 'pymc' else _version(name)\n"
+        "import vimodes_test_plugin\n")  # this sitecustomize shadows the plugin's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(probe), os.environ.get("PYTHONPATH")]))}
     other_pymc = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work,
@@ -377,3 +377,27 @@ def test_fits_rerun_when_the_pymc_version_or_a_chunks_seeds_change_and_only_then
                 int(job["wildcards"].split("chunk=")[1].split(",")[0]))
                for job in _dry_run_jobs(more, "fit_chunk")}
     assert planned == changed
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files as the workflow reads them (the loader's own messages: unit/test_config_files.py)
+
+
+def test_workflow_refuses_a_partial_config_file(tmp_path):
+    work = copy_workflow(tmp_path / "wf")
+    (work / "config" / "partial.yaml").write_text("chunk_size: 5\n")
+    result = snakemake("-n", "--configfile", "config/partial.yaml", cwd=work, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "1 problem(s) in config file config/partial.yaml:" in output
+    assert "missing required top-level key(s) study_name, grids" in output
+    assert not (work / "data" / "sim").exists()
+
+
+def test_workflow_default_study_with_a_config_value(tmp_path, cluster_dry_runs):
+    """--config changes one value of the default study (here: fewer seeds per job); the
+    default study's own plan is the session's dry run of config/config.yaml (conftest)."""
+    work = copy_workflow(tmp_path / "wf")
+    smaller = snakemake("-n", "--quiet", "rules", "--config", "chunk_size=25", cwd=work).stdout
+    default = cluster_dry_runs["config/config.yaml"]
+    assert job_count(smaller, "fit_chunk") > job_count(default, "fit_chunk") > 0

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, copy_workflow
+from helpers import REPO, SMOKE, copy_workflow
 from vimodes.config import load_study
 from vimodes.idata import read_posterior
 
@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = "profiles/slurm"
-CONFIG = "config/smoke.yaml"
+CONFIG = SMOKE
 RUN_TIMEOUT_S = 3600
 OUTCOME_COLUMNS = ["status", "outcome", "outcome_reason", "share_mode_A", "share_mode_B",
                    "share_collapsed", "centre_class", "centre_mass", "minority_share"]

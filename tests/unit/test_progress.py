@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
+from helpers import SMOKE
 from vimodes.config import load_study
 from vimodes.progress import Progress, fits_done, fits_planned, progress, watch
 
 
 @pytest.fixture()
 def study(repo):
-    return load_study(repo / "config" / "smoke.yaml")
+    return load_study(repo / SMOKE)
 
 
 def _record(root, study, index, seed_index=0):

@@ -5,7 +5,8 @@ SLURM profile's cluster settings when both apply."""
 import yaml
 from snakemake.cli import parse_args
 
-from conftest import QUICK, copy_workflow, job_count, snakemake
+from helpers import QUICK, copy_workflow, job_count, snakemake
+
 
 WORKFLOW_PROFILE_MESSAGE = ("Using workflow specific profile profiles/default for setting default "
                             "command line arguments.")

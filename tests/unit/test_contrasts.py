@@ -4,13 +4,13 @@ a published interval, Holm's adjustment by hand, and the family built from a sma
 import itertools
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from helpers import REPO
 from vimodes.contrasts import (
     CONTRAST_COLUMNS,
     cell_contrasts,
@@ -18,7 +18,6 @@ from vimodes.contrasts import (
     paired_contrast,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def pairs(n11=0, n10=0, n01=0, n00=0):

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import REPO, SMOKE
 from vimodes import figure_tables as tables_layer
 from vimodes import plots, report, vocabulary, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "workflow" / "report"
 
 # (model, method, optimizer, outcomes of the fits)
@@ -306,8 +306,8 @@ def test_headline_console(tmp_path, cells):
 
 
 def test_study_command_puts_targets_before_configfile():
-    assert workflow_plan.study_command(["config/smoke.yaml"], "figures") == \
-        "snakemake figures --cores N --configfile config/smoke.yaml"
+    assert workflow_plan.study_command([SMOKE], "figures") == \
+        "snakemake figures --cores N --configfile .test/config/smoke.yaml"
 
 
 def test_seed_ranges():
@@ -699,11 +699,12 @@ def test_every_registered_figure_has_a_report_section(cells, fits, data_summary,
     provenance = report.default_provenance("test", "abc123", 1)
     sections = shown(report.build_context(cells, fits, data_summary, provenance))
     assert sorted(f for figures in sections.values() for f in figures) == sorted(FIGURE_SPECS)
-    assert "other_figures" not in sections
+    # the package's figures each have their section; the test plugin's names none
+    assert sections["other_figures"] == ["plugin_share"]
     monkeypatch.setitem(FIGURE_SPECS, "dummy", FigureSpec("dummy", "Dummy", "A test.", "9. Test",
                                                           ("fits",), section="nowhere"))
     context = report.build_context(cells, fits, data_summary, provenance)
-    assert shown(context)["other_figures"] == ["dummy"]
+    assert shown(context)["other_figures"] == ["plugin_share", "dummy"]
     assert context["sections"][-1].id == "reproduce"
 
 

@@ -1,6 +1,6 @@
 """The classifier generic over K (vimodes.classify): K = 3 classes on constructed draws, the
 over-fitted model, and the K = 2 equivalence with the classifier as it was before the K
-generalisation (frozen in tests/_classify_k2_reference.py).
+generalisation (frozen in tests/unit/_classify_k2_reference.py).
 
 K = 3 truth: slopes (3, -1, 1), weights (.4, .3, .3), noise sd 0.1, N = 100000. The separation
 (smallest distance between two true slopes) is 2, so the slope tolerance is the floor 0.1, the
@@ -199,7 +199,7 @@ def test_under_fitted_draws_raise():
 
 
 def _k2_cases():
-    """Constructed K = 2 draws: the cases of tests/test_classify.py and random mixtures of
+    """Constructed K = 2 draws: the cases of tests/unit/test_classify.py and random mixtures of
     modes, collapse, far points and widths, with assorted sigma and weights."""
     cases = []
     points = [(3.0, -1.0), (-1.0, 3.0), (1.0, 1.0), (0.0, 7.0), (2.0, 0.0), (3.2, -1.0),

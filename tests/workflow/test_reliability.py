@@ -2,7 +2,7 @@
 after SIGINT and SIGKILL, exact reruns, bad input, damaged files and parallel cold compiles.
 
 Fast tests run in the default suite; the `slow` ones (whole studies run, interrupted, resumed and
-compared by canonical hash) run with `make test-slow`. Every study is config/tiny.yaml (or a
+compared by canonical hash) run with `make test-slow`. Every study is .test/config/tiny.yaml (or a
 subset of it) in a temporary copy of the workflow; the compile cache is the caller's (set
 PYTENSOR_FLAGS=base_compiledir=... to isolate it) except in the cold-cache test.
 """
@@ -24,14 +24,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import (RUN_TIMEOUT_S, SNAKEMAKE, assert_no_traceback, copy_workflow, job_count,
-                      snakemake)
+from helpers import (QUICK, RUN_TIMEOUT_S, SNAKEMAKE, TINY, assert_no_traceback, copy_workflow,
+                     job_count, snakemake)
 from vimodes.canonical import diff_hashes, study_hashes
 from vimodes.config import load_study
 from vimodes.records import (damage_message, find_damage, netcdf_problem, parquet_problem,
                              remove_stale_temporary_files, stale_temporary_files)
 
-TINY = "config/tiny.yaml"
 EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
 CAVI_CELL = "marginal__cavi__it50__init-jitter"
 
@@ -54,7 +53,7 @@ def chunk_dir(work: Path, cell: str, chunk: int) -> Path:
 # 1. Failure as data (default suite)
 
 def test_numerical_failure_is_recorded_and_the_study_completes(quick_study):
-    """config/quick.yaml has a cell whose every fit fails numerically (adam, learning rate 1e6)
+    """.test/config/quick.yaml has a cell whose every fit fails numerically (adam, learning rate 1e6)
     beside cells that succeed: the failures are records, the study reaches its report."""
     work, config, result, _ = quick_study
     study = load_study(work / config)
@@ -302,14 +301,14 @@ def test_the_integrity_check_runs_in_the_main_process_only(tmp_path):
     damaged = work / "data" / "sim" / "default" / "seed-0.nc"
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a truncated NetCDF-4 file
-    main = snakemake("-n", "--configfile", "config/quick.yaml", cwd=work, check=False)
+    main = snakemake("-n", "--configfile", QUICK, cwd=work, check=False)
     assert main.returncode != 0
     assert "--forcerun data/sim/default/seed-0.nc" in main.stdout + main.stderr
-    job = snakemake("-n", "--configfile", "config/quick.yaml", "--mode", "subprocess", cwd=work,
+    job = snakemake("-n", "--configfile", QUICK, "--mode", "subprocess", cwd=work,
                     check=False)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
     assert "damaged" not in (job.stdout + job.stderr).lower()
-    bad = snakemake("-n", "--configfile", "config/quick.yaml", "--mode", "subprocess",
+    bad = snakemake("-n", "--configfile", QUICK, "--mode", "subprocess",
                     "--config", "chunk_sise=1", cwd=work, check=False)
     assert bad.returncode != 0 and "chunk_sise" in bad.stdout + bad.stderr  # the file was read
 

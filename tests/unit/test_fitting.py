@@ -23,11 +23,30 @@ def settings(**overrides):
     return FitSettings(**{**base, **overrides})
 
 
+@pytest.fixture(scope="module")
+def compiled():
+    """make_fitter(settings, N), compiled once per settings for the module's tests (a PyMC
+    fitter takes 5-8 s to compile, its fits a fraction of a second). Sharing a fitter between
+    tests is sound because a fit depends only on (settings, data, seed), never on what the
+    fitter ran before (test_chunked_fit_equals_a_fit_done_alone); a test that needs a fresh
+    fitter calls make_fitter itself."""
+    fitters = {}
+
+    def fitter(s: FitSettings):
+        if s not in fitters:
+            fitters[s] = make_fitter(s, N)
+        return fitters[s]
+
+    return fitter
+
+
+SVGD = dict(method="svgd", svgd_particles=5, iterations=100, batch_size=0, learning_rate=0.05)
+
+
 @pytest.mark.parametrize("method", ["advi", "fullrank_advi", "svgd"])
-def test_chunked_fit_equals_a_fit_done_alone(datasets, method):
-    s = settings(method=method, svgd_particles=10, iterations=100 if method == "svgd" else 300,
-                 batch_size=0 if method == "svgd" else 128)
-    chunk = make_fitter(s, N)
+def test_chunked_fit_equals_a_fit_done_alone(datasets, compiled, method):
+    s = settings(**SVGD) if method == "svgd" else settings(method=method)
+    chunk = compiled(s)
     in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 1, 2)]
     alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
     assert in_chunk[2].status == alone.status == "ok"
@@ -39,11 +58,10 @@ def test_chunked_fit_equals_a_fit_done_alone(datasets, method):
 
 
 @pytest.mark.parametrize("method", ["advi", "svgd"])
-def test_full_batch_fused_likelihood_follows_the_normal_mixture_path(datasets, method):
+def test_full_batch_fused_likelihood_follows_the_normal_mixture_path(datasets, compiled, method):
     """The fused Op is a speed path only: a full-batch fit takes the same steps with it."""
-    common = dict(method=method, batch_size=0, iterations=100, svgd_particles=5,
-                  learning_rate=0.05)
-    fits = {lik: make_fitter(settings(likelihood=lik, **common), N) for lik in ("pymc", "fused")}
+    common = {**SVGD, "method": method}
+    fits = {lik: compiled(settings(likelihood=lik, **common)) for lik in ("pymc", "fused")}
     assert type(fits["fused"].model["y_obs"].owner.op).__name__ != type(
         fits["pymc"].model["y_obs"].owner.op).__name__
     results = {lik: f.fit(datasets[0], SEED_BASE, 0) for lik, f in fits.items()}
@@ -56,8 +74,8 @@ def test_full_batch_fused_likelihood_follows_the_normal_mixture_path(datasets, m
 
 
 @pytest.mark.parametrize("method", ["advi", "fullrank_advi"])
-def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets, method):
-    fitter = make_fitter(settings(iterations=1, method=method), N)
+def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets, compiled, method):
+    fitter = compiled(settings(iterations=1, init_scale=0.7, method=method))
     starts = []
     for seed in (0, 1):
         result = fitter.fit(datasets[seed], SEED_BASE, seed)
@@ -80,18 +98,18 @@ def test_default_start_is_the_symmetric_initial_point(datasets):
     assert np.all(start[slope_index] == 0.0)
 
 
-def test_prior_start_is_overdispersed(datasets):
+def test_prior_start_is_overdispersed(datasets, compiled):
     fitter = make_fitter(settings(init_kind="prior", init_scale=2.0, iterations=1), N)
     starts = np.array([fitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
-    jitter = make_fitter(settings(init_kind="jitter", init_scale=1.0, iterations=1), N)
+    jitter = compiled(settings(init_kind="jitter", init_scale=1.0))
     jittered = np.array([jitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
     slope_index = [i for i, n in enumerate(fitter.flat_names()) if n.startswith("slopes")]
     assert starts[:, slope_index].std() > 2 * jittered[:, slope_index].std()
 
 
-def test_optimizer_setting_is_the_one_used(datasets):
-    adam = make_fitter(settings(optimizer_name="adam"), N)
-    default = make_fitter(settings(optimizer_name="adagrad_window", learning_rate=0.001), N)
+def test_optimizer_setting_is_the_one_used(datasets, compiled):
+    adam = compiled(settings(optimizer_name="adam"))
+    default = compiled(settings(optimizer_name="adagrad_window", learning_rate=0.001))
     # adam keeps first and second moment accumulators plus a step counter; adagrad_window
     # keeps a window of squared gradients: the optimiser's state shows which one runs
     adam_shapes = sorted(np.shape(v) for v in adam.state.values())
@@ -103,15 +121,14 @@ def test_optimizer_setting_is_the_one_used(datasets):
     assert not np.allclose(a.draws["slopes"].mean(), b.draws["slopes"].mean())
 
 
-def test_nan_loss_is_a_failed_result_not_a_crash(datasets):
+def test_nan_loss_is_a_failed_result_not_a_crash(datasets, compiled):
     fitter = make_fitter(settings(learning_rate=float("nan")), N)
     result = fitter.fit(datasets[0], SEED_BASE, 0)
     assert result.status == "failed"
     assert "NaN" in result.error
     assert result.draws == {}
-    # the next seed of the chunk is unaffected once the state is reset
-    healthy = make_fitter(settings(), N)
-    assert healthy.fit(datasets[1], SEED_BASE, 1).status == "ok"
+    # another seed is unaffected
+    assert compiled(settings()).fit(datasets[1], SEED_BASE, 1).status == "ok"
 
 
 def test_convergence_callback_can_stop_early(datasets):
@@ -136,7 +153,7 @@ def test_fit_streams_are_seeded_from_the_config():
     assert not np.array_equal(a, fit_rng(1, 3).normal(size=3))
 
 
-def test_singular_covariance_leaves_the_fit_ok_without_importance_diagnostics(datasets,
+def test_singular_covariance_leaves_the_fit_ok_without_importance_diagnostics(datasets, compiled,
                                                                               monkeypatch):
     """Full-rank ADVI can end with a numerically singular covariance (seen at 50000
     iterations): its draws stand, k-hat and the ELBO are recorded as missing with the reason."""
@@ -146,8 +163,7 @@ def test_singular_covariance_leaves_the_fit_ok_without_importance_diagnostics(da
         raise np.linalg.LinAlgError("the input matrix must be symmetric positive definite")
 
     monkeypatch.setattr(vimodes.metrics, "gaussian_logq", singular)
-    result = make_fitter(settings(method="fullrank_advi", iterations=50), N).fit(
-        datasets[0], SEED_BASE, 0)
+    result = compiled(settings(method="fullrank_advi")).fit(datasets[0], SEED_BASE, 0)
     assert result.status == "ok"
     assert result.info["psis_khat"] is None and result.info["elbo_full"] is None
     assert "LinAlgError" in result.info["diagnostics_error"]
@@ -222,10 +238,10 @@ def test_an_infrastructure_error_fails_the_job_instead_of_becoming_a_record(tmp_
     assert not list((tmp_path / "fits").glob("seed-1.*"))
 
 
-def test_fit_seed_formula_is_default_rng_of_seed_base_seed_1(datasets):
+def test_fit_seed_formula_is_default_rng_of_seed_base_seed_1(datasets, compiled):
     """README: every fit of seed s draws from default_rng([seed_base, s, 1]): the jittered
     start of ADVI (after one draw that reseeds PyMC's generators) and of CAVI, recomputed."""
-    advi = make_fitter(settings(iterations=1, init_scale=0.7), N)
+    advi = compiled(settings(iterations=1, init_scale=0.7))
     rng = np.random.default_rng([SEED_BASE, 2, 1])
     rng.integers(2**31)  # the draw that reseeds the model's random generators
     expected = advi.default_start + rng.normal(0.0, 0.7, size=advi.default_start.shape)
@@ -238,13 +254,12 @@ def test_fit_seed_formula_is_default_rng_of_seed_base_seed_1(datasets):
                                   np.random.default_rng([SEED_BASE, 2, 1]).normal(size=4))
 
 
-def test_cells_share_common_random_numbers_per_seed(datasets):
+def test_cells_share_common_random_numbers_per_seed(datasets, compiled):
     """Two cells that differ in their optimiser start every seed from the same point (and read
-    the same data set, tests/test_workflow.py::test_cells_read_the_same_data_set_per_seed):
+    the same data set, tests/workflow/test_workflow.py::test_cells_read_the_same_data_set_per_seed):
     common random numbers across cells."""
-    adam = make_fitter(settings(iterations=1), N)
-    window = make_fitter(settings(iterations=1, optimizer_name="adagrad_window",
-                                  learning_rate=0.001), N)
+    adam = compiled(settings())
+    window = compiled(settings(optimizer_name="adagrad_window", learning_rate=0.001))
     for seed in (0, 1):
         a = adam.fit(datasets[seed], SEED_BASE, seed).info["flat_start"]
         b = window.fit(datasets[seed], SEED_BASE, seed).info["flat_start"]

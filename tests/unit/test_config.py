@@ -2,17 +2,19 @@ import copy
 
 import pytest
 
+from helpers import QUICK, SMOKE, TINY
 from vimodes.config import ConfigError, build_study, load_study, load_yaml
 
 
 @pytest.fixture
 def smoke(repo):
-    return load_yaml(repo / "config" / "smoke.yaml")
+    return load_yaml(repo / SMOKE)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["config/config.yaml", "config/full.yaml", SMOKE,
+                                  QUICK, TINY])
 def test_shipped_configs_are_valid(repo, name):
-    study = load_study(repo / "config" / name)
+    study = load_study(repo / name)
     assert study.cells
     assert len({c.cell_id for c in study.cells}) == len(study.cells)
 

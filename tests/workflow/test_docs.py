@@ -3,12 +3,12 @@ docs/running-on-slurm.md are those of a dry run, and every YAML snippet of READM
 is a configuration the loader accepts."""
 
 import copy
-import os
 import re
 
 import pytest
 import yaml
 
+from helpers import REPO
 from vimodes.config import build_study, load_yaml
 
 SLURM_GUIDE = "docs/running-on-slurm.md"
@@ -81,10 +81,8 @@ def test_slurm_guide_names_the_longest_jobs(repo, dry_runs):
 # ---------------------------------------------------------------------------------------------
 # YAML snippets of the documentation
 
-DOCS = ["README.md", "config/README.md", *sorted(f"docs/{p}" for p in
-                                                  os.listdir(os.path.join(
-                                                      os.path.dirname(__file__), "..", "docs"))
-                                                  if p.endswith(".md"))]
+DOCS = ["README.md", "config/README.md", ".test/README.md",
+        *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]
 # A snippet preceded by this comment is an excerpt of a larger file (e.g. of a profile), not a
 # study configuration; by `<!-- overlay -->` it is merged onto config/config.yaml, as documented
 # next to it (copy the default and add these keys).

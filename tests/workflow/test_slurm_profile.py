@@ -1,6 +1,6 @@
 """The SLURM profile (profiles/slurm) without a cluster: a dry run of the default study
 through the profile plans every job, submits only fits to SLURM, and gives every fit job the
-resources sbatch needs. The real run on a local cluster is tests/test_slurm.py (`make test-slurm`)."""
+resources sbatch needs. The real run on a local cluster is tests/workflow/test_slurm.py (`make test-slurm`)."""
 
 import os
 import re
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_workflow
+from helpers import TINY, copy_workflow
 from vimodes.config import load_study
 
 BIN = Path(sys.executable).parent
@@ -99,7 +99,7 @@ def localrules(common_smk: str) -> set[str]:
 
 def test_only_fits_are_submitted_to_slurm(slurm_dry_run):
     """(A dry run prints every job as `rule`, so the localrules directive is read; the real
-    submissions are checked by tests/test_slurm.py.)"""
+    submissions are checked by tests/workflow/test_slurm.py.)"""
     work, jobs = slurm_dry_run
     local = localrules((work / "workflow" / "rules" / "common.smk").read_text())
     planned = {j["rule"] for j in jobs}
@@ -139,10 +139,10 @@ def _fake_slurm_run(work: Path, tmp_path: Path, *extra: str) -> tuple[str, str]:
     log = tmp_path / "sbatch.log"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "FAKE_SLURM_LOG": str(log)}
-    study = load_study(work / "config" / "tiny.yaml")
+    study = load_study(work / TINY)
     cell, chunk = study.fit_chunks()[0]
     result = subprocess.run([str(BIN / "snakemake"), f"data/fits/{cell}/chunk-{chunk}",
-                             "--profile", PROFILE, "--configfile", "config/tiny.yaml",
+                             "--profile", PROFILE, "--configfile", TINY,
                              "--retries", "0", "--slurm-init-seconds-before-status-checks", "1",
                              *extra], cwd=work, env=env, capture_output=True, text=True,
                             timeout=600)

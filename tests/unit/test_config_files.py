@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from conftest import copy_workflow, job_count, snakemake
+from helpers import SMOKE
 from vimodes.config import ConfigError, build_study, load_schema, load_study, load_yaml, study_config
 
 
@@ -26,7 +26,7 @@ def _message(call, *args, **kwargs) -> str:
 
 
 def test_complete_config_file_replaces_the_default(repo, default_path):
-    smoke_path = repo / "config" / "smoke.yaml"
+    smoke_path = repo / SMOKE
     smoke = load_yaml(smoke_path)
     config, source = study_config(copy.deepcopy(smoke), [smoke_path], {}, default_path)
     assert config == smoke  # nothing of config.yaml leaks in (e.g. its optimiser adam_1e-2)
@@ -49,26 +49,6 @@ def test_partial_config_file_is_refused_with_the_way_out(tmp_path, default_path)
     assert "--config key=value" in message and "copy the default file" in message
 
 
-def test_workflow_refuses_a_partial_config_file(tmp_path):
-    work = copy_workflow(tmp_path / "wf")
-    (work / "config" / "partial.yaml").write_text("chunk_size: 5\n")
-    result = snakemake("-n", "--configfile", "config/partial.yaml", cwd=work, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "1 problem(s) in config file config/partial.yaml:" in output
-    assert "missing required top-level key(s) study_name, grids" in output
-    assert not (work / "data" / "sim").exists()
-
-
-def test_workflow_default_study_with_a_config_value(tmp_path, cluster_dry_runs):
-    """--config changes one value of the default study (here: fewer seeds per job); the
-    default study's own plan is the session's dry run of config/config.yaml (conftest)."""
-    work = copy_workflow(tmp_path / "wf")
-    smaller = snakemake("-n", "--quiet", "rules", "--config", "chunk_size=25", cwd=work).stdout
-    default = cluster_dry_runs["config/config.yaml"]
-    assert job_count(smaller, "fit_chunk") > job_count(default, "fit_chunk") > 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Error messages name the file and say what is wrong in the user's terms
 
@@ -89,7 +69,7 @@ def test_top_level_that_is_not_a_mapping_is_named(tmp_path):
 
 
 def test_schema_errors_name_the_config_file(repo, tmp_path, monkeypatch):
-    raw = load_yaml(repo / "config" / "smoke.yaml")
+    raw = load_yaml(repo / SMOKE)
     raw["draws"] = "many"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
@@ -100,7 +80,7 @@ def test_schema_errors_name_the_config_file(repo, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("seeds", [0, {"start": 3, "count": 0}, []])
 def test_bad_seed_count_reads_as_a_sentence(repo, seeds):
-    raw = load_yaml(repo / "config" / "smoke.yaml")
+    raw = load_yaml(repo / SMOKE)
     raw["grids"][0]["seeds"] = seeds
     message = _message(build_study, raw, source="config file mine.yaml")
     assert f"config.grids[0].seeds: {seeds!r} is not valid: expected a number of seeds n >= 1 " \

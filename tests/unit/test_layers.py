@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "vimodes"
+from helpers import REPO
+
+SRC = REPO / "src" / "vimodes"
 
 # module -> modules (of vimodes, or libraries) it must never import
 FORBIDDEN = {
