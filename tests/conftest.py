@@ -99,6 +99,9 @@ def start_shared_build(config, fixture: str):
 
     if fixture not in _builds:
         name, build = SHARED_BUILDS[fixture]
+        # pytest creates its temporary folder on first use: here, in this thread, before two
+        # build threads could race to create it
+        config._tmp_path_factory.getbasetemp()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         _builds[fixture] = pool.submit(once_per_session, config._tmp_path_factory, name, build)
         pool.shutdown(wait=False)
