@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PYTENSOR_FLAGS ?= compile__timeout=1800
 
-.PHONY: run test test-slow test-slurm test-render bench lint format figures report readme conda-env clean-outputs
+.PHONY: bytecode run test test-slow test-slurm test-render bench lint format figures report readme conda-env clean-outputs
 
 $(BIN)/snakemake: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,27 +16,34 @@ $(BIN)/snakemake: requirements.lock pyproject.toml
 
 venv: $(BIN)/snakemake
 
+# The package's bytecode, refreshed before every entry point: every job process imports the
+# package, and where the environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE=1) each
+# process would otherwise compile its sources again, 0.6 CPU-s per process (tests/README.md).
+# compileall rewrites only what changed; a stale file is ignored by Python, never used.
+bytecode: $(BIN)/snakemake
+	$(BIN)/python -m compileall -q src > /dev/null
+
 ## make run: the default study (config/config.yaml) to report/; a line of fit-level progress
 ## (fits done / planned, time left at the rate so far) every minute beside Snakemake's output
-run: $(BIN)/snakemake
+run: bytecode
 	$(BIN)/python -m vimodes.progress --every 60 -- $(BIN)/snakemake --cores $(CORES)
 
 ## make test: unit tests, dry runs, lint, format check and the end-to-end quick study, on two
 ## pytest-xdist workers (a study or a large dry run shared by tests is computed once: conftest)
-test: $(BIN)/snakemake
+test: bytecode
 	$(BIN)/python -m pytest -q -n 2 --durations=40
 
 ## make test-slow: reliability tests that interrupt and resume real studies, the smoke study
-test-slow: $(BIN)/snakemake
+test-slow: bytecode
 	$(BIN)/python -m pytest -q -m slow -o addopts=""
 
 ## make test-slurm: the smoke study on a real single-node SLURM cluster, compared with a local run
-test-slurm: $(BIN)/snakemake
+test-slurm: bytecode
 	$(BIN)/python -m pytest -q -m slurm -o addopts=""
 
 ## make test-render: the report rendered in headless Chromium (tests/check_report_render.sh);
 ## installs chromium with apt-get when it is missing (needs root then)
-test-render: $(BIN)/snakemake
+test-render: bytecode
 	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && \
 	    ! command -v google-chrome >/dev/null; then \
 	    if [ "$$(id -u)" != 0 ]; then \
@@ -48,13 +55,13 @@ test-render: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q -m render -o addopts=""
 
 ## make bench: performance benchmarks (prints a table; see benchmarks/README.md)
-bench: $(BIN)/snakemake
+bench: bytecode
 	$(BIN)/python benchmarks/run_benchmarks.py
 
 ## make figures: rebuild figures and the report from existing fits only (never refits: only
 ## the rules of vimodes.figure_specs.FIGURE_RULES -- figure, report and figure-table rules -- run)
 CONFIGFILE ?=
-figures: $(BIN)/snakemake
+figures: bytecode
 	$(BIN)/snakemake figures --cores $(CORES) $(if $(CONFIGFILE),--configfile $(CONFIGFILE)) \
 		--allowed-rules $$($(BIN)/python -m vimodes.figure_specs)
 
