@@ -45,7 +45,10 @@ def fig_plugin_share(fits):
     """Fits per method: one bar each."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2, 2))
+    fig = Figure(figsize=(3, 2.5), layout="constrained")
     counts = fits["method"].value_counts() if "method" in fits.columns else {}
-    fig.add_subplot().bar([str(m) for m in dict(counts)], list(dict(counts).values()))
+    ax = fig.add_subplot()
+    ax.bar([str(m) for m in dict(counts)], list(dict(counts).values()))
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set_ylabel("fits")
     return fig

@@ -229,20 +229,21 @@ def test_khat_estimated_gaussian_approximation_is_small(seed):
     assert np.isfinite(k) and k < 0.5
 
 
+def _isotropic_khat(seed: int, scale: float, d: int = 5, n: int = 4000) -> float:
+    """k-hat of an isotropic Gaussian approximation of sd `scale` to the standard normal."""
+    x = np.random.default_rng(seed).normal(0, scale, size=(n, d))
+    return psis_khat(_target_logp(x), gaussian_logq(x, np.zeros(d), scale * scale * np.eye(d)))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_khat_slightly_wide_approximation_is_small(seed):
-    d, n, s = 5, 4000, 1.1
-    x = np.random.default_rng(seed).normal(0, s, size=(n, d))
-    k = psis_khat(_target_logp(x), gaussian_logq(x, np.zeros(d), s * s * np.eye(d)))
+    k = _isotropic_khat(seed, 1.1)
     assert np.isfinite(k) and k < 0.5
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_khat_too_narrow_approximation_is_large(seed):
-    d, n, s = 5, 4000, 0.3
-    x = np.random.default_rng(seed).normal(0, s, size=(n, d))
-    k = psis_khat(_target_logp(x), gaussian_logq(x, np.zeros(d), s * s * np.eye(d)))
-    assert k > 0.7
+    assert _isotropic_khat(seed, 0.3) > 0.7
 
 
 def test_khat_special_cases():
