@@ -34,7 +34,7 @@ run: bytecode
 ## make test: unit tests, dry runs, lint, format check and the end-to-end quick study, on two
 ## pytest-xdist workers (a study or a large dry run shared by tests is computed once: conftest)
 test: bytecode
-	$(BIN)/python -m pytest -q -n 2 --durations=40
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=40
 
 ## make test-slow: reliability tests that interrupt and resume real studies, the smoke study
 test-slow: bytecode

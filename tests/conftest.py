@@ -1,5 +1,6 @@
 """Session fixtures of the test suite (helpers.py holds the functions they use)."""
 
+import gc
 import os
 import subprocess
 import sys
@@ -14,9 +15,12 @@ from helpers import (PLUGIN, QUICK, REPO, RUN_TIMEOUT_S, copy_workflow, once_per
 # cache with the long lock timeout and XLA's persistent cache, in the user's cache folders, so
 # that the session's processes (pytest workers, Snakemake jobs) and later sessions reuse what
 # was compiled. Set before any test module imports pytensor or jax.
-from vimodes.runtime import configure_compile_cache  # noqa: E402
+from vimodes.runtime import GC_THRESHOLDS, configure_compile_cache  # noqa: E402
 
 configure_compile_cache()
+# as in the workflow's processes (vimodes.runtime.script_logging): a test process holds PyMC,
+# JAX and Snakemake, whose objects the default thresholds make the collector walk again and again
+gc.set_threshold(*GC_THRESHOLDS)
 
 # The test plugin's method and figure are registered in the test session as in the Snakemake
 # runs of the tests (helpers.snakemake), before any test module imports the registries' readers

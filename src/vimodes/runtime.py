@@ -4,6 +4,7 @@ compile cache that is safe under parallel jobs."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -15,6 +16,9 @@ from typing import Iterator
 COMPILE_LOCK_TIMEOUT_S = 1800
 # XLA's persistent cache: least recently used entries are evicted beyond this size
 JAX_CACHE_MAX_BYTES = 2 * 1024**3
+# Garbage-collector thresholds of the workflow's processes, the Snakemake process and every job
+# (CPython's default: 700, 10, 10): see script_logging
+GC_THRESHOLDS = (50_000, 20, 50)
 
 
 def configure_compile_cache() -> None:
@@ -48,7 +52,14 @@ def _jax_cache_dir(compiledir: str | None) -> Path:
 
 @contextlib.contextmanager
 def script_logging(log_path: str | Path) -> Iterator[logging.Logger]:
-    """Send this script's logging, stdout and stderr to the rule's log file."""
+    """Send this script's logging, stdout and stderr to the rule's log file.
+
+    A job process also collects garbage less often: importing PyMC creates millions of objects
+    that live as long as the process, and CPython's default thresholds make the collector walk
+    them again and again during the imports and once more at exit (about 1.5 of the 7 CPU-s a
+    job spends importing PyMC on the 2-core VM, benchmarks/README.md). At the end the
+    surviving objects are frozen, which spares the exit's final collection."""
+    gc.set_threshold(*GC_THRESHOLDS)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as handle:
@@ -64,3 +75,4 @@ def script_logging(log_path: str | Path) -> Iterator[logging.Logger]:
         finally:
             handle.flush()
             sys.stdout, sys.stderr = old_out, old_err
+            gc.freeze()

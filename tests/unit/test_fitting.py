@@ -1,5 +1,8 @@
 """Fitting: chunked fits equal solo fits, factors change what a fit does, failures are data."""
 
+import copy
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,9 @@ from vimodes.simulate import DataRegime, simulate
 
 N = 2000
 SEED_BASE = 99
+# one pytest-xdist worker runs the whole module (`--dist loadgroup`, Makefile), so that its
+# tests share one compilation per fitter (CompiledFitters) instead of one per worker
+pytestmark = pytest.mark.xdist_group("compiled_fitters")
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +29,46 @@ def settings(**overrides):
     return FitSettings(**{**base, **overrides})
 
 
+# Settings a VI fitter reads when it fits, not when it compiles: fitters whose settings differ
+# only in these share one compilation here (test_a_compiled_fitter_serves_settings_that_differ_in_fit_time_fields
+# checks that such a fitter fits exactly as a fresh one). Whether the full-data log density is
+# compiled at all depends on the diagnostic draw counts being positive, so that stays in the key.
+FIT_TIME_FIELDS = ("iterations", "init_kind", "init_scale", "draws", "convergence_tolerance",
+                   "checkpoints", "khat_draws", "khat_seeds", "elbo_draws")
+
+
+def compile_key(s: FitSettings) -> tuple:
+    fields = {f: v for f, v in asdict(s).items() if f not in FIT_TIME_FIELDS}
+    return (*sorted(fields.items()), max(s.khat_draws, s.elbo_draws) > 0)
+
+
+class CompiledFitters:
+    """make_fitter(settings, N) for the module's tests, compiled once per compile_key (a PyMC
+    fitter takes 5-10 s to compile, its fits a fraction of a second). Sharing a fitter between
+    tests is sound because a fit depends only on (settings, data, seed), never on what the
+    fitter ran before (test_chunked_fit_equals_a_fit_done_alone)."""
+
+    def __init__(self):
+        self.fitters = {}
+
+    def __call__(self, s: FitSettings):
+        key = compile_key(s)
+        if key not in self.fitters:
+            self.fresh(s)
+        fitter = copy.copy(self.fitters[key])
+        fitter.settings = s
+        return fitter
+
+    def fresh(self, s: FitSettings):
+        """A newly compiled fitter (which later calls then share)."""
+        fitter = make_fitter(s, N)
+        self.fitters[compile_key(s)] = fitter
+        return fitter
+
+
 @pytest.fixture(scope="module")
 def compiled():
-    """make_fitter(settings, N), compiled once per settings for the module's tests (a PyMC
-    fitter takes 5-8 s to compile, its fits a fraction of a second). Sharing a fitter between
-    tests is sound because a fit depends only on (settings, data, seed), never on what the
-    fitter ran before (test_chunked_fit_equals_a_fit_done_alone); a test that needs a fresh
-    fitter calls make_fitter itself."""
-    fitters = {}
-
-    def fitter(s: FitSettings):
-        if s not in fitters:
-            fitters[s] = make_fitter(s, N)
-        return fitters[s]
-
-    return fitter
+    return CompiledFitters()
 
 
 SVGD = dict(method="svgd", svgd_particles=5, iterations=100, batch_size=0, learning_rate=0.05)
@@ -45,16 +76,35 @@ SVGD = dict(method="svgd", svgd_particles=5, iterations=100, batch_size=0, learn
 
 @pytest.mark.parametrize("method", ["advi", "fullrank_advi", "svgd"])
 def test_chunked_fit_equals_a_fit_done_alone(datasets, compiled, method):
+    """Seed 2 fitted first by a freshly compiled fitter, and again after seeds 0 and 1: a fit
+    does not depend on the seeds its chunk fitted before it."""
     s = settings(**SVGD) if method == "svgd" else settings(method=method)
-    chunk = compiled(s)
-    in_chunk = [chunk.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 1, 2)]
-    alone = make_fitter(s, N).fit(datasets[2], SEED_BASE, 2)
+    fitter = compiled.fresh(s)
+    alone = fitter.fit(datasets[2], SEED_BASE, 2)
+    in_chunk = [fitter.fit(datasets[seed], SEED_BASE, seed) for seed in (0, 1, 2)]
     assert in_chunk[2].status == alone.status == "ok"
     for name in ("slopes", "weights", "sigma"):
         np.testing.assert_array_equal(in_chunk[2].draws[name], alone.draws[name])
     np.testing.assert_array_equal(in_chunk[2].info["loss_trace"], alone.info["loss_trace"])
     # and the seeds really differ
     assert not np.array_equal(in_chunk[0].draws["slopes"], in_chunk[1].draws["slopes"])
+
+
+def test_a_compiled_fitter_serves_settings_that_differ_in_fit_time_fields(datasets, compiled):
+    """What lets the tests share compilations (CompiledFitters): a fitter compiled for other
+    values of every FIT_TIME_FIELDS entry fits exactly as a freshly compiled one."""
+    s = settings(iterations=200, init_kind="prior", init_scale=1.5, draws=40,
+                 convergence_tolerance=1e-3, checkpoints=(100,), khat_draws=10, elbo_draws=5)
+    assert compile_key(s) == compile_key(settings()) and s != settings()
+    shared, fresh = (f.fit(datasets[1], SEED_BASE, 1) for f in (compiled(s), make_fitter(s, N)))
+    assert shared.status == fresh.status == "ok"
+    for name in ("slopes", "weights", "sigma"):
+        np.testing.assert_array_equal(shared.draws[name], fresh.draws[name])
+        np.testing.assert_array_equal(shared.checkpoint_draws[name], fresh.checkpoint_draws[name])
+    assert list(shared.info["checkpoint_iterations"]) == [100, 200]
+    for key in ("loss_trace", "flat_start", "psis_khat", "elbo_full", "iterations_done",
+                "checkpoint_means"):
+        np.testing.assert_array_equal(shared.info[key], fresh.info[key])
 
 
 @pytest.mark.parametrize("method", ["advi", "svgd"])
@@ -91,15 +141,15 @@ def test_jittered_start_differs_between_seeds_and_breaks_symmetry(datasets, comp
     assert np.abs(mean_after_one_step - starts[1]).max() < 0.05
 
 
-def test_default_start_is_the_symmetric_initial_point(datasets):
-    fitter = make_fitter(settings(init_kind="default", iterations=1), N)
+def test_default_start_is_the_symmetric_initial_point(datasets, compiled):
+    fitter = compiled(settings(init_kind="default", iterations=1))
     start = fitter.fit(datasets[0], SEED_BASE, 0).info["flat_start"]
     slope_index = [i for i, n in enumerate(fitter.flat_names()) if n.startswith("slopes")]
     assert np.all(start[slope_index] == 0.0)
 
 
 def test_prior_start_is_overdispersed(datasets, compiled):
-    fitter = make_fitter(settings(init_kind="prior", init_scale=2.0, iterations=1), N)
+    fitter = compiled(settings(init_kind="prior", init_scale=2.0, iterations=1))
     starts = np.array([fitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
     jitter = compiled(settings(init_kind="jitter", init_scale=1.0))
     jittered = np.array([jitter.fit(datasets[0], SEED_BASE, s).info["flat_start"] for s in range(8)])
@@ -131,8 +181,8 @@ def test_nan_loss_is_a_failed_result_not_a_crash(datasets, compiled):
     assert compiled(settings()).fit(datasets[1], SEED_BASE, 1).status == "ok"
 
 
-def test_convergence_callback_can_stop_early(datasets):
-    fitter = make_fitter(settings(convergence_tolerance=10.0, iterations=2000), N)
+def test_convergence_callback_can_stop_early(datasets, compiled):
+    fitter = compiled(settings(convergence_tolerance=10.0, iterations=2000))
     result = fitter.fit(datasets[0], SEED_BASE, 0)
     assert result.status == "ok" and result.info["stopped_early"]
     assert result.info["iterations_done"] < 2000

@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 from importlib.metadata import version as package_version
@@ -23,6 +24,12 @@ if (WORKFLOW_ROOT / "src" / "vimodes").is_dir():
     )
 
 from vimodes.config import ConfigError, build_study, fit_rule_params, study_config
+from vimodes.runtime import GC_THRESHOLDS
+
+# Planning builds millions of long-lived objects (the DAG, every job's files); at CPython's
+# default thresholds the collector walks them again and again: the full study's dry run takes
+# a fifth less CPU time with these (benchmarks/README.md)
+gc.set_threshold(*GC_THRESHOLDS)
 from vimodes.figure_specs import FIGURE_SPECS
 from vimodes.methods import method_spec
 
