@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -125,3 +127,10 @@ def once_per_session(tmp_path_factory, name: str, build):
         return json.loads(done.read_text())
 
 
+
+
+def one_worker(module: str):
+    """The mark of a test module that runs on one pytest-xdist worker (`make test` runs
+    `--dist loadgroup`): its module-scoped fixtures (compiled fitters, fits, figures) are then
+    built once, not once on each worker."""
+    return pytest.mark.xdist_group(module)

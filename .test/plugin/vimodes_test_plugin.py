@@ -29,7 +29,7 @@ class TruthFitter:
     def fit(self, data, seed_base, seed):
         import numpy as np
 
-        from vimodes.fitting import FitResult, fit_rng
+        from vimodes.fit_result import FitResult, fit_rng
 
         rng = fit_rng(seed_base, seed)
         n = self.settings.draws

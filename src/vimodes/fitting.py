@@ -13,8 +13,6 @@ the message; interrupts and infrastructure errors propagate.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pymc as pm
@@ -23,21 +21,19 @@ import pytensor.tensor as pt
 from pytensor.tensor.random.type import RandomGeneratorType
 
 from vimodes.config import TRACE_EVERY, FitSettings
+from vimodes.fit_result import (  # noqa: F401 - FitResult & co. are read from here too
+    CHECKPOINT_STREAM,
+    FIT_STREAM,
+    KHAT_STREAM,
+    NUMERICAL_ERRORS,
+    FitResult,
+    NumericalFailure,
+    fit_rng,
+)
 from vimodes.methods import method_spec
 from vimodes.model_specs import VARIABLES
 from vimodes.models import MODEL_SPECS, build_model
 from vimodes.simulate import Dataset
-
-
-FIT_STREAM = 1  # default_rng([seed_base, seed, FIT_STREAM]) drives everything random in a fit
-# draws from stored checkpoints come from their own stream, so storing checkpoints changes
-# nothing else in a fit
-CHECKPOINT_STREAM = 2
-KHAT_STREAM = 3  # the bootstrap of k-hat's MCSE
-
-
-def fit_rng(seed_base: int, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed_base, seed, FIT_STREAM])
 
 
 def diagnostic_draws(settings: FitSettings, seed: int) -> tuple[int, bool]:
@@ -131,23 +127,6 @@ def checkpoint_info(saved: dict[int, list[np.ndarray]]) -> dict[str, np.ndarray]
     return {"checkpoint_iterations": np.asarray(iterations),
             "checkpoint_means": np.stack([saved[i][0] for i in iterations]),
             "checkpoint_covs": np.stack([saved[i][1] for i in iterations])}
-
-
-@dataclass
-class FitResult:
-    """Outcome of one fit. ``draws`` arrays have a leading (chain, draw) pair of axes."""
-
-    status: str  # "ok" | "failed" | "incomplete"
-    error: str | None
-    draws: dict[str, np.ndarray] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
-    # (checkpoint, draw, ...) draws at the stored checkpoints; empty without checkpoints
-    checkpoint_draws: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class NumericalFailure(RuntimeError):
-    """A fit that diverged numerically: recorded as data, never fatal to the study."""
 
 
 def _optimizer(name: str, learning_rate: float):
@@ -432,11 +411,6 @@ class VIFitter(_Fitter):
         return {name: value[None, ...] for name, value in self.to_variables(flat).items()}
 
 
-# Sampler failures that are properties of the fit, not of the infrastructure.
-NUMERICAL_ERRORS = (NumericalFailure, FloatingPointError, ValueError, RuntimeError,
-                    np.linalg.LinAlgError, pm.exceptions.SamplingError)
-
-
 class NutsFitter(_Fitter):
     """NUTS on the full data with nutpie (compiled once, data swapped with ``with_data``),
     numpyro on JAX (compiled once, data passed as arguments; :mod:`vimodes.jax_nuts`) or PyMC's
@@ -513,44 +487,3 @@ class NutsFitter(_Fitter):
         if not all(np.all(np.isfinite(v)) for v in draws.values()):
             return FitResult("failed", "non-finite posterior draws", info=info)
         return FitResult("ok", None, draws=draws, info=info, sample_stats=stats)
-
-
-class CaviFitter:
-    """Closed-form coordinate-ascent VI (numpy, full data); see :mod:`vimodes.cavi`."""
-
-    def __init__(self, settings: FitSettings, n_obs: int):
-        self.settings = settings
-
-    def _initial_slopes(self, rng: np.random.Generator) -> np.ndarray:
-        s = self.settings
-        k = s.n_components
-        if s.init_kind == "default":
-            return np.zeros(k)  # PyMC's initial point: on the symmetry axis
-        if s.init_kind == "jitter":
-            return rng.normal(0.0, s.init_scale, size=k)
-        return rng.normal(0.0, s.init_scale * 2.0, size=k)  # a draw from the slope prior
-
-    def fit(self, data: Dataset, seed_base: int, seed: int) -> FitResult:
-        from vimodes.cavi import fit_cavi, sample_cavi
-
-        s = self.settings
-        rng = fit_rng(seed_base, seed)
-        init = self._initial_slopes(rng)
-        started = time.perf_counter()
-        try:
-            result = fit_cavi(data.x, data.y, init_slopes=init, rng=rng, max_iter=s.iterations,
-                              n_components=s.n_components)
-        except NUMERICAL_ERRORS as err:
-            return FitResult("failed", f"{type(err).__name__}: {err}")
-        runtime = time.perf_counter() - started
-        draws = sample_cavi(result, s.draws, rng)
-        info = {
-            "fit_seconds": runtime,
-            "iterations_done": result.iterations,
-            "stopped_early": result.converged,
-            "final_loss": -float(result.elbo_trace[-1]),
-            "loss_trace": -np.asarray(result.elbo_trace),
-            "flat_start": init,
-        }
-        return FitResult("ok", None, info=info,
-                         draws={name: np.asarray(value)[None, ...] for name, value in draws.items()})

@@ -104,7 +104,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                                   "deterministic)",
                        "jitter": "slopes ~ N(0, s^2)",
                        "prior": "slopes ~ N(0, (2s)^2) (the slope prior, sd 2, times s)"},
-                   "vimodes.fitting:CaviFitter", full_data=True, deterministic_from_start=True,
+                   "vimodes.cavi:CaviFitter", full_data=True, deterministic_from_start=True,
                    minutes_per_fit=0.05),
         MethodSpec("nuts", "NUTS", "#d62728", ("chains",), _NUTS_STARTS,
                    "vimodes.fitting:NutsFitter", full_data=True, report_group="reference",

@@ -38,7 +38,8 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     memory, interrupts) propagates so that Snakemake retries the job.
     """
     from vimodes.fitters import make_fitter
-    from vimodes.fitting import NUMERICAL_ERRORS, FitResult, FitSettings
+    from vimodes.config import FitSettings
+    from vimodes.fit_result import NUMERICAL_ERRORS, FitResult
     from vimodes.idata import write_posterior
 
     cell = study.cell_by_id[cell_id]

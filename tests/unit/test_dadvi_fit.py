@@ -8,6 +8,10 @@ from vimodes.fitters import make_fitter
 from vimodes.fitting import FitSettings
 from vimodes.simulate import DataRegime, simulate
 
+from helpers import one_worker
+
+pytestmark = one_worker(__name__)
+
 N_OBS = 300
 SEED_BASE = 11
 

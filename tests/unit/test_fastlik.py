@@ -22,6 +22,10 @@ from vimodes.fastlik import (  # noqa: E402
     mixture_regression_loglike,
 )
 
+from helpers import one_worker  # noqa: E402
+
+pytestmark = one_worker(__name__)
+
 RTOL = 1e-10
 N_POINTS = 20
 

@@ -10,11 +10,11 @@ from vimodes.fitters import make_fitter
 from vimodes.fitting import FitSettings, fit_rng
 from vimodes.simulate import DataRegime, simulate
 
+from helpers import one_worker
+
 N = 2000
 SEED_BASE = 99
-# one pytest-xdist worker runs the whole module (`--dist loadgroup`, Makefile), so that its
-# tests share one compilation per fitter (CompiledFitters) instead of one per worker
-pytestmark = pytest.mark.xdist_group("compiled_fitters")
+pytestmark = one_worker(__name__)  # one CompiledFitters for all the module's tests
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,16 @@ def test_optimizer_setting_is_the_one_used(datasets, compiled):
     assert not np.allclose(a.draws["slopes"].mean(), b.draws["slopes"].mean())
 
 
+def test_pymc_sampling_errors_are_numerical_errors():
+    """NUMERICAL_ERRORS names PyMC's SamplingError through its base class (so that the module
+    imports no PyMC): a SamplingError of a fit is a `failed` record, not a failed job."""
+    import pymc as pm
+
+    from vimodes.fit_result import NUMERICAL_ERRORS
+
+    assert issubclass(pm.exceptions.SamplingError, NUMERICAL_ERRORS)
+
+
 def test_nan_loss_is_a_failed_result_not_a_crash(datasets, compiled):
     fitter = make_fitter(settings(learning_rate=float("nan")), N)
     result = fitter.fit(datasets[0], SEED_BASE, 0)
@@ -274,14 +284,14 @@ def test_an_infrastructure_error_fails_the_job_instead_of_becoming_a_record(tmp_
         "optimizers": {"adam": {"name": "adam"}}, "inits": {"j": {"kind": "jitter"}},
         "grids": [{"name": "g", "models": ["marginal"], "methods": ["cavi"],
                    "optimizers": ["adam"], "inits": ["j"], "iterations": [20], "seeds": 2}]})
-    original = vimodes.fitting.CaviFitter.fit
+    original = vimodes.cavi.CaviFitter.fit
 
     def breaks_on_seed_1(self, data, seed_base, seed):
         if seed == 1:
             raise error
         return original(self, data, seed_base, seed)
 
-    monkeypatch.setattr(vimodes.fitting.CaviFitter, "fit", breaks_on_seed_1)
+    monkeypatch.setattr(vimodes.cavi.CaviFitter, "fit", breaks_on_seed_1)
     with pytest.raises(type(error)):
         fit_chunk(study, study.cells[0].cell_id, 0, paths, tmp_path / "fits")
     assert (tmp_path / "fits" / "seed-0.json").exists()  # the seed before it was fitted

@@ -18,6 +18,8 @@ FORBIDDEN = {
     "plots": {"report", "pymc"},
     "report": {"plots", "matplotlib", "pymc"},
     "figure_specs": {"plots", "report", "figure_tables", "pandas", "matplotlib", "pymc"},
+    "fit_result": {"fitting", "pymc", "pytensor", "jax"},
+    "cavi": {"fitting", "pymc", "pytensor", "jax"},
 }
 
 
@@ -85,3 +87,27 @@ def test_the_cycle_check_finds_a_lazy_cycle(tmp_path):
     (tmp_path / "b.py").write_text("def f():\n    from vimodes.a import y\n")
     (tmp_path / "c.py").write_text("import vimodes.a\n")
     assert import_cycles(package_graph(tmp_path)) == [["a", "b", "a"]]
+
+
+def test_a_numpy_fitter_runs_without_importing_pymc():
+    """A CAVI fit job (planning, the fit, its record) never imports PyMC, PyTensor or JAX,
+    whose imports would cost it more than its fits (benchmarks/README.md)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from vimodes.fitters import make_fitter
+from vimodes.config import FitSettings
+from vimodes.pipeline import fit_chunk
+from vimodes.idata import write_posterior
+from vimodes.simulate import DataRegime, simulate
+data = simulate(DataRegime(n_obs=200), seed=0, seed_base=1)
+result = make_fitter(FitSettings(model="marginal", method="cavi", iterations=20, draws=10), 200)\
+    .fit(data, 1, 0)
+assert result.status == "ok", result
+print(sorted(m for m in ("pymc", "pytensor", "jax", "numba") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

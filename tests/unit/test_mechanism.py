@@ -11,6 +11,10 @@ from vimodes.fitting import FitSettings
 from vimodes.simulate import DataRegime, simulate
 from vimodes.vectorised import VectorisedVIFitter, _jax
 
+from helpers import one_worker
+
+pytestmark = one_worker(__name__)
+
 N = 2048  # a multiple of the batch: 16 disjoint batches partition the data exactly
 SEED_BASE = 20180913
 

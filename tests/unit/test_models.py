@@ -9,6 +9,10 @@ from scipy.stats import norm
 from vimodes.models import MODEL_NAMES, MODEL_SPECS, build_model
 from vimodes.simulate import DataRegime, simulate
 
+from helpers import one_worker
+
+pytestmark = one_worker(__name__)
+
 N, BATCH = 1000, 100
 POINTS = [
     {"weights": np.array([0.5, 0.5]), "slopes": np.array([3.0, -1.0]), "sigma": 0.1},

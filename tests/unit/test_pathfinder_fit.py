@@ -8,6 +8,10 @@ from vimodes.fitting import FitSettings
 from vimodes.pathfinder_fit import PathfinderFitter
 from vimodes.simulate import DataRegime, simulate
 
+from helpers import one_worker
+
+pytestmark = one_worker(__name__)
+
 SEED_BASE = 123
 N_OBS = 2000
 PATHS = 4

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import REPO, SMOKE
+from helpers import REPO, SMOKE, one_worker
 from vimodes import figure_tables as tables_layer
 from vimodes import plots, report, vocabulary, workflow_plan
 from vimodes.classify import OUTCOME_CLASSES
 from vimodes.pipeline import HEADLINE_CLASSES, summarise_cells
+
+pytestmark = one_worker(__name__)
 
 TEMPLATES = REPO / "workflow" / "report"
 

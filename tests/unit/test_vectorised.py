@@ -17,6 +17,10 @@ from vimodes.models import build_model
 from vimodes.simulate import DataRegime, Dataset, simulate
 from vimodes.vectorised import Scaling, VectorisedVIFitter
 
+from helpers import one_worker
+
+pytestmark = one_worker(__name__)
+
 N_OBS, BATCH = 400, 16
 REGIME = DataRegime.from_config({"n_obs": N_OBS, "slopes": [3.0, -1.0], "weights": [0.5, 0.5],
                                  "noise_sd": 0.1, "x_low": -1.0, "x_high": 1.0})
