@@ -96,6 +96,7 @@ def test_a_compiled_fitter_serves_settings_that_differ_in_fit_time_fields(datase
     s = settings(iterations=200, init_kind="prior", init_scale=1.5, draws=40,
                  convergence_tolerance=1e-3, checkpoints=(100,), khat_draws=10, elbo_draws=5)
     assert compile_key(s) == compile_key(settings()) and s != settings()
+    compiled(settings())  # the shared compilation is one made for other values (or earlier)
     shared, fresh = (f.fit(datasets[1], SEED_BASE, 1) for f in (compiled(s), make_fitter(s, N)))
     assert shared.status == fresh.status == "ok"
     for name in ("slopes", "weights", "sigma"):
