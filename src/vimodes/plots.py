@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def fig_outcome_rates(cells: pd.DataFrame) -> Figure:
                     markersize=3.5, elinewidth=1.0, capsize=1.5)
         ax.set_xlim(-0.04, 1.04)
         ax.set_xticks([0, 0.5, 1])
-        ax.set_title(OUTCOME_LABELS.get(label, label), color=color)
+        # a panel is ~1.4 inches wide: longer labels would run into the next panel's
+        ax.set_title(textwrap.fill(OUTCOME_LABELS.get(label, label), 15), color=color,
+                     fontsize="medium")
         ax.grid(axis="x", color="#dddddd", linewidth=0.5)
         grids = order["grid"].astype(str).to_numpy()
         for i in range(1, n):

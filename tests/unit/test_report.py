@@ -388,7 +388,12 @@ def test_outcome_rates_figure_draws_every_cell_rate(draw, cells):
     fig = draw("outcome_rates")
     axes = fig.axes
     classes = list(vocabulary.RATE_CLASSES)
-    assert [ax.get_title() for ax in axes] == [vocabulary.OUTCOME_LABELS[c] for c in classes]
+    assert [" ".join(ax.get_title().split()) for ax in axes] == [
+        vocabulary.OUTCOME_LABELS[c] for c in classes]
+    # the panel titles do not run into each other
+    fig.canvas.draw()
+    boxes = [ax.title.get_window_extent() for ax in axes]
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:])), boxes
     # rows: one per cell, labelled with its grid, label and fit count
     labels = {round(t.get_position()[1], 6): t.get_text() for t in axes[0].get_yticklabels()}
     assert len(labels) == len(cells)
