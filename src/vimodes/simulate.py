@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
 from vimodes.records import NETCDF_ENGINE, atomic_path
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from vimodes.config import Study
 
 
@@ -75,31 +76,59 @@ def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path
     write_dataset(data, path, {**study.provenance(), "regime": regime_name})
 
 
-def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
+def file_attributes(data: Dataset, provenance: dict) -> dict:
+    """The data file's global attributes: the seed, the regime's truth and the provenance."""
     regime = data.regime
-    ds = xr.Dataset(
+    return {
+        "seed": data.seed,
+        "n_obs": regime.n_obs,
+        "true_slopes": list(regime.slopes),
+        "true_weights": list(regime.weights),
+        "noise_sd": regime.noise_sd,
+        "x_low": regime.x_low,
+        "x_high": regime.x_high,
+        **{f"provenance_{k}": v for k, v in provenance.items()},
+    }
+
+
+def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
+    import xarray as xr
+
+    return xr.Dataset(
         {"x": ("obs", data.x), "y": ("obs", data.y), "component": ("obs", data.component.astype("int8"))},
-        attrs={
-            "seed": data.seed,
-            "n_obs": regime.n_obs,
-            "true_slopes": list(regime.slopes),
-            "true_weights": list(regime.weights),
-            "noise_sd": regime.noise_sd,
-            "x_low": regime.x_low,
-            "x_high": regime.x_high,
-            **{f"provenance_{k}": v for k, v in provenance.items()},
-        },
+        attrs=file_attributes(data, provenance),
     )
-    return ds
 
 
 def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
-    """Write atomically; the file is read back and checked before it is moved into place."""
+    """Write atomically; the file is read back and checked before it is moved into place.
+
+    Written with netCDF4 itself, not xarray: a study has one such job per data set, and
+    importing xarray (with pandas) was most of a job's CPU time (benchmarks/README.md). The file
+    is the one xarray reads (``read_dataset``; tested equal to ``to_xarray``'s content)."""
+    import netCDF4
+
     with atomic_path(path) as tmp:
-        to_xarray(data, provenance).to_netcdf(tmp, engine=NETCDF_ENGINE)
-        back = read_dataset(tmp)  # fail now, not in a fit, if the file cannot be read back
-        if back.seed != data.seed or not np.array_equal(back.y, data.y):
-            raise CorruptDataError(f"data file '{path}' does not read back as written")
+        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+            nc.createDimension("obs", len(data.x))
+            for name, values, dtype in (("x", data.x, "f8"), ("y", data.y, "f8"),
+                                        ("component", data.component.astype("int8"), "i1")):
+                nc.createVariable(name, dtype, ("obs",))[:] = values
+            nc.setncatts(file_attributes(data, provenance))
+        check_written(tmp, data, path)  # fail now, not in a fit
+
+
+def check_written(tmp: str | Path, data: Dataset, path: str | Path) -> None:
+    """The file ``tmp`` (to become ``path``) holds data set ``data``'s seed and values."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(tmp) as nc:
+            seed, y = int(nc.getncattr("seed")), np.asarray(nc["y"][:])
+    except Exception as err:  # noqa: BLE001 - any read failure means the file is unusable
+        raise CorruptDataError(f"data file '{path}' does not read back: {err}") from err
+    if seed != data.seed or not np.array_equal(y, data.y):
+        raise CorruptDataError(f"data file '{path}' does not read back as written")
 
 
 class CorruptDataError(OSError):
@@ -107,6 +136,8 @@ class CorruptDataError(OSError):
 
 
 def read_dataset(path: str | Path) -> Dataset:
+    import xarray as xr
+
     path = Path(path)
     try:
         with xr.open_dataset(path, engine=NETCDF_ENGINE) as ds:

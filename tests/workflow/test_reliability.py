@@ -117,7 +117,7 @@ KILLED_WRITER = textwrap.dedent('''
         idata.write_posterior(target, result, {"seed": 1})
     elif scenario == "dataset":
         from vimodes import simulate
-        simulate.read_dataset = die  # written, killed while reading it back
+        simulate.check_written = die  # written, killed while reading it back
         data = simulate.simulate(simulate.DataRegime(n_obs=500), 1, 7)
         simulate.write_dataset(data, target, {})
     elif scenario == "json":
