@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
@@ -246,21 +248,45 @@ class Damage:
         return f"{self.path}: {self.reason}{where}"
 
 
-def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=()) -> list[Damage]:
-    """Damaged outputs among those that exist (a missing output is not damage)."""
+def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
+                skip=frozenset()) -> list[Damage]:
+    """Damaged outputs among those that exist (a missing output is not damage), except the
+    outputs in ``skip`` (e.g. ``marked_incomplete()``)."""
     damage = []
     for path in data_files:
-        if os.path.exists(path) and (why := netcdf_problem(path)):
+        if path not in skip and os.path.exists(path) and (why := netcdf_problem(path)):
             damage.append(Damage(str(path), why, str(path)))
     for chunk_dir, seeds in (chunk_dirs or {}).items():
-        if not os.path.isdir(chunk_dir):
+        if chunk_dir in skip or not os.path.isdir(chunk_dir):
             continue
         for path, why in chunk_problems(chunk_dir, seeds):
             damage.append(Damage(path, why, str(chunk_dir)))
     for path in parquet_files:
-        if os.path.exists(path) and (why := parquet_problem(path)):
+        if path not in skip and os.path.exists(path) and (why := parquet_problem(path)):
             damage.append(Damage(str(path), why, str(path)))
     return damage
+
+
+def marked_incomplete(workdir: str | Path = ".") -> set[str]:
+    """The outputs Snakemake marked incomplete in ``workdir``: jobs it started and that never
+    finished (e.g. killed with the whole session). Snakemake keeps one marker file per output
+    under ``.snakemake/incomplete/``, named by the output's path in URL-safe base64 (split into
+    ``@``-prefixed folders where a name would be too long). Such an output is not damage: the
+    default profile's ``rerun-incomplete`` redoes its job, and without it Snakemake refuses to
+    use it."""
+    folder = Path(workdir) / ".snakemake" / "incomplete"
+    if not folder.is_dir():
+        return set()
+    found = set()
+    for marker in folder.rglob("*"):
+        if not marker.is_file() or marker.name == "migration_underway":
+            continue
+        encoded = "".join(part.removeprefix("@") for part in marker.relative_to(folder).parts)
+        try:
+            found.add(base64.urlsafe_b64decode(encoded).decode())
+        except (binascii.Error, UnicodeDecodeError):
+            continue  # not a marker of this layout: its output is checked as usual
+    return found
 
 
 def stale_temporary_files(folders) -> list[Path]:

@@ -28,7 +28,7 @@ from helpers import (QUICK, RUN_TIMEOUT_S, SNAKEMAKE, TINY, assert_no_traceback,
                      job_count, snakemake)
 from vimodes.canonical import diff_hashes, study_hashes
 from vimodes.config import load_study
-from vimodes.records import (damage_message, find_damage, netcdf_problem, parquet_problem,
+from vimodes.records import (damage_message, find_damage, marked_incomplete, netcdf_problem, parquet_problem,
                              remove_stale_temporary_files, stale_temporary_files)
 
 EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
@@ -529,9 +529,13 @@ def _group_alive(pgid: int) -> list[str]:
 
 
 def _mid_chunks(work: Path) -> list[str]:
-    """The two-seed chunks that hold the record of their first seed but not of their second."""
+    """The two-seed chunks that hold the record of their first seed but not of their second.
+    CAVI's chunks are left out: a CAVI fit of the tiny study takes milliseconds (its job imports
+    no PyMC), so its second seed can be written between this poll and the interrupt's arrival,
+    which says nothing about what runs after an interrupt."""
     return [str(d.relative_to(work)) for d in (work / "data" / "fits").glob("*/chunk-0")
-            if (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
+            if "__cavi__" not in d.parent.name
+            and (d / "seed-0.json").exists() and not (d / "seed-1.json").exists()]
 
 
 def _fit_job_pids(work: Path) -> list[int]:
@@ -579,6 +583,27 @@ def test_an_interrupted_fit_job_fails_and_its_retry_completes_the_study(snapshot
     _assert_same_study(baseline[1], work)
 
 
+def test_outputs_marked_incomplete_are_not_damage(tmp_path, monkeypatch):
+    """Snakemake's incomplete markers (.snakemake/incomplete/<urlsafe base64 of the path>, split
+    into '@'-prefixed folders when too long) are read back as paths, and find_damage leaves
+    those outputs to --rerun-incomplete; the same partial chunk unmarked is damage."""
+    import base64
+
+    monkeypatch.chdir(tmp_path)
+    chunk = "data/fits/" + "/".join(["c" * 100] * 3) + "/chunk-0"  # too long for one marker
+    Path(chunk).mkdir(parents=True)
+    Path(chunk, "seed-0.json").write_text(json.dumps({"status": "failed", "seed": 0}))
+    encoded = base64.urlsafe_b64encode(chunk.encode()).decode()
+    pieces = [encoded[i:i + 254] for i in range(0, len(encoded), 254)]
+    marker = Path(".snakemake/incomplete", *["@" + s for s in pieces[:-1]], pieces[-1])
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    Path(".snakemake/incomplete/migration_underway").write_text("")
+    assert marked_incomplete() == {chunk}
+    assert [d.output for d in find_damage([], {chunk: [0, 1]})] == [chunk]  # seed 1 missing
+    assert find_damage([], {chunk: [0, 1]}, skip=marked_incomplete()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGINT-group", "SIGKILL-group"])
 def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_path, how):
@@ -596,10 +621,9 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     proc = subprocess.Popen([SNAKEMAKE, "--cores", "2", "--configfile", TINY], cwd=work,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not _mid_chunks(work):
+    while not (mid_at_kill := _mid_chunks(work)):  # the chunks seen mid-way, then the kill
         assert proc.poll() is None and time.monotonic() < deadline, "study ended before the kill"
         time.sleep(0.05)
-    mid_at_kill = _mid_chunks(work)
     sig = signal.SIGKILL if how.startswith("SIGKILL") else signal.SIGINT
     if how.endswith("-group"):
         os.killpg(proc.pid, sig)
@@ -766,7 +790,10 @@ def test_parallel_fits_on_a_cold_compile_cache_all_succeed(tmp_path):
     # every fit job compiled with the raised lock timeout, in the given cache: without
     # configure_compile_cache() the timeout is PyTensor's default (120 s) and this fails
     seen = [json.loads(p.read_text()) for p in probes.glob("*.json")]
-    assert len(seen) == len(targets), seen
+    # CAVI's jobs fit with numpy alone and never import PyTensor
+    # (test_layers.py::test_a_numpy_fitter_runs_without_importing_pymc)
+    compiling = [t for t in targets if "__cavi__" not in t]
+    assert len(seen) == len(compiling), seen
     for job in seen:
         assert job["compile__timeout"] == COMPILE_LOCK_TIMEOUT_S, job
         assert job["base_compiledir"] == str(compiledir), job

@@ -167,16 +167,19 @@ def check_outputs():
     """Start-up check (main process only): a damaged output -- a truncated data set, or a fit
     chunk with a truncated, missing or foreign file -- stops the run with its name and the
     steps that regenerate it and all downstream (tests/RELIABILITY.md)."""
-    from vimodes.records import damage_message, find_damage
+    from vimodes.records import damage_message, find_damage, marked_incomplete
 
     chunk_dirs = {
         f"data/fits/{cell}/chunk-{chunk}": STUDY.chunk_seeds(cell, chunk)
         for cell, chunk in STUDY.fit_chunks()
     }
+    # a job killed with the whole session leaves its output marked incomplete: redone by
+    # --rerun-incomplete, hence not damage (and --unlock must not be refused for it)
     damage = find_damage(
         [data_file(regime, seed) for regime, seed in STUDY.datasets()],
         chunk_dirs,
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
+        skip=marked_incomplete(),
     )
     if damage:
         raise WorkflowError(damage_message(damage))
