@@ -636,12 +636,15 @@ def test_resume_after_interrupt_gives_the_same_study(snapshot, baseline, tmp_pat
     locked, incomplete = snakemake_state(work)
     print(f"{how}: locked={locked}, incomplete={sorted(incomplete)}")
     # interrupted mid-chunk: a two-seed chunk held the record of its first seed only; it is
-    # marked incomplete (so that --rerun-incomplete redoes it) and nothing wrote its second
-    # seed after the interrupt
+    # marked incomplete (so that --rerun-incomplete redoes it) and, where the jobs got the
+    # signal themselves, nothing wrote its second seed after it. A SIGINT to Snakemake alone
+    # reaches the jobs only when Snakemake terminates them ("this might take some time"): a
+    # job may finish the seed it is on (0.2 s per seed here), which the rerun redoes anyway.
     assert mid_at_kill, "the interrupt did not land in the middle of a chunk"
     assert set(mid_at_kill) <= incomplete, (mid_at_kill, incomplete)
-    for chunk in mid_at_kill:
-        assert not (work / chunk / "seed-1.json").exists(), chunk
+    if how.endswith("-group"):
+        for chunk in mid_at_kill:
+            assert not (work / chunk / "seed-1.json").exists(), chunk
     # Snakemake releases its lock on SIGINT; a SIGKILL leaves it (hence --unlock)
     assert locked == (sig == signal.SIGKILL), f"{how}: locked={locked}"
 
