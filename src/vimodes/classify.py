@@ -198,6 +198,7 @@ equal slopes).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -406,19 +407,31 @@ def slope_tolerances(
     settings: ClassifierSettings = ClassifierSettings(),
     reference_sd=None,
 ) -> np.ndarray:
-    """Per-component slope tolerance ``max(slope_tolerance_sd * ref_sd_k, min_fraction * sep)``."""
+    """Per-component slope tolerance ``max(slope_tolerance_sd * ref_sd_k, min_fraction * sep)``
+    (read-only: every rule of a classification asks for it again, so it is computed once)."""
+    key = None if reference_sd is None else tuple(np.ravel(np.asarray(reference_sd, dtype=float)))
+    return _slope_tolerances(truth, settings, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _slope_tolerances(truth: TrueParameters, settings: ClassifierSettings,
+                      reference_key: tuple | None) -> np.ndarray:
     k = len(truth.slopes)
-    ref = reference_slope_sd(truth) if reference_sd is None else reference_sd
-    ref = np.broadcast_to(np.asarray(ref, dtype=float), (k,))
+    ref = reference_slope_sd(truth) if reference_key is None else np.asarray(reference_key)
+    if ref.size not in (1, k):
+        raise ValueError(f"reference_sd must be a scalar or hold {k} values, not {ref.size}")
+    ref = np.broadcast_to(ref.reshape(-1) if ref.size == k else ref.reshape(()), (k,))
     if not np.all(np.isfinite(ref)) or np.any(ref < 0):
         raise ValueError("reference_sd must be finite and >= 0")
     sep = separation(truth)
     tol = np.maximum(settings.slope_tolerance_sd * ref, settings.slope_tolerance_min_fraction * sep)
     if np.any(tol <= 0):
         raise ValueError("slope tolerance is 0: set slope_tolerance_min_fraction or reference_sd > 0")
+    tol.setflags(write=False)
     return tol
 
 
+@functools.lru_cache(maxsize=256)
 def separation(truth: TrueParameters) -> float:
     """The smallest distance between two true slopes (K = 2: |slopes[0] - slopes[1]|); 0 for
     K = 1. Tolerances are fractions of it, so that the basin boxes stay disjoint for any K."""
@@ -507,10 +520,10 @@ def assign_draws(
     # d[n, p] = max_k cost[n, k, perms[p, k]]: each labelling's scaled box distance
     dist = np.max(cost[:, np.arange(k)[None, :], perms], axis=-1)  # (n, P)
     if _boxes_disjoint(true, tol * (1.0 + EDGE_RTOL)):
-        # the optimal assignment of a draw inside a box is that box's labelling (module doc)
-        index = {tuple(p): i for i, p in enumerate(perms.tolist())}
-        best = np.array([index[tuple(int(c) for c in _linear_sum_assignment(c_n)[1])]
-                         for c_n in cost], dtype=int).reshape(-1)
+        # the optimal assignment of a draw inside a box is that box's labelling (module doc);
+        # disjoint boxes hold a draw in at most one, whose distance (<= 1) is then the smallest
+        # of all labellings', so the smallest distance finds it without an assignment per draw
+        best = np.argmin(dist, axis=1)
         d_best = dist[np.arange(len(best)), best]
         in_basin = d_best <= 1.0
     else:

@@ -18,6 +18,7 @@ import pytest
 
 from vimodes.classify import (
     CENTRE_CLASSES,
+    EDGE_RTOL,
     OUTCOME_CLASSES,
     SINGLE_MODE_CLASSES,
     ClassifierSettings,
@@ -299,3 +300,53 @@ def test_classify_chunk_and_cell_summary_for_k3_and_an_overfitted_model(tmp_path
     assert cells.loc[0, "n_single_mode"] == 1 and cells.loc[0, "n_mode_single"] == 1
     assert cells.loc[0, "n_overfit_duplicated"] == 1
     assert sum(cells.loc[0, f"n_{c}"] for c in HEADLINE_CLASSES) == cells.loc[0, "n_fits"]
+
+
+@pytest.mark.parametrize("true_slopes, reference_sd", [
+    ((3.0, -1.0), None), ((3.0, -1.0), (0.05, 0.3)), ((3.0, -1.0, 1.0), None),
+    ((3.0, -1.0, 1.0), (0.1, 0.2, 0.05))])
+def test_draw_codes_equal_the_optimal_assignment_per_draw(true_slopes, reference_sd):
+    """With disjoint basin boxes a draw's basin is found from its smallest box distance; that
+    must be the labelling an optimal assignment per draw gives (the definition of rule 1)."""
+    from scipy.optimize import linear_sum_assignment
+
+    k = len(true_slopes)
+    truth = TrueParameters(slopes=true_slopes, weights=(1.0 / k,) * k, noise_sd=0.1,
+                           n_obs=100000)
+    settings = ClassifierSettings(slope_tolerance_sd=2.0)
+    rng = np.random.default_rng(11)
+    true = np.array(true_slopes)
+    # draws near every labelling's point (inside, at and beyond the box edges) and at random
+    centres = np.array([true[list(p)] for p in labellings(k)] * 200)
+    draws = np.concatenate([centres + rng.normal(0, 0.3, centres.shape),
+                            rng.uniform(-4, 5, (400, k))])
+    tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
+    perms = [tuple(p) for p in labellings(k)]
+    expected = []
+    for s in draws:
+        cost = np.abs(s[:, None] - true[None, :]) / tol[None, :]
+        rows, cols = linear_sum_assignment(cost)
+        perm = tuple(int(c) for c in cols[np.argsort(rows)])
+        inside = np.max(cost[np.arange(k), list(perm)]) <= 1.0
+        expected.append(1 + perms.index(perm) if inside else None)
+    codes = assign_draws(draws, truth, settings, reference_sd)
+    in_basin = [c for c, e in zip(codes, expected) if e is not None]
+    assert 0 < len(in_basin) < len(draws)
+    for code, want in zip(codes, expected):
+        if want is not None:
+            assert code == want
+        else:
+            assert code == 0 or code == 1 + len(perms)  # no basin, or collapsed
+
+
+def test_slope_tolerances_are_computed_once_and_checked():
+    truth = TrueParameters(slopes=(3.0, -1.0), weights=(0.5, 0.5), noise_sd=0.1, n_obs=1000)
+    settings = ClassifierSettings(slope_tolerance_sd=100.0)
+    scalar = slope_tolerances(truth, settings, 0.01)
+    assert scalar is slope_tolerances(truth, settings, np.array(0.01))
+    np.testing.assert_array_equal(scalar, slope_tolerances(truth, settings, [0.01, 0.01]))
+    np.testing.assert_allclose(slope_tolerances(truth, settings, [0.01, 0.03]), [1.0, 3.0])
+    assert not scalar.flags.writeable  # a shared array: no caller may change it
+    for bad in ([0.1, 0.2, 0.3], [np.nan, 0.1], -0.1):
+        with pytest.raises(ValueError, match="reference_sd"):
+            slope_tolerances(truth, settings, bad)

@@ -34,9 +34,35 @@ def test_jax_likelihood_and_gradient_equal_the_numba_kernel():
         point = (rng.dirichlet([1, 1]), rng.normal(0, 2, 2), rng.uniform(0.05, 2))
         for got, expected in zip(fn(*point), fused_loglike_and_grad(x, y, *point)):
             np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-10)
+    # far from the data with a small sigma every component's density underflows exp(): the
+    # log-sum-exp must shift by the largest term to stay finite and exact
+    far = (np.array([0.5, 0.5]), np.array([40.0, -35.0]), 0.01)
+    got, expected = fn(*far), fused_loglike_and_grad(x, y, *far)
+    assert np.isfinite(expected[0]) and expected[0] < -1e6
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(g), e, rtol=1e-10)
     invalid = fn(np.array([0.5, 0.5]), np.array([1.0, 2.0]), -1.0)
     assert np.asarray(invalid[0]) == -np.inf
     assert all(np.all(np.asarray(g) == 0) for g in invalid[1:])
+    # a weight of exactly 0 leaves that component out of the value (no NaN from log 0)
+    zero = fn(np.array([1.0, 0.0]), np.array([3.0, -1.0]), 0.2)[0]
+    assert np.asarray(zero) == pytest.approx(
+        fused_loglike_and_grad(x, y, np.array([1.0, 0.0]), np.array([3.0, -1.0]), 0.2)[0],
+        rel=1e-12)
+
+
+def test_jax_likelihood_equals_the_numba_kernel_for_three_components():
+    register_jax_dispatch()
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, 2000)
+    y = 3 * x + rng.normal(0, 0.1, 2000)
+    w, b, s = pt.vector("w"), pt.vector("b"), pt.scalar("s")
+    logp = mixture_regression_loglike(pt.as_tensor(x), pt.as_tensor(y), w, b, s)
+    fn = pytensor.function([w, b, s], [logp, *pytensor.grad(logp, [w, b, s])], mode="JAX")
+    for _ in range(3):
+        point = (rng.dirichlet([1, 1, 1]), rng.normal(0, 2, 3), rng.uniform(0.05, 2))
+        for got, expected in zip(fn(*point), fused_loglike_and_grad(x, y, *point)):
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.fixture(scope="module")
