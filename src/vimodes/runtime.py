@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -76,3 +77,48 @@ def script_logging(log_path: str | Path) -> Iterator[logging.Logger]:
             handle.flush()
             sys.stdout, sys.stderr = old_out, old_err
             gc.freeze()
+
+
+_TIMER_LOCK = threading.Lock()
+
+
+def coalesce_scheduler_timers() -> bool:
+    """Keep at most one of Snakemake's re-evaluation timers pending (the Snakefile calls this).
+
+    Snakemake 9's job scheduler starts a ``threading.Timer`` on every pass of its loop that,
+    one rate-limit timespan later, wakes the loop for another pass -- which starts another
+    timer. Timers therefore never die out and grow by one per finished job: in the default
+    study 1100 of them woke Snakemake's process about 110 times a second, 26 of its 181
+    CPU-minutes (benchmarks/README.md), and a longer timespan is no way out because the
+    timers are not daemon threads (Snakemake then waits for the last one before it exits).
+    One pending timer wakes the loop just as well. Returns whether the patch applies (False
+    when a Snakemake version has no such method)."""
+    try:
+        from snakemake.scheduling.job_scheduler import JobScheduler
+    except ImportError:
+        return False
+    original = getattr(JobScheduler, "_schedule_reevalutation", None)
+    if original is None:
+        return False
+    if getattr(original, "coalesced", False):
+        return True
+
+    def schedule_reevaluation(self, delay) -> None:
+        with _TIMER_LOCK:
+            if getattr(self, "_vimodes_timer_pending", False):
+                return
+            self._vimodes_timer_pending = True
+
+        def wake() -> None:
+            with _TIMER_LOCK:
+                self._vimodes_timer_pending = False
+            self._open_jobs.release()
+
+        timer = threading.Timer(delay, wake)
+        timer.daemon = True  # the run's end never waits for a wake-up nobody needs
+        timer.start()
+
+    schedule_reevaluation.coalesced = True
+    JobScheduler._schedule_reevalutation = schedule_reevaluation
+    return True
+

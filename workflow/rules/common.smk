@@ -24,12 +24,15 @@ if (WORKFLOW_ROOT / "src" / "vimodes").is_dir():
     )
 
 from vimodes.config import ConfigError, build_study, fit_rule_params, study_config
-from vimodes.runtime import GC_THRESHOLDS
+from vimodes.runtime import GC_THRESHOLDS, coalesce_scheduler_timers
 
 # Planning builds millions of long-lived objects (the DAG, every job's files); at CPython's
 # default thresholds the collector walks them again and again: the full study's dry run takes
 # a fifth less CPU time with these (benchmarks/README.md)
 gc.set_threshold(*GC_THRESHOLDS)
+# Snakemake's scheduler timers otherwise pile up, one per finished job, and keep its process
+# busy (a sixth of the default study's CPU time, benchmarks/README.md)
+coalesce_scheduler_timers()
 from vimodes.figure_specs import FIGURE_SPECS
 from vimodes.methods import method_spec
 
