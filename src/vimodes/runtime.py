@@ -121,4 +121,3 @@ def coalesce_scheduler_timers() -> bool:
     schedule_reevaluation.coalesced = True
     JobScheduler._schedule_reevalutation = schedule_reevaluation
     return True
-

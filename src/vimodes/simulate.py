@@ -11,8 +11,6 @@ import numpy as np
 from vimodes.records import NETCDF_ENGINE, atomic_path
 
 if TYPE_CHECKING:
-    import xarray as xr
-
     from vimodes.config import Study
 
 
@@ -91,21 +89,12 @@ def file_attributes(data: Dataset, provenance: dict) -> dict:
     }
 
 
-def to_xarray(data: Dataset, provenance: dict) -> xr.Dataset:
-    import xarray as xr
-
-    return xr.Dataset(
-        {"x": ("obs", data.x), "y": ("obs", data.y), "component": ("obs", data.component.astype("int8"))},
-        attrs=file_attributes(data, provenance),
-    )
-
-
 def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
     """Write atomically; the file is read back and checked before it is moved into place.
 
     Written with netCDF4 itself, not xarray: a study has one such job per data set, and
     importing xarray (with pandas) was most of a job's CPU time (benchmarks/README.md). The file
-    is the one xarray reads (``read_dataset``; tested equal to ``to_xarray``'s content)."""
+    is the one xarray reads (``read_dataset``; tested equal to the file xarray writes)."""
     import netCDF4
 
     with atomic_path(path) as tmp:

@@ -51,13 +51,16 @@ def test_the_file_holds_what_xarray_would_write(tmp_path):
     import xarray as xr
 
     from vimodes.records import NETCDF_ENGINE
-    from vimodes.simulate import to_xarray
+    from vimodes.simulate import file_attributes
 
     data = simulate(DataRegime(n_obs=300, slopes=(3.0, -1.0, 1.0), weights=(0.4, 0.3, 0.3)),
                     seed=2, seed_base=5)
     provenance = {"config_hash": "abc", "seed_base": 5, "version_pymc": "5.28.5"}
     write_dataset(data, tmp_path / "ours.nc", provenance)
-    to_xarray(data, provenance).to_netcdf(tmp_path / "xarray.nc", engine=NETCDF_ENGINE)
+    columns = {"x": data.x, "y": data.y, "component": data.component.astype("int8")}
+    written_by_xarray = xr.Dataset({name: ("obs", values) for name, values in columns.items()},
+                                   attrs=file_attributes(data, provenance))
+    written_by_xarray.to_netcdf(tmp_path / "xarray.nc", engine=NETCDF_ENGINE)
     with (xr.open_dataset(tmp_path / "ours.nc", engine=NETCDF_ENGINE) as ours,
           xr.open_dataset(tmp_path / "xarray.nc", engine=NETCDF_ENGINE) as theirs):
         xr.testing.assert_identical(ours.load(), theirs.load())
