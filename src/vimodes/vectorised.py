@@ -28,18 +28,19 @@ The log densities are compiled from the PyMC model by PyTensor's JAX backend (va
 as slices of the flat vector, data as arguments), so every model variant of the study -- also
 the question's hand-written likelihood -- is the PyMC model's, not a re-implementation.
 
-Random numbers differ from PyMC's (JAX keys, not numpy generators), so the engines agree in
-distribution, not draw by draw; the study's cross-check grid measures that. Each seed's stream is
-``fold_in(key(seed), iteration)``: a fit depends only on (settings, data, seed), never on the
-other seeds of its chunk or on the total budget, so a 10000-iteration checkpoint of a long run is
-the 10000-iteration run (tested on the CPU; XLA on a GPU gives no bitwise guarantee).
+Random numbers differ from PyMC's, so the engines agree in distribution, not draw by draw; the
+study's cross-check grid measures that. Each seed has its own numpy stream (seeded from the fit's
+stream, as PyMC reseeds its random variables) for its Gaussian draws and minibatch indices, drawn
+a block of TRACE_EVERY steps at a time outside the compiled step. So a fit depends only on
+(settings, data, seed), never on the other seeds of its chunk or on the total budget, and a
+10000-iteration checkpoint of a long run is the 10000-iteration run (tested on the CPU; XLA on a
+GPU gives no bitwise guarantee).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pymc as pm
@@ -230,23 +231,19 @@ class VectorisedVIFitter:
 
     # --- many seeds ---
     def _runner(self):
-        """A jitted function running `n_blocks` blocks of TRACE_EVERY steps for all seeds
-        (built once per fitter: JAX retraces only for a new chunk size or block count)."""
+        """A jitted function running one block of TRACE_EVERY steps for all seeds, given the
+        block's minibatch indices (built once per fitter: JAX retraces only for a new chunk
+        size)."""
         if getattr(self, "_run", None) is not None:
             return self._run
         jax = _jax()
         jnp = jax.numpy
         lax = jax.lax
-        batch, n_obs, d = self.batch_size, self.n_obs, self.ddim
         tolerance = self.settings.convergence_tolerance
 
-        def one_step(carry, x, y, key, iteration):
+        def one_step(carry, x, y, eps, index, iteration):
             # iteration: 0-based index of this step; the loss is PyMC's score before the update
             state, alive, failed_at, stopped_at, prev = carry
-            step_key = jax.random.fold_in(key, iteration)
-            eps_key, batch_key = jax.random.split(step_key)
-            eps = jax.random.normal(eps_key, (d,))
-            index = jax.random.randint(batch_key, (batch,), 0, n_obs) if batch else None
             new_state, value = self.step(state, eps, index, x, y)
             finite = jnp.isfinite(value)
             fails = alive & ~finite
@@ -267,26 +264,37 @@ class VectorisedVIFitter:
             loss_seen = jnp.where(alive, value, jnp.nan)  # the failing loss is recorded too
             return (state, keep, failed_at, stopped_at, prev), loss_seen
 
-        def one_seed_block(carry, x, y, key, first_iteration):
-            def body(c, i):
-                return one_step(c, x, y, key, first_iteration + i)
+        def one_seed_block(carry, x, y, noise, indices, first_iteration):
+            def body(c, step):
+                i, eps, index = step
+                return one_step(c, x, y, eps, index, first_iteration + i)
 
-            return lax.scan(body, carry, jnp.arange(TRACE_EVERY))
+            return lax.scan(body, carry, (jnp.arange(TRACE_EVERY), noise, indices))
 
-        many_block = jax.vmap(one_seed_block, in_axes=(0, 0, 0, 0, None))
+        many_block = jax.vmap(one_seed_block, in_axes=(0, 0, 0, 0, 0, None))
 
-        @partial(jax.jit, static_argnums=(4,))
-        def run(carry, x, y, keys, n_blocks, first_iteration):
-            def body(c, b):
-                # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed
-                c, losses = many_block(c, x, y, keys, first_iteration + b * TRACE_EVERY)
-                return c, (losses, c[0]["params"][0])
-
-            carry, (losses, means) = lax.scan(body, carry, jnp.arange(n_blocks))
-            return carry, losses, means
+        @jax.jit
+        def run(carry, x, y, noise, indices, first_iteration):
+            # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed
+            carry, losses = many_block(carry, x, y, noise, indices, first_iteration)
+            return carry, losses, carry[0]["params"][0]
 
         self._run = run
         return run
+
+    def block_draws(self, step_rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
+        """The random numbers of the next TRACE_EVERY steps of every seed, each from its own
+        numpy stream: the standard-normal draws (seeds, TRACE_EVERY, d) and the minibatch
+        indices (seeds, TRACE_EVERY, batch), uniform with replacement as ``pm.Minibatch`` draws
+        them. Drawn here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a
+        loop of small kernels and its random numbers took most of a step (benchmarks/README.md);
+        numpy draws the next block while the compiled loop runs the current one."""
+        noise, indices = [], []
+        for rng in step_rngs:
+            noise.append(rng.standard_normal((TRACE_EVERY, self.ddim)))
+            indices.append(rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size or 1),
+                                        dtype=np.int32))
+        return np.stack(noise), np.stack(indices)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
         if len(seeds) == 1:
@@ -297,19 +305,18 @@ class VectorisedVIFitter:
         jnp = jax.numpy
         s = self.settings
         started = time.perf_counter()
-        rngs, starts, keys = [], [], []
+        rngs, starts, step_rngs = [], [], []
         for data, seed in zip(datasets, seeds):
             if data.x.shape[0] != self.n_obs:
                 raise ValueError(f"data of seed {seed} has {data.x.shape[0]} points, the fitter "
                                  f"was compiled for {self.n_obs}")
             rng = fit_rng(seed_base, seed)
-            keys.append(jax.random.key(int(rng.integers(2**31))))  # as PyMC's reseed draw
+            step_rngs.append(np.random.default_rng(int(rng.integers(2**31))))  # PyMC reseeds
             starts.append(vi_start(s, self.model, self.ordering, self.default_start, rng))
             rngs.append(rng)
         n = len(seeds)
         x = jnp.asarray(np.stack([d.x for d in datasets]))
         y = jnp.asarray(np.stack([d.y for d in datasets]))
-        keys = jnp.stack(keys)
         states = [self.initial_state(start) for start in starts]
         state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
         width = self.ddim * 2 if not self.fullrank else self.ddim + len(self.tril[0])
@@ -324,18 +331,20 @@ class VectorisedVIFitter:
         loss_blocks, mean_blocks, saved = [], [], {}
         done_blocks = 0
         for checkpoint in checkpoints:
-            blocks = checkpoint // TRACE_EVERY - done_blocks
-            if blocks <= 0:
-                continue
-            carry, losses, means = run(carry, x, y, keys, blocks, done_blocks * TRACE_EVERY)
-            done_blocks += blocks
-            loss_blocks.append(np.asarray(losses))  # (blocks, seeds, TRACE_EVERY)
-            mean_blocks.append(np.asarray(means))  # (blocks, seeds, d)
+            while done_blocks < checkpoint // TRACE_EVERY:
+                # dispatched without waiting: the next block's indices are drawn meanwhile
+                carry, losses, means = run(carry, x, y, *self.block_draws(step_rngs),
+                                           done_blocks * TRACE_EVERY)
+                loss_blocks.append(losses)
+                mean_blocks.append(means)
+                done_blocks += 1
             saved[checkpoint] = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
+        losses = np.stack([np.asarray(block) for block in loss_blocks])  # (blocks, seeds, T)
+        means = np.stack([np.asarray(block) for block in mean_blocks])  # (blocks, seeds, d)
         loop_done = time.perf_counter()
         fit_seconds = (loop_done - started) / n
-        losses = np.concatenate(loss_blocks).transpose(1, 0, 2).reshape(n, -1)
-        means = np.concatenate(mean_blocks).transpose(1, 0, 2)
+        losses = losses.transpose(1, 0, 2).reshape(n, -1)
+        means = means.transpose(1, 0, 2)
         _, alive, failed_at, stopped_at, _ = (np.asarray(v) if i else v
                                               for i, v in enumerate(carry))
         final_params = jax.tree_util.tree_map(np.asarray, carry[0]["params"])

@@ -12,7 +12,7 @@ from pytensor.graph.basic import ancestors
 from pymc.data import MinibatchOp
 from pytensor.tensor.random.op import RandomVariable
 
-from vimodes.fitting import FitSettings
+from vimodes.fitting import TRACE_EVERY, FitSettings
 from vimodes.models import build_model
 from vimodes.simulate import DataRegime, Dataset, simulate
 from vimodes.vectorised import Scaling, VectorisedVIFitter
@@ -139,6 +139,22 @@ def test_fit_depends_only_on_its_seed(datasets):
     alone = fitter.fit_many(datasets[2:], 7, [2])
     _same_result(together[2], alone[0])
     assert not np.array_equal(together[0].draws["slopes"], together[1].draws["slopes"])
+
+
+def test_block_draws_cover_the_data_and_follow_each_seed():
+    fitter = VectorisedVIFitter(_settings(), N_OBS)
+    noise, indices = fitter.block_draws([np.random.default_rng(1), np.random.default_rng(2)])
+    assert noise.shape == (2, TRACE_EVERY, fitter.ddim)
+    assert indices.shape == (2, TRACE_EVERY, BATCH)
+    alone_noise, alone_indices = fitter.block_draws([np.random.default_rng(2)])
+    np.testing.assert_array_equal(noise[1], alone_noise[0])
+    np.testing.assert_array_equal(indices[1], alone_indices[0])
+    # with replacement, uniformly over every point (the first and the last included): 5 blocks
+    # draw 8000 indices of 400 points, each point missed with probability ~exp(-20)
+    rng = np.random.default_rng(3)
+    drawn = np.concatenate([fitter.block_draws([rng])[1].ravel() for _ in range(5)])
+    np.testing.assert_array_equal(np.unique(drawn), np.arange(N_OBS))
+    assert len(np.unique(drawn)) < drawn.size
 
 
 def test_a_failing_seed_does_not_stop_the_others(datasets):
