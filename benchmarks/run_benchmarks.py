@@ -12,7 +12,9 @@ Rows:
     pipeline   nutpie with the fused likelihood (the default);
     floor      gradient evaluations x time of one fused logp+gradient evaluation;
     numpyro    the optional JAX backend (when numpyro is installed), first data set including
-               JIT compilation and a second one reusing the compiled sampler.
+               JIT compilation and a second one reusing the compiled sampler;
+    numpyro vectorised  every chain of every seed (--nuts-vectorised SEEDSxCHAINS) in one
+               compiled call, warm, against nutpie fitting the same seeds one after another.
   Scaling: NUTS seconds versus N; a whole one-cell `snakemake --cores 2` study versus its
   number of seeds (fixed cost and cost per seed).
 VI rows use the default study's settings (chunk size, k-hat draws, convergence callback).
@@ -234,6 +236,55 @@ def bench_nuts(n_obs: int, folder: Path, samplers=("pymc", "pipeline")) -> dict:
     return out
 
 
+def bench_nuts_vectorised(n_obs: int, n_seeds: int, chains: int, folder: Path) -> dict:
+    """Every chain of every seed in one compiled numpyro call (``NutsFitter.fit_many``), warm
+    (second call), against nutpie fitting the same seeds one after another (compiled once)."""
+    import os
+
+    from vimodes.fitting import FitSettings, NutsFitter
+    from vimodes.simulate import read_dataset
+
+    study = _study(n_obs, n_seeds, method="nuts", chains=chains)
+    datasets = [read_dataset(p) for p in _write_data(study, folder / f"nuts-many-{n_obs}")]
+    seeds = [d.seed for d in datasets]
+    out = {"chains": n_seeds * chains}
+    for sampler in ("numpyro", "nutpie"):
+        settings = FitSettings(model="marginal", method="nuts", chains=chains, draws=1000,
+                               tune=1000, sampler=sampler, likelihood="fused",
+                               threads=os.cpu_count() or 1)
+        fitter = NutsFitter(settings, n_obs)
+        started = time.perf_counter()
+        if sampler == "numpyro":
+            fitter.fit_many(datasets, SEED_BASE, seeds)  # compiles
+            out["numpyro_first_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            results = fitter.fit_many(datasets, SEED_BASE, seeds)
+        else:
+            results = [fitter.fit(d, SEED_BASE, seed) for d, seed in zip(datasets, seeds)]
+        out[f"{sampler}_s"] = time.perf_counter() - started
+        out[f"{sampler}_status"] = ",".join(sorted({r.status for r in results}))
+    return out
+
+
+def nuts_vectorised_rows(args, folder: Path) -> list[tuple[str, str]]:
+    if not args.nuts_vectorised or importlib.util.find_spec("numpyro") is None:
+        return []
+    n_seeds, chains = (int(n) for n in args.nuts_vectorised.split("x"))
+    many = bench_nuts_vectorised(100_000, n_seeds, chains, folder / "nuts-many")
+    per_chain = {name: many[f"{name}_s"] / many["chains"] for name in ("numpyro", "nutpie")}
+    what = f"{n_seeds} seeds x {chains} chains, 1000 + 1000, N=1e5"
+    return [(f"NUTS numpyro, {what}, one compiled call (first call incl. compile)",
+             f"{many['numpyro_first_s']:.1f} s"),
+            (f"NUTS numpyro, {what}, one call, warm",
+             f"{many['numpyro_s']:.1f} s = {per_chain['numpyro']:.1f} s/chain "
+             f"({many['numpyro_status']})"),
+            (f"NUTS nutpie + fused, {what}, seed after seed",
+             f"{many['nutpie_s']:.1f} s = {per_chain['nutpie']:.1f} s/chain "
+             f"({many['nutpie_status']})"),
+            ("NUTS ratio numpyro vectorised / nutpie, per chain",
+             f"{per_chain['numpyro'] / per_chain['nutpie']:.2f}")]
+
+
 def bench_gradient(n_obs: int = 100_000, repeats: int = 200) -> float:
     import pytensor
     import pytensor.tensor as pt
@@ -263,6 +314,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--vectorised-chunks", default="1,10,100,1000",
                         help="chunk sizes of the vectorised-engine rows ('' to skip)")
+    parser.add_argument("--nuts-vectorised", default="2x2",
+                        help="SEEDSxCHAINS of the vectorised numpyro NUTS rows, against nutpie "
+                             "('' to skip; on a GPU e.g. 25x4)")
     parser.add_argument("--vectorised-only", action="store_true",
                         help="only the vectorised-engine rows and the chunked PyMC row they "
                              "are compared with (the GPU run: see benchmarks/README.md)")
@@ -276,6 +330,7 @@ def main() -> None:
         rows += [(f"VI chunked PyMC path ({args.chunk} seeds per process)",
                   f"{vi['chunked_s_per_fit']:.2f} s/fit")]
         rows += vectorised_rows(args, folder, vi)
+        rows += nuts_vectorised_rows(args, folder)
         if args.vectorised_only:
             return print_rows(rows, args)
         rows += [("VI naive: one process per fit", f"{vi['naive_s_per_fit']:.2f} s/fit"),

@@ -437,6 +437,9 @@ class NutsFitter(_Fitter):
             self._numpyro = NumpyroNuts(self.model, self.x_data, self.y_data, draws=settings.draws,
                                         tune=settings.tune, chains=settings.chains or 1,
                                         target_accept=settings.target_accept)
+            # numpyro samples a whole chunk in one compiled call (the pipeline calls fit_many
+            # where a fitter has one); nutpie and PyMC fit one seed after another
+            self.fit_many = self._numpyro_fit_many
 
     def _from_idata(self, idata, stat_index: int) -> tuple[dict, dict]:
         """Draws and our sampler statistics from nutpie's (0) or PyMC's (1) InferenceData."""
@@ -470,7 +473,24 @@ class NutsFitter(_Fitter):
         except NUMERICAL_ERRORS as err:
             return FitResult("failed", f"{type(err).__name__}: {err}",
                              info={"fit_seconds": time.perf_counter() - started})
-        runtime = time.perf_counter() - started
+        return self._result(draws, stats, time.perf_counter() - started)
+
+    def _numpyro_fit_many(self, datasets: list[Dataset], seed_base: int,
+                          seeds: list[int]) -> list[FitResult]:
+        sampler_seeds = [int(fit_rng(seed_base, seed).integers(2**31)) for seed in seeds]
+        started = time.perf_counter()
+        try:
+            samples = self._numpyro.sample_many([d.x for d in datasets], [d.y for d in datasets],
+                                                sampler_seeds)
+        except NUMERICAL_ERRORS as err:
+            failed = FitResult("failed", f"{type(err).__name__}: {err}",
+                               info={"fit_seconds": time.perf_counter() - started})
+            return [failed] * len(seeds)
+        runtime = (time.perf_counter() - started) / len(seeds)
+        return [self._result(draws, stats, runtime) for draws, stats in samples]
+
+    def _result(self, draws: dict, stats: dict, runtime: float) -> FitResult:
+        s = self.settings
         chains_done, draws_done = draws["sigma"].shape[:2]
         info = {
             "fit_seconds": runtime,

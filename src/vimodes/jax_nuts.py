@@ -7,7 +7,10 @@ object is built with ``jit_model_args=True``, so a chunk of seeds compiles the s
 swaps data sets of the same size without recompiling -- the same contract as the nutpie path.
 
 Several chains run vectorised on one device (``chain_method="vectorized"``), which is what a
-single GPU does best. Draws are mapped back to the model's variables (weights on the simplex,
+single GPU does best. :meth:`NumpyroNuts.sample_many` goes further: every chain of every seed of
+a chunk in one compiled call (numpyro's functional NUTS kernel, ``numpyro.infer.hmc.hmc``, with
+MCMC's defaults: diagonal mass matrix and step size adapted over the warm-up, maximum tree
+depth 10), each seed with its own data set and random key. Draws are mapped back to the model's variables (weights on the simplex,
 ordered slopes, positive sigma) by PyTensor, exactly as for the other methods.
 
 jax and numpyro are imported only here, so the rest of the pipeline never pays for them.
@@ -60,6 +63,9 @@ class NumpyroNuts:
         logp = graph_replace(model.logp(jacobian=True), {x_data: x, y_data: y})
         logp_fn = _jaxify([*self.value_vars, x, y], [logp])
         names, shapes = self.names, self.shapes
+        self._logp_fn = logp_fn
+        self.tune, self.draws, self.target_accept = tune, draws, target_accept
+        self._many = None
 
         def numpyro_model(x_obs, y_obs):
             values = [numpyro.sample(name, dist.ImproperUniform(
@@ -109,3 +115,70 @@ class NumpyroNuts:
                  "n_steps": np.asarray(extra["num_steps"]),
                  "step_size": np.asarray(extra["adapt_state.step_size"])}
         return variables, stats
+
+    # --- many seeds at once ---
+    def _many_sampler(self):
+        """One jitted function: (inits, xs, ys, keys) with leading (seeds, chains) axes on inits
+        and keys and a seeds axis on the data -> (z, diverging, num_steps, step_size) of the
+        kept draws, each (seeds, chains, draws, ...)."""
+        if self._many is not None:
+            return self._many
+        jax = self._jax
+        from numpyro.infer.hmc import hmc
+
+        logp_fn, names = self._logp_fn, self.names
+        tune, draws = self.tune, self.draws
+
+        def potential_for(x, y):
+            return lambda z: -logp_fn(*(z[name] for name in names), x, y)[0]
+
+        init_kernel, sample_kernel = hmc(potential_fn_gen=potential_for, algo="NUTS")
+
+        def one_chain(init, x, y, key):
+            state = init_kernel(init, tune, target_accept_prob=self.target_accept,
+                                model_args=(x, y), rng_key=key)
+
+            def step(current, _):
+                current = sample_kernel(current, model_args=(x, y))
+                return current, (current.z, current.diverging, current.num_steps,
+                                 current.adapt_state.step_size)
+
+            _, kept = jax.lax.scan(step, state, None, length=tune + draws)
+            return jax.tree_util.tree_map(lambda a: a[tune:], kept)
+
+        # the chains of a seed share its data set; each seed has its own
+        per_seed = jax.vmap(one_chain, in_axes=(0, None, None, 0))
+        self._many = jax.jit(jax.vmap(per_seed))
+        return self._many
+
+    def sample_many(self, xs: list[np.ndarray], ys: list[np.ndarray],
+                    seeds: list[int]) -> list[tuple[dict, dict]]:
+        """``sample`` for many data sets at once: every chain of every seed in one compiled
+        call. Seed ``s`` starts its chains from ``default_rng(s)`` (as ``sample``) and samples
+        with the chain keys ``split(PRNGKey(s), chains)``, so its draws do not depend on the
+        other seeds of the call."""
+        jax = self._jax
+        jnp = jax.numpy
+        inits = {name: [] for name in self.names}
+        keys = []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            for name in self.names:
+                inits[name].append(self.initial_point[name]
+                                   + rng.uniform(-1, 1, (self.chains, *self.shapes[name])))
+            keys.append(jax.random.split(jax.random.PRNGKey(seed), self.chains))
+        z, diverging, n_steps, step_size = self._many_sampler()(
+            {name: jnp.asarray(np.stack(v)) for name, v in inits.items()},
+            jnp.asarray(np.stack(xs)), jnp.asarray(np.stack(ys)), jnp.stack(keys))
+        z = {name: np.asarray(v) for name, v in z.items()}
+        out = []
+        for i in range(len(seeds)):
+            samples = {name: v[i] for name, v in z.items()}  # (chains, draws, *shape)
+            chains, draws = samples[self.names[0]].shape[:2]
+            flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
+            variables = {k: v.reshape(chains, draws, *v.shape[1:])
+                         for k, v in self._to_variables(flat).items()}
+            stats = {"diverging": np.asarray(diverging[i]), "n_steps": np.asarray(n_steps[i]),
+                     "step_size": np.asarray(step_size[i])}
+            out.append((variables, stats))
+        return out

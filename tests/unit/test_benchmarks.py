@@ -48,3 +48,41 @@ def test_no_ratio_row_states_a_verdict_by_hand(bench):
     source = (REPO / "benchmarks" / "run_benchmarks.py").read_text()
     assert source.count("target_row(") >= 5  # the definition and four ratio rows
     assert "(target >=" not in source and "(target <=" not in source
+
+
+def _benchmark_file(path, cpu_seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\tcpu_time\n{cpu_seconds * 1.5}\t{cpu_seconds}\n")
+
+
+def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
+    """The extrapolation divides every job's CPU time by its units of work: applied to the
+    study that was measured, it must return each kind's measured total."""
+    spec = importlib.util.spec_from_file_location("extrapolate_study",
+                                                  REPO / "benchmarks" / "extrapolate_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = REPO / ".test" / "config" / "tiny.yaml"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(config.read_text())
+    study = module.load_study(config)
+    bench = tmp_path / "logs" / "benchmarks"
+    expected = {}
+    for number, (cell_id, chunk) in enumerate(study.fit_chunks()):
+        cell = study.cell_by_id[cell_id]
+        label = f"fit {cell.method} ({cell.engine}{', full batch' if cell.batch_size == 0 else ''})"
+        expected[label] = expected.get(label, 0) + 10 + number
+        _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", 10 + number)
+        _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 2)
+    for regime, seed in study.datasets():
+        _benchmark_file(bench / "simulate" / regime / f"seed-{seed}.tsv", 0.5)
+    _benchmark_file(bench / "aggregate.tsv", 7)
+    table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
+    cpu = dict(zip(table["jobs of"], table["cpu_s"]))
+    assert missing == []
+    assert len(expected) == 2  # full-batch ADVI and CAVI: rates per kind, not pooled
+    for label, seconds in expected.items():
+        assert cpu[label] == pytest.approx(seconds)
+    assert cpu["simulate"] == pytest.approx(0.5 * len(study.datasets()))
+    assert cpu["references, tables, figures, report (as measured)"] == 7
+    assert jobs == 2 * len(study.fit_chunks()) + len(study.datasets())

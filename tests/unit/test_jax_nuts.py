@@ -93,3 +93,25 @@ def test_numpyro_nuts_is_seeded_swaps_data_and_finds_a_mode(datasets, model):
         assert abs(result.draws["sigma"].mean() - 0.1) < 0.02
         assert result.info["gradient_evaluations"] > 0
         assert result.sample_stats["diverging"].shape == (2, 150)
+
+
+# one compiled call for every chain of every seed (the GPU path): make test-slow
+@pytest.mark.slow
+def test_numpyro_fit_many_samples_each_seed_on_its_own(datasets):
+    settings = FitSettings(model="marginal", method="nuts", chains=2, draws=150, tune=150,
+                           sampler="numpyro", likelihood="fused")
+    fitter = make_fitter(settings, N)
+    forward = fitter.fit_many([datasets[0], datasets[1]], SEED_BASE, [0, 1])
+    backward = fitter.fit_many([datasets[1], datasets[0]], SEED_BASE, [1, 0])
+    assert [r.status for r in (*forward, *backward)] == ["ok"] * 4
+    for name in ("slopes", "weights", "sigma"):
+        assert forward[1].draws[name].shape[:2] == (2, 150)
+        np.testing.assert_array_equal(forward[1].draws[name], backward[0].draws[name])
+        np.testing.assert_array_equal(forward[0].draws[name], backward[1].draws[name])
+    assert not np.array_equal(forward[0].draws["slopes"], forward[1].draws["slopes"])
+    for result in forward:
+        for chain in result.draws["slopes"].mean(axis=1):
+            assert np.allclose(np.sort(chain), [-1, 3], atol=0.15)
+        assert abs(result.draws["sigma"].mean() - 0.1) < 0.02
+        assert result.info["gradient_evaluations"] > 0
+        assert result.sample_stats["diverging"].shape == (2, 150)
