@@ -282,18 +282,21 @@ class VectorisedVIFitter:
         self._run = run
         return run
 
-    def block_draws(self, step_rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray]:
-        """The random numbers of the next TRACE_EVERY steps of every seed, each from its own
-        numpy stream: the standard-normal draws (seeds, TRACE_EVERY, d) and the minibatch
-        indices (seeds, TRACE_EVERY, batch), uniform with replacement as ``pm.Minibatch`` draws
-        them. Drawn here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a
-        loop of small kernels and its random numbers took most of a step (benchmarks/README.md);
+    def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """The random numbers of the next TRACE_EVERY steps of every seed, from the seed's own
+        (noise, minibatch) pair of numpy streams: the standard-normal draws (seeds, TRACE_EVERY,
+        d) and the minibatch indices (seeds, TRACE_EVERY, batch; batch 0 draws none), uniform
+        with replacement as ``pm.Minibatch`` draws them. Two streams, so that a seed's noise is
+        the same whatever its cell's batch size (common random numbers across cells). Drawn
+        here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a loop of small
+        kernels, which made the random numbers cost more than the gradient (benchmarks/README.md);
         numpy draws the next block while the compiled loop runs the current one."""
         noise, indices = [], []
-        for rng in step_rngs:
-            noise.append(rng.standard_normal((TRACE_EVERY, self.ddim)))
-            indices.append(rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size or 1),
-                                        dtype=np.int32))
+        for noise_rng, index_rng in streams:
+            noise.append(noise_rng.standard_normal((TRACE_EVERY, self.ddim)))
+            indices.append(index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
+                                              dtype=np.int32))
         return np.stack(noise), np.stack(indices)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
@@ -305,13 +308,15 @@ class VectorisedVIFitter:
         jnp = jax.numpy
         s = self.settings
         started = time.perf_counter()
-        rngs, starts, step_rngs = [], [], []
+        rngs, starts, streams = [], [], []
         for data, seed in zip(datasets, seeds):
             if data.x.shape[0] != self.n_obs:
                 raise ValueError(f"data of seed {seed} has {data.x.shape[0]} points, the fitter "
                                  f"was compiled for {self.n_obs}")
             rng = fit_rng(seed_base, seed)
-            step_rngs.append(np.random.default_rng(int(rng.integers(2**31))))  # PyMC reseeds
+            # PyMC reseeds its random variables from the fit's stream; here two child streams
+            streams.append(tuple(np.random.default_rng(child) for child in
+                                 np.random.SeedSequence(int(rng.integers(2**31))).spawn(2)))
             starts.append(vi_start(s, self.model, self.ordering, self.default_start, rng))
             rngs.append(rng)
         n = len(seeds)
@@ -333,7 +338,7 @@ class VectorisedVIFitter:
         for checkpoint in checkpoints:
             while done_blocks < checkpoint // TRACE_EVERY:
                 # dispatched without waiting: the next block's indices are drawn meanwhile
-                carry, losses, means = run(carry, x, y, *self.block_draws(step_rngs),
+                carry, losses, means = run(carry, x, y, *self.block_draws(streams),
                                            done_blocks * TRACE_EVERY)
                 loss_blocks.append(losses)
                 mean_blocks.append(means)

@@ -141,20 +141,30 @@ def test_fit_depends_only_on_its_seed(datasets):
     assert not np.array_equal(together[0].draws["slopes"], together[1].draws["slopes"])
 
 
+def _streams(*seeds):
+    return [(np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])) for seed in seeds]
+
+
 def test_block_draws_cover_the_data_and_follow_each_seed():
     fitter = VectorisedVIFitter(_settings(), N_OBS)
-    noise, indices = fitter.block_draws([np.random.default_rng(1), np.random.default_rng(2)])
+    noise, indices = fitter.block_draws(_streams(1, 2))
     assert noise.shape == (2, TRACE_EVERY, fitter.ddim)
     assert indices.shape == (2, TRACE_EVERY, BATCH)
-    alone_noise, alone_indices = fitter.block_draws([np.random.default_rng(2)])
+    alone_noise, alone_indices = fitter.block_draws(_streams(2))
     np.testing.assert_array_equal(noise[1], alone_noise[0])
     np.testing.assert_array_equal(indices[1], alone_indices[0])
-    # with replacement, uniformly over every point (the first and the last included): 5 blocks
-    # draw 8000 indices of 400 points, each point missed with probability ~exp(-20)
-    rng = np.random.default_rng(3)
-    drawn = np.concatenate([fitter.block_draws([rng])[1].ravel() for _ in range(5)])
+    # uniformly over every point (the first and the last included): 5 blocks draw 8000
+    # indices of 400 points, each point missed with probability ~exp(-20) ...
+    streams = _streams(3)
+    drawn = np.concatenate([fitter.block_draws(streams)[1].ravel() for _ in range(5)])
     np.testing.assert_array_equal(np.unique(drawn), np.arange(N_OBS))
-    assert len(np.unique(drawn)) < drawn.size
+    # ... and with replacement: some step's minibatch holds a point twice
+    assert any(len(np.unique(step)) < BATCH for step in indices[0])
+    # the noise has its own stream: the same whatever the batch size (common random numbers)
+    full_batch = VectorisedVIFitter(_settings(batch_size=0), N_OBS)
+    full_noise, no_indices = full_batch.block_draws(_streams(1, 2))
+    np.testing.assert_array_equal(full_noise, noise)
+    assert no_indices.shape == (2, TRACE_EVERY, 0)
 
 
 def test_a_failing_seed_does_not_stop_the_others(datasets):
