@@ -5,7 +5,7 @@ from a run of the default study), for when the study itself is too long to time 
         [--snakemake-cpu SECONDS]
 
 RUN_DIR is the working directory of a finished `snakemake` run (its `config/config.yaml` and
-the `logs/benchmarks/` files its rules wrote). The method, stated in every printout:
+the `logs/benchmarks/` files its rules wrote). The method (printed with the numbers):
 
 * Every fit job's CPU time (`cpu_time` of its `benchmark:` file) is divided by its units of
   work, seeds x chains x (iterations / 10000 where the method has iterations); a rate is kept
@@ -20,7 +20,10 @@ the `logs/benchmarks/` files its rules wrote). The method, stated in every print
   `--snakemake-cpu`) is scaled by the number of jobs.
 * Wall time = CPU time / cores, i.e. the cores kept busy all the time (the default study's
   measured run kept 2 cores ~97% busy).
+* Not modelled: draws, tuning length, model and K within a kind of job (a rate is the mean
+  over the measured jobs of that kind).
 """
+
 
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from vimodes.config import load_study  # noqa: E402
 from vimodes.methods import method_spec  # noqa: E402
+
+METHOD = ("rates per unit of work (seeds x chains x iterations/10000) per kind of fit job "
+          "(method, engine, full batch, nearest measured N); classify per fit; simulate per data "
+          "set; the rest as measured; wall = CPU / cores")
 
 
 def fit_kind(cell, n_obs: int) -> tuple:
@@ -102,6 +109,7 @@ def measure(run_dir: Path):
         "simulate": {n: sim_cpu[n] / sim_jobs[n] for n in sim_cpu},
         "rest_cpu": sum(_cpu(p) for p in rest),
         "jobs": len(counted) + len(rest),
+        "grid_jobs": len(counted),
     }
 
 
@@ -110,7 +118,7 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
     the number of jobs."""
     study = load_study(target_config)
     regimes = study.config["data_regimes"]
-    rows, missing = defaultdict(lambda: [0.0, 0.0, 0]), []
+    rows, missing = defaultdict(lambda: [0.0, 0.0, 0, set()]), []
     jobs = 0
     for cell in study.cells:
         n_obs = regimes[cell.data_regime]["n_obs"]
@@ -129,6 +137,7 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
             row[0] += rate * fit_units(cell, len(chunk))
             row[1] += fit_units(cell, len(chunk))
             row[2] += 1
+            row[3].add(n_used)
             cls = rows[f"classify {cell.method}"]
             cls[0] += cls_rate * classify_units(cell, len(chunk))
             cls[1] += classify_units(cell, len(chunk))
@@ -143,9 +152,11 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
         row[2] += 1
         jobs += 1
     table = pd.DataFrame([{"jobs of": k, "jobs": v[2], "units": round(v[1], 1),
+                           "rate at N": ",".join(f"{n:g}" for n in sorted(v[3])),
                            "cpu_s": round(v[0], 1)} for k, v in rows.items()])
     table.loc[len(table)] = {"jobs of": "references, tables, figures, report (as measured)",
-                             "jobs": 0, "units": 0, "cpu_s": round(measured["rest_cpu"], 1)}
+                             "jobs": 0, "units": 0, "rate at N": "",
+                             "cpu_s": round(measured["rest_cpu"], 1)}
     return table.sort_values("cpu_s", ascending=False), sorted(set(missing)), jobs
 
 
@@ -159,10 +170,12 @@ def main() -> None:
     args = parser.parse_args()
     measured = measure(args.run_dir)
     table, missing, jobs = extrapolate(measured, args.target_config)
-    snakemake_cpu = args.snakemake_cpu * jobs / measured["jobs"]
+    # both job counts leave out the jobs that do not grow with the grid (references, report)
+    snakemake_cpu = args.snakemake_cpu * jobs / measured["grid_jobs"]
     total = table["cpu_s"].sum() + snakemake_cpu
     print(f"measured run: {args.run_dir} ({measured['jobs']} jobs); target: "
           f"{args.target_config} ({jobs} jobs without the references and the report)")
+    print(f"method: {METHOD}")
     print(table.to_string(index=False))
     print(f"Snakemake's own process, scaled by the job count: {snakemake_cpu:.0f} CPU-s")
     print(f"total {total:.0f} CPU-s = {total / 3600:.2f} CPU-h; on {args.cores} cores kept "

@@ -477,15 +477,21 @@ class NutsFitter(_Fitter):
 
     def _numpyro_fit_many(self, datasets: list[Dataset], seed_base: int,
                           seeds: list[int]) -> list[FitResult]:
+        if len(seeds) == 1:
+            # XLA compiles a batch of one differently: a duplicate keeps a seed's draws the
+            # same in a chunk of one as in any other chunk
+            return self._numpyro_fit_many([datasets[0]] * 2, seed_base, [seeds[0]] * 2)[:1]
+        for data in datasets:
+            self.set_data(data)  # checks the size: all data sets are compiled for one N
         sampler_seeds = [int(fit_rng(seed_base, seed).integers(2**31)) for seed in seeds]
         started = time.perf_counter()
         try:
             samples = self._numpyro.sample_many([d.x for d in datasets], [d.y for d in datasets],
                                                 sampler_seeds)
         except NUMERICAL_ERRORS as err:
-            failed = FitResult("failed", f"{type(err).__name__}: {err}",
-                               info={"fit_seconds": time.perf_counter() - started})
-            return [failed] * len(seeds)
+            seconds = time.perf_counter() - started
+            return [FitResult("failed", f"{type(err).__name__}: {err}",
+                              info={"fit_seconds": seconds}) for _ in seeds]
         runtime = (time.perf_counter() - started) / len(seeds)
         return [self._result(draws, stats, runtime) for draws, stats in samples]
 

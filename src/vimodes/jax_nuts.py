@@ -10,8 +10,9 @@ Several chains run vectorised on one device (``chain_method="vectorized"``), whi
 single GPU does best. :meth:`NumpyroNuts.sample_many` goes further: every chain of every seed of
 a chunk in one compiled call (numpyro's functional NUTS kernel, ``numpyro.infer.hmc.hmc``, with
 MCMC's defaults: diagonal mass matrix and step size adapted over the warm-up, maximum tree
-depth 10), each seed with its own data set and random key. Draws are mapped back to the model's variables (weights on the simplex,
-ordered slopes, positive sigma) by PyTensor, exactly as for the other methods.
+depth 10), each seed with its own data set and random key. Draws are mapped back to the
+model's variables (weights on the simplex, ordered slopes, positive sigma) by PyTensor, exactly
+as for the other methods.
 
 jax and numpyro are imported only here, so the rest of the pipeline never pays for them.
 """
@@ -154,9 +155,10 @@ class NumpyroNuts:
     def sample_many(self, xs: list[np.ndarray], ys: list[np.ndarray],
                     seeds: list[int]) -> list[tuple[dict, dict]]:
         """``sample`` for many data sets at once: every chain of every seed in one compiled
-        call. Seed ``s`` starts its chains from ``default_rng(s)`` (as ``sample``) and samples
-        with the chain keys ``split(PRNGKey(s), chains)``, so its draws do not depend on the
-        other seeds of the call."""
+        call. Seed ``s`` starts its chains from ``default_rng(s)`` and samples with the keys
+        ``MCMC.run(PRNGKey(s))`` would use, as ``sample`` does; its draws do not depend on the
+        other seeds of the call (tested), but need not equal ``sample``'s bit for bit: XLA
+        compiles the batched kernel differently, and NUTS amplifies a last-bit difference."""
         jax = self._jax
         jnp = jax.numpy
         inits = {name: [] for name in self.names}
@@ -166,7 +168,11 @@ class NumpyroNuts:
             for name in self.names:
                 inits[name].append(self.initial_point[name]
                                    + rng.uniform(-1, 1, (self.chains, *self.shapes[name])))
-            keys.append(jax.random.split(jax.random.PRNGKey(seed), self.chains))
+            # the keys MCMC.run hands its kernels: one per chain (when several), split again
+            # by HMC.init, which keeps the first half
+            key = jax.random.PRNGKey(seed)
+            chain_keys = jax.random.split(key, self.chains) if self.chains > 1 else key[None]
+            keys.append(jax.vmap(jax.random.split)(chain_keys)[:, 0])
         z, diverging, n_steps, step_size = self._many_sampler()(
             {name: jnp.asarray(np.stack(v)) for name, v in inits.items()},
             jnp.asarray(np.stack(xs)), jnp.asarray(np.stack(ys)), jnp.stack(keys))

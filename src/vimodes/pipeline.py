@@ -62,7 +62,8 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     for seed, data in zip(seeds, datasets):
         if data.seed != seed:
             raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
-    # the vectorised engine fits the whole chunk in one call; each seed's result is its own
+    # a fitter with fit_many (the vectorised VI engine, numpyro's NUTS) fits the whole chunk
+    # in one call; each seed's result is its own
     batch = (dict(zip(seeds, fitter.fit_many(datasets, study.config["seed_base"], list(seeds))))
              if hasattr(fitter, "fit_many") else {})
     for seed, data, data_path in zip(seeds, datasets, data_paths):

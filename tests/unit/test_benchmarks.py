@@ -8,6 +8,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from helpers import REPO
 
@@ -86,3 +87,13 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     assert cpu["simulate"] == pytest.approx(0.5 * len(study.datasets()))
     assert cpu["references, tables, figures, report (as measured)"] == 7
     assert jobs == 2 * len(study.fit_chunks()) + len(study.datasets())
+    # twice the seeds per cell: twice the work of every kind
+    doubled = yaml.safe_load(config.read_text())
+    for grid in doubled["grids"]:
+        grid["seeds"] *= 2
+    target = tmp_path / "doubled.yaml"
+    target.write_text(yaml.safe_dump(doubled))
+    table2, _, _ = module.extrapolate(module.measure(tmp_path), target)
+    cpu2 = dict(zip(table2["jobs of"], table2["cpu_s"]))
+    for label in (*expected, "simulate", "classify advi", "classify cavi"):
+        assert cpu2[label] == pytest.approx(2 * cpu[label], rel=1e-3)

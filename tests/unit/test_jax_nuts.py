@@ -109,6 +109,8 @@ def test_numpyro_fit_many_samples_each_seed_on_its_own(datasets):
         np.testing.assert_array_equal(forward[1].draws[name], backward[0].draws[name])
         np.testing.assert_array_equal(forward[0].draws[name], backward[1].draws[name])
     assert not np.array_equal(forward[0].draws["slopes"], forward[1].draws["slopes"])
+    alone = fitter.fit_many([datasets[1]], SEED_BASE, [1])[0]  # a chunk of one
+    np.testing.assert_array_equal(alone.draws["slopes"], forward[1].draws["slopes"])
     for result in forward:
         for chain in result.draws["slopes"].mean(axis=1):
             assert np.allclose(np.sort(chain), [-1, 3], atol=0.15)
