@@ -97,3 +97,14 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     cpu2 = dict(zip(table2["jobs of"], table2["cpu_s"]))
     for label in (*expected, "simulate", "classify advi", "classify cavi"):
         assert cpu2[label] == pytest.approx(2 * cpu[label], rel=1e-3)
+    # twice the iterations: twice the fitting, the same classifying and data sets
+    longer = yaml.safe_load(config.read_text())
+    for grid in longer["grids"]:
+        grid["iterations"] = [2 * n for n in grid["iterations"]]
+    target.write_text(yaml.safe_dump(longer))
+    table3, _, _ = module.extrapolate(module.measure(tmp_path), target)
+    cpu3 = dict(zip(table3["jobs of"], table3["cpu_s"]))
+    for label in expected:
+        assert cpu3[label] == pytest.approx(2 * cpu[label], rel=1e-3)
+    for label in ("simulate", "classify advi", "classify cavi"):
+        assert cpu3[label] == pytest.approx(cpu[label], rel=1e-3)
