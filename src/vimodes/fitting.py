@@ -201,10 +201,13 @@ class _Fitter:
                                  likelihood=settings.likelihood if full_data else "pymc",
                                  n_components=settings.n_components)
 
-    def set_data(self, data: Dataset) -> None:
+    def check_size(self, data: Dataset) -> None:
         if data.x.shape != self.x_data.get_value(borrow=True).shape:
             raise ValueError(f"data of seed {data.seed} has {data.x.shape[0]} points, the fitter "
                              f"was compiled for {self.x_data.get_value(borrow=True).shape[0]}")
+
+    def set_data(self, data: Dataset) -> None:
+        self.check_size(data)
         self.x_data.set_value(data.x)
         self.y_data.set_value(data.y)
 
@@ -482,7 +485,7 @@ class NutsFitter(_Fitter):
             # same in a chunk of one as in any other chunk
             return self._numpyro_fit_many([datasets[0]] * 2, seed_base, [seeds[0]] * 2)[:1]
         for data in datasets:
-            self.set_data(data)  # checks the size: all data sets are compiled for one N
+            self.check_size(data)  # the data are arguments of the compiled call, not shared
         sampler_seeds = [int(fit_rng(seed_base, seed).integers(2**31)) for seed in seeds]
         started = time.perf_counter()
         try:

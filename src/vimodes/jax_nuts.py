@@ -164,10 +164,9 @@ class NumpyroNuts:
         inits = {name: [] for name in self.names}
         keys = []
         for seed in seeds:
-            rng = np.random.default_rng(seed)
-            for name in self.names:
-                inits[name].append(self.initial_point[name]
-                                   + rng.uniform(-1, 1, (self.chains, *self.shapes[name])))
+            values = self.initial_values(np.random.default_rng(seed))
+            for name in self.names:  # a chain axis also for one chain
+                inits[name].append(values[name].reshape(self.chains, *self.shapes[name]))
             # the keys MCMC.run hands its kernels: one per chain (when several), split again
             # by HMC.init, which keeps the first half
             key = jax.random.PRNGKey(seed)

@@ -29,9 +29,10 @@ as slices of the flat vector, data as arguments), so every model variant of the 
 the question's hand-written likelihood -- is the PyMC model's, not a re-implementation.
 
 Random numbers differ from PyMC's, so the engines agree in distribution, not draw by draw; the
-study's cross-check grid measures that. Each seed has its own numpy stream (seeded from the fit's
-stream, as PyMC reseeds its random variables) for its Gaussian draws and minibatch indices, drawn
-a block of TRACE_EVERY steps at a time outside the compiled step. So a fit depends only on
+study's cross-check grid measures that. Each seed has two numpy streams of its own (children of
+a seed drawn from the fit's stream, as PyMC reseeds its random variables), one for its Gaussian
+draws and one for its minibatch indices, drawn a block of TRACE_EVERY steps at a time outside the
+compiled step. So a fit depends only on
 (settings, data, seed), never on the other seeds of its chunk or on the total budget, and a
 10000-iteration checkpoint of a long run is the 10000-iteration run (tested on the CPU; XLA on a
 GPU gives no bitwise guarantee).
@@ -232,7 +233,7 @@ class VectorisedVIFitter:
     # --- many seeds ---
     def _runner(self):
         """A jitted function running one block of TRACE_EVERY steps for all seeds, given the
-        block's minibatch indices (built once per fitter: JAX retraces only for a new chunk
+        block's random numbers (built once per fitter: JAX retraces only for a new chunk
         size)."""
         if getattr(self, "_run", None) is not None:
             return self._run
@@ -337,7 +338,7 @@ class VectorisedVIFitter:
         done_blocks = 0
         for checkpoint in checkpoints:
             while done_blocks < checkpoint // TRACE_EVERY:
-                # dispatched without waiting: the next block's indices are drawn meanwhile
+                # dispatched without waiting: the next block's numbers are drawn meanwhile
                 carry, losses, means = run(carry, x, y, *self.block_draws(streams),
                                            done_blocks * TRACE_EVERY)
                 loss_blocks.append(losses)
