@@ -499,6 +499,23 @@ def _boxes_disjoint(true: np.ndarray, tol: np.ndarray) -> bool:
     return bool(np.all(gaps[off_diagonal] > reach[off_diagonal]))
 
 
+@functools.lru_cache(maxsize=256)
+def _assignment_geometry(truth: TrueParameters, settings: ClassifierSettings,
+                         reference_key: tuple | None):
+    """What rule 1 needs of the truth and the settings, computed once per classification set-up
+    (a fit's trajectory has a hundred snapshots, each classified as a one-draw chain): the true
+    slopes, the edge-widened slope tolerances, the labellings, whether the boxes are disjoint and
+    the collapse gap. Read-only arrays."""
+    true = np.asarray(truth.slopes, dtype=float)
+    tol = _slope_tolerances(truth, settings, reference_key) * (1.0 + EDGE_RTOL)
+    perms = np.array(labellings(true.size))  # (P, K)
+    disjoint = _boxes_disjoint(true, tol * (1.0 + EDGE_RTOL))
+    gap = settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    for array in (true, tol, perms):
+        array.setflags(write=False)
+    return true, tol, perms, disjoint, gap
+
+
 def assign_draws(
     slopes,
     truth: TrueParameters,
@@ -509,36 +526,45 @@ def assign_draws(
     returns int codes of shape ``slopes.shape[:-1]``: 0 none, 1 + p in the basin of labelling p
     (``labellings(K)[p]``; K = 2: 1 basin A, 2 basin B), 1 + K! collapsed (K = 2: 3)."""
     s = np.asarray(slopes, dtype=float)
-    true = np.asarray(truth.slopes, dtype=float)
+    key = None if reference_sd is None else tuple(np.ravel(np.asarray(reference_sd, dtype=float)))
+    true, tol, perms, disjoint, collapse_gap = _assignment_geometry(truth, settings, key)
     k = true.size
     if s.shape[-1] != k:
         raise ValueError(f"slopes have K={s.shape[-1]}, the truth {k}")
-    tol = slope_tolerances(truth, settings, reference_sd) * (1.0 + EDGE_RTOL)
-    perms = np.array(labellings(k))  # (P, K)
     flat = s.reshape(-1, k)
     cost = np.abs(flat[:, :, None] - true[None, None, :]) / tol[None, None, :]  # (n, k, j)
     # d[n, p] = max_k cost[n, k, perms[p, k]]: each labelling's scaled box distance
     dist = np.max(cost[:, np.arange(k)[None, :], perms], axis=-1)  # (n, P)
-    if _boxes_disjoint(true, tol * (1.0 + EDGE_RTOL)):
+    best = np.argmin(dist, axis=1)
+    d_best = dist[np.arange(len(best)), best]
+    if disjoint:
         # the optimal assignment of a draw inside a box is that box's labelling (module doc);
         # disjoint boxes hold a draw in at most one, whose distance (<= 1) is then the smallest
         # of all labellings', so the smallest distance finds it without an assignment per draw
-        best = np.argmin(dist, axis=1)
-        d_best = dist[np.arange(len(best)), best]
         in_basin = d_best <= 1.0
     else:
         # overlapping boxes: the unique smallest distance (K = 2: d_A < d_B), ties in no basin
-        best = np.argmin(dist, axis=1)
-        d_best = dist[np.arange(len(best)), best]
         in_basin = (d_best <= 1.0) & (np.count_nonzero(dist == d_best[:, None], axis=1) == 1)
     gap = flat.max(axis=1) - flat.min(axis=1)
-    collapsed = gap <= settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
+    collapsed = gap <= collapse_gap
     codes = np.full(flat.shape[0], _NONE, dtype=np.int16)
     codes[collapsed] = 1 + len(perms)
     codes[in_basin] = 1 + best[in_basin]
     if k == 2:
         codes = codes.astype(np.int8)  # as before the K generalisation
     return codes.reshape(s.shape[:-1])
+
+
+def _median(values, axis=None):
+    """``np.median`` without its set-up cost for one value along ``axis`` (the median of one
+    value is that value; a trajectory snapshot is classified as a one-draw chain, and
+    ``np.median``'s overhead was a third of that classification's time)."""
+    values = np.asarray(values)
+    if axis is None and values.size == 1:
+        return np.float64(values.reshape(-1)[0])
+    if axis is not None and values.shape[axis] == 1 and values.dtype == np.float64:
+        return np.take(values, 0, axis=axis)
+    return np.median(values, axis=axis)
 
 
 def _fmt(values) -> str:
@@ -556,8 +582,8 @@ def _sigma_problem(med_sigma, truth, settings) -> str:
 
 def _basin_consistency(weights, sigma, expected_weights, truth, settings) -> tuple[bool, str]:
     """Rule 2 on the draws of one basin (weights (n, K), sigma (n,), n >= 1)."""
-    med_sigma = float(np.median(sigma))
-    med_w = np.median(weights, axis=0)
+    med_sigma = float(_median(sigma))
+    med_w = _median(weights, axis=0)
     problems = []
     sigma_problem = _sigma_problem(med_sigma, truth, settings)
     if sigma_problem:
@@ -644,7 +670,7 @@ class _Names:
 def _centre_gap(flat) -> float:
     """Rule 5b's median slope gap: the largest |median(s_i - s_j)| over pairs i < j."""
     k = flat.shape[1]
-    return max(abs(float(np.median(flat[:, i] - flat[:, j])))
+    return max(abs(float(_median(flat[:, i] - flat[:, j])))
                for i in range(k) for j in range(i + 1, k))
 
 
@@ -690,7 +716,7 @@ def _partial_share(flat, structure, truth, settings, reference_sd) -> np.ndarray
 def _centre(flat_slopes, codes, truth, settings, reference_sd, names):
     """Rule 1b: (centre_class, centre_mass, centre, centre labelling or None, partial structure)
     of finite pooled slope draws (n, K)."""
-    centre = np.median(flat_slopes, axis=0)
+    centre = _median(flat_slopes, axis=0)
     code = int(assign_draws(centre, truth, settings, reference_sd))
     if code == names.collapsed and not _at_one_line_slope(float(centre.mean()), truth, settings):
         # equal slopes away from the one-line slope are not where mode averaging lands
@@ -714,8 +740,8 @@ def _collapse_rules(flat, sg, codes_collapsed, share_c, all_basins_small, truth,
     """Rules 5 and 5b; None if neither applies."""
     if share_c >= 1.0 - s:
         sel = codes_collapsed
-        mean_slope = float(np.median(flat[sel].mean(axis=1)))
-        median_sigma = float(np.median(sg[sel]))
+        mean_slope = float(_median(flat[sel].mean(axis=1)))
+        median_sigma = float(_median(sg[sel]))
         problems = _one_line_check(mean_slope, median_sigma, truth, settings)
         if problems:
             return ("not_converged",
@@ -725,8 +751,8 @@ def _collapse_rules(flat, sg, codes_collapsed, share_c, all_basins_small, truth,
     centre_gap = _centre_gap(flat)
     gap_tolerance = settings.collapse_gap_fraction * separation(truth)
     if all_basins_small and share_c >= 0.5 and centre_gap <= gap_tolerance:
-        mean_slope = float(np.median(flat.mean(axis=1)))
-        median_sigma = float(np.median(sg))
+        mean_slope = float(_median(flat.mean(axis=1)))
+        median_sigma = float(_median(sg))
         problems = _one_line_check(mean_slope, median_sigma, truth, settings)
         if not problems:
             return ("collapsed",
@@ -740,14 +766,14 @@ def _collapse_rules(flat, sg, codes_collapsed, share_c, all_basins_small, truth,
 
 def _pruned_collapse(flat, w, sg, truth, settings, s, share_txt):
     """Rule 5d: collapsed by pruning; None if it does not apply."""
-    med_w = np.median(w, axis=0)
+    med_w = _median(w, axis=0)
     empty = med_w <= settings.weight_tolerance * (1.0 + EDGE_RTOL)
     if not empty.any() or empty.all():
         return None
     target = one_line_slope(truth)
     tolerance = _location_tolerance(truth, settings) * (1.0 + EDGE_RTOL)
     on_line = float(np.mean(np.all(np.abs(flat[:, ~empty] - target) <= tolerance, axis=1)))
-    median_sigma = float(np.median(sg))
+    median_sigma = float(_median(sg))
     if on_line < 1.0 - s or not (
             median_sigma >= collapse_sigma_floor(truth, settings) * (1.0 - EDGE_RTOL)):
         return None
@@ -860,8 +886,8 @@ def _classify_finite(slopes, weights, sigma, truth, settings, reference_sd):
 def _partial_label(partial, mass, w, sg, truth, settings, s, share_txt):
     merged_idx, group, rest_model, rest_true, merged = partial
     true_w = np.asarray(truth.weights, dtype=float)
-    med_w = np.median(w, axis=0)
-    median_sigma = float(np.median(sg))
+    med_w = _median(w, axis=0)
+    median_sigma = float(_median(sg))
     wt = settings.weight_tolerance * (1.0 + EDGE_RTOL)
     what = (f"components {list(map(int, merged_idx))} merged at {merged:.4g} (true components "
             f"{list(group)}), the others on true {list(map(int, rest_true))}")
@@ -892,9 +918,9 @@ def _classify_overfit(slopes, weights, sigma, truth, settings, reference_sd):
     gap = flat.max(axis=1) - flat.min(axis=1)
     collapsed = gap <= settings.collapse_gap_fraction * separation(truth) * (1.0 + EDGE_RTOL)
     share_c = float(np.count_nonzero(collapsed) / n)
-    centre = np.median(flat, axis=0)
-    med_w = np.median(w, axis=0)
-    median_sigma = float(np.median(sg))
+    centre = _median(flat, axis=0)
+    med_w = _median(w, axis=0)
+    median_sigma = float(_median(sg))
     nan = float("nan")
     s = settings.span_min_share
 

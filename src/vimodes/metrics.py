@@ -17,8 +17,6 @@ import itertools
 import warnings
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import linear_sum_assignment
 
 from .classify import TrueParameters
 
@@ -57,6 +55,8 @@ def nearest_permutation(slope_means, true_slopes) -> tuple[int, ...]:
     if not np.all(np.isfinite(m)) or not np.all(np.isfinite(t)):
         return identity
     cost = (m[None, :] - t[:, None]) ** 2  # cost[k, i]: true k taken by model component i
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     best = tuple(int(c) for c in cols[np.argsort(rows)])
     best_cost = float(cost[np.arange(m.size), list(best)].sum())
@@ -251,6 +251,8 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
         raise ValueError("level must be in (0, 1)")
     if trials == 0:
         return float("nan"), float("nan")
+    from scipy import stats  # lazily: 1.2 s of every classify job's imports
+
     ci = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level,
                                                                      method="wilson")
     return float(ci.low), float(ci.high)
@@ -264,6 +266,8 @@ def equal_modes_pvalue(n_mode_a: int, n_mode_b: int) -> float:
         raise ValueError("counts must be >= 0")
     if n == 0:
         return float("nan")
+    from scipy import stats  # lazily: 1.2 s of every classify job's imports
+
     return float(stats.binomtest(int(n_mode_a), n, 0.5, alternative="two-sided").pvalue)
 
 
@@ -376,6 +380,8 @@ def gaussian_logq(draws_flat, mean, cov) -> np.ndarray:
         x = x[:, None] if d == 1 else x[None, :]
     if x.shape[-1] != d or cov.shape != (d, d):
         raise ValueError(f"shapes: draws {x.shape}, mean {mean.shape}, cov {cov.shape}")
+    from scipy import stats  # lazily: 1.2 s of every classify job's imports
+
     return np.atleast_1d(stats.multivariate_normal(mean=mean, cov=cov).logpdf(x)).reshape(x.shape[0])
 
 

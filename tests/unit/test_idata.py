@@ -219,6 +219,18 @@ def test_a_fit_file_without_its_loss_group_fails_the_check(vi_fit, tmp_path):
         check_posterior_file(stripped, expected_groups=("posterior", "loss"))
 
 
+def test_a_truncated_fit_file_fails_the_check(vi_fit, tmp_path):
+    from vimodes.idata import CorruptFitError, check_posterior_file
+
+    fit_path, _, _, _, _ = vi_fit
+    data = fit_path.read_bytes()
+    for keep in (len(data) // 3, len(data) - 200):
+        cut = tmp_path / f"cut-{keep}.nc"
+        cut.write_bytes(data[:keep])
+        with pytest.raises(CorruptFitError, match="unreadable or truncated"):
+            check_posterior_file(cut, expected_groups=("posterior", "loss"))
+
+
 def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
     """The pipeline's own writer (CAVI: fast, full data) passes each seed's data set."""
     from vimodes.config import build_study
