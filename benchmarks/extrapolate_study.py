@@ -14,7 +14,8 @@ the `logs/benchmarks/` files its rules wrote). The method (printed with the numb
   per unit, so a job's fixed cost (imports, compiling) is spread over its units: a target with
   larger chunks is overestimated, one with smaller chunks underestimated.
 * Classify jobs: CPU per classified fit (times 1 + its number of checkpoints), per method.
-* Data sets: mean CPU per `simulate` job, per N.
+* Data sets: CPU per data set drawn, per N (a `simulate` job draws a block of
+  `data_block_size`; the target pays for whole blocks).
 * Everything else (references, tables, figures, report) is taken as measured.
 * Snakemake's own process (not in any benchmark file; pass what was measured with
   `--snakemake-cpu`) is scaled by the number of jobs.
@@ -43,7 +44,7 @@ from vimodes.methods import method_spec  # noqa: E402
 
 METHOD = ("rates per unit of work (seeds x chains x iterations/10000) per kind of fit job "
           "(method, engine, full batch, nearest measured N); classify per fit; simulate per data "
-          "set; the rest as measured; wall = CPU / cores")
+          "set, whole blocks; the rest as measured; wall = CPU / cores")
 
 
 def fit_kind(cell, n_obs: int) -> tuple:
@@ -95,18 +96,21 @@ def measure(run_dir: Path):
         cls_cpu[cell.method] += _cpu(path)
         cls_work[cell.method] += classify_units(cell, len(seeds))
         counted.add(path)
-    sim_cpu, sim_jobs = defaultdict(float), defaultdict(int)
-    for path in sorted(bench.glob("simulate/*/seed-*.tsv")):
-        n_obs = regimes[path.parent.name]["n_obs"]
-        sim_cpu[n_obs] += _cpu(path)
-        sim_jobs[n_obs] += 1
-        counted.add(path)
+    sim_cpu, sim_sets = defaultdict(float), defaultdict(int)
+    # a block job draws data_block_size data sets; runs before blocks had a job per data set
+    for pattern, sets in (("simulate/*/block-*.tsv", study.config["data_block_size"]),
+                          ("simulate/*/seed-*.tsv", 1)):
+        for path in sorted(bench.glob(pattern)):
+            n_obs = regimes[path.parent.name]["n_obs"]
+            sim_cpu[n_obs] += _cpu(path)
+            sim_sets[n_obs] += sets
+            counted.add(path)
     rest = [p for p in bench.rglob("*.tsv") if p not in counted]
     return {
         "study": study,
         "fit": {k: fit_cpu[k] / fit_work[k] for k in fit_cpu},
         "classify": {k: cls_cpu[k] / cls_work[k] for k in cls_cpu},
-        "simulate": {n: sim_cpu[n] / sim_jobs[n] for n in sim_cpu},
+        "simulate": {n: sim_cpu[n] / sim_sets[n] for n in sim_cpu},
         "rest_cpu": sum(_cpu(p) for p in rest),
         "jobs": len(counted) + len(rest),
         "grid_jobs": len(counted),
@@ -143,12 +147,13 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
             cls[1] += classify_units(cell, len(chunk))
             cls[2] += 1
     sim_rates = measured["simulate"]
-    for regime, _seed in study.datasets():
+    block_size = study.config["data_block_size"]
+    for regime, _block in study.data_blocks():
         n_obs = regimes[regime]["n_obs"]
         n_used = min(sim_rates, key=lambda n: abs(math.log(n / n_obs)))
         row = rows["simulate"]
-        row[0] += sim_rates[n_used]
-        row[1] += 1
+        row[0] += sim_rates[n_used] * block_size  # a block draws all its data sets
+        row[1] += block_size
         row[2] += 1
         jobs += 1
     table = pd.DataFrame([{"jobs of": k, "jobs": v[2], "units": round(v[1], 1),

@@ -151,8 +151,9 @@ def bench_vectorised(chunk_sizes, folder: Path, iterations: int = 10000) -> list
     base = simulate(regime, 0, SEED_BASE)
     out = []
     for size in chunk_sizes:
-        # one data set repeated: the arithmetic is the same as for distinct data sets
-        datasets = [base] * size
+        # a data set per seed, as in a study: the minibatch gather's cost depends on how much
+        # memory the chunk's data take (one data set repeated stays in the CPU's caches)
+        datasets = [simulate(regime, seed, SEED_BASE) for seed in range(size)]
         fitter.fit_many(datasets, SEED_BASE, list(range(size)))  # JIT compile for this size
         results = fitter.fit_many(datasets, SEED_BASE, list(range(size)))
         timing = dict(fitter.last_timings)

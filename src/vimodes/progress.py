@@ -1,7 +1,7 @@
 """Progress of a study at the level of fits, for a person watching ``make run``.
 
 Snakemake reports jobs ("12 of 1054 steps"), but a fit job holds up to 100 fits and a simulate
-job one data set, so its count says little about the time left. This counts fit records
+job a block of data sets, so its count says little about the time left. This counts fit records
 (``data/fits/<cell>/chunk-<k>/seed-<s>.json``, written as each fit finishes) against the fits
 the study plans, and estimates the time left from the rate since the watch started.
 

@@ -251,11 +251,21 @@ class Damage:
 def find_damage(data_files=(), chunk_dirs: dict | None = None, parquet_files=(),
                 skip=frozenset()) -> list[Damage]:
     """Damaged outputs among those that exist (a missing output is not damage), except the
-    outputs in ``skip`` (e.g. ``marked_incomplete()``)."""
+    outputs in ``skip`` (e.g. ``marked_incomplete()``).
+
+    ``data_files``: data set paths, or a mapping from each to the output that writes it (a
+    simulate block's folder); a data set missing from a block folder that exists is damage, as
+    Snakemake would not draw it again."""
     damage = []
-    for path in data_files:
-        if path not in skip and os.path.exists(path) and (why := netcdf_problem(path)):
-            damage.append(Damage(str(path), why, str(path)))
+    writers = data_files if isinstance(data_files, dict) else {p: p for p in data_files}
+    for path, output in writers.items():
+        if path in skip or output in skip:
+            continue
+        if os.path.exists(path):
+            if why := netcdf_problem(path):
+                damage.append(Damage(str(path), why, str(output)))
+        elif output != path and os.path.isdir(output):
+            damage.append(Damage(str(path), "missing from its block of data sets", str(output)))
     for chunk_dir, seeds in (chunk_dirs or {}).items():
         if chunk_dir in skip or not os.path.isdir(chunk_dir):
             continue

@@ -74,6 +74,33 @@ def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path
     write_dataset(data, path, {**study.provenance(), "regime": regime_name})
 
 
+def data_block(seed: int, block_size: int) -> int:
+    """The simulate block that draws data set ``seed`` (``data_block_size`` seeds per block)."""
+    return seed // block_size
+
+
+def block_seeds(block: int, block_size: int) -> range:
+    """Every seed of block ``block``: fixed by the block size alone, never by the study, so that
+    a block's files do not change when a study adds seeds or cells."""
+    return range(block * block_size, (block + 1) * block_size)
+
+
+def block_folder(regime_name: str, block: int) -> str:
+    return f"data/sim/{regime_name}/block-{block}"
+
+
+def dataset_path(regime_name: str, seed: int, block_size: int) -> str:
+    """Where data set ``seed`` of a regime lies (relative to the working directory)."""
+    return f"{block_folder(regime_name, data_block(seed, block_size))}/seed-{seed}.nc"
+
+
+def simulate_block(study: Study, regime_name: str, block: int, folder: str | Path) -> None:
+    """Every data set of one block of one regime, each written like ``simulate_dataset``."""
+    block_size = study.config["data_block_size"]
+    for seed in block_seeds(block, block_size):
+        simulate_dataset(study, regime_name, seed, Path(folder) / f"seed-{seed}.nc")
+
+
 def file_attributes(data: Dataset, provenance: dict) -> dict:
     """The data file's global attributes: the seed, the regime's truth and the provenance."""
     regime = data.regime

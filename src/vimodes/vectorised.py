@@ -57,6 +57,7 @@ from vimodes.fitting import (
     _binned_mean,
     checkpoint_draws,
     checkpoint_info,
+    compile_flat_reader,
     diagnostic_draws,
     fit_rng,
     flat_names,
@@ -137,15 +138,7 @@ class VectorisedVIFitter:
 
     # --- PyMC side: start points and the map from the flat space to the model's variables ---
     def _compile_readers(self) -> None:
-        flat = pt.matrix("flat")
-        outputs = []
-        for name in VARIABLES:
-            rv = self.model[name]
-            _, slc, shape, _ = self.ordering[self.model.rvs_to_values[rv].name]
-            block = flat[:, slc].reshape((flat.shape[0], *shape))
-            transform = self.model.rvs_to_transforms.get(rv)
-            outputs.append(transform.backward(block, *rv.owner.inputs) if transform else block)
-        self._to_variables = pytensor.function([flat], outputs)
+        self._to_variables = compile_flat_reader(self.model, self.ordering)
 
     def to_variables(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(VARIABLES, self._to_variables(np.atleast_2d(flat))))

@@ -75,8 +75,10 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         expected[label] = expected.get(label, 0) + 10 + number
         _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", 10 + number)
         _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 2)
-    for regime, seed in study.datasets():
-        _benchmark_file(bench / "simulate" / regime / f"seed-{seed}.tsv", 0.5)
+    block_size = study.config["data_block_size"]
+    blocks = study.data_blocks()
+    for regime, block in blocks:
+        _benchmark_file(bench / "simulate" / regime / f"block-{block}.tsv", 0.5)
     _benchmark_file(bench / "aggregate.tsv", 7)
     table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
     cpu = dict(zip(table["jobs of"], table["cpu_s"]))
@@ -84,9 +86,9 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     assert len(expected) == 2  # full-batch ADVI and CAVI: rates per kind, not pooled
     for label, seconds in expected.items():
         assert cpu[label] == pytest.approx(seconds)
-    assert cpu["simulate"] == pytest.approx(0.5 * len(study.datasets()))
+    assert cpu["simulate"] == pytest.approx(0.5 * len(blocks))
     assert cpu["references, tables, figures, report (as measured)"] == 7
-    assert jobs == 2 * len(study.fit_chunks()) + len(study.datasets())
+    assert jobs == 2 * len(study.fit_chunks()) + len(blocks)
     # twice the seeds per cell: twice the work of every kind
     doubled = yaml.safe_load(config.read_text())
     for grid in doubled["grids"]:
@@ -95,8 +97,12 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     target.write_text(yaml.safe_dump(doubled))
     table2, _, _ = module.extrapolate(module.measure(tmp_path), target)
     cpu2 = dict(zip(table2["jobs of"], table2["cpu_s"]))
-    for label in (*expected, "simulate", "classify advi", "classify cavi"):
+    for label in (*expected, "classify advi", "classify cavi"):
         assert cpu2[label] == pytest.approx(2 * cpu[label], rel=1e-3)
+    # the data sets come in whole blocks: twice the seeds of a study within its first block
+    # draws the same block
+    assert max(seed for _, seed in study.datasets()) * 2 < block_size
+    assert cpu2["simulate"] == pytest.approx(cpu["simulate"], rel=1e-3)
     # twice the iterations: twice the fitting, the same classifying and data sets
     longer = yaml.safe_load(config.read_text())
     for grid in longer["grids"]:

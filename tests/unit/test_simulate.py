@@ -109,3 +109,34 @@ def test_data_seed_formula_is_default_rng_of_seed_base_seed_0():
     np.testing.assert_array_equal(data.y, y)
     # the seed base matters as much as the seed
     assert not np.allclose(simulate(regime, seed=5, seed_base=12).y, y)
+
+
+def test_a_block_holds_its_fixed_seeds_whatever_the_study_fits(tmp_path):
+    """A simulate block draws seeds b x size .. (b + 1) x size - 1, each the data set
+    simulate() gives that seed, in the file dataset_path names; a study fitting only seeds
+    0-2 (or 0-6) has the same block 0, so adding seeds never redraws a data set."""
+    from vimodes.config import build_study
+    from vimodes.simulate import block_seeds, data_block, dataset_path, simulate_block
+
+    def study(seeds):
+        return build_study({
+            "study_name": "t", "seed_base": 11, "data_block_size": 4,
+            "data_regimes": {"default": {"n_obs": 50}},
+            "grids": [{"name": "g", "models": ["marginal"], "methods": ["cavi"],
+                       "iterations": [5], "seeds": seeds}]})
+
+    few, more = study(3), study(7)
+    assert [data_block(s, 4) for s in range(9)] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    assert list(block_seeds(1, 4)) == [4, 5, 6, 7]
+    assert dataset_path("default", 5, 4) == "data/sim/default/block-1/seed-5.nc"
+    for name, one in (("few", few), ("more", more)):
+        folder = tmp_path / name / "block-0"
+        simulate_block(one, "default", 0, folder)
+        assert sorted(p.name for p in folder.iterdir()) == [f"seed-{s}.nc" for s in range(4)]
+    regime = DataRegime(n_obs=50)
+    for seed in range(4):
+        expected = simulate(regime, seed, 11)
+        for name in ("few", "more"):
+            back = read_dataset(tmp_path / name / "block-0" / f"seed-{seed}.nc")
+            assert back.seed == seed
+            np.testing.assert_array_equal(back.y, expected.y)

@@ -298,12 +298,12 @@ def test_the_integrity_check_runs_in_the_main_process_only(tmp_path):
     data set stops the main process and is ignored by a job process, which still reads (and
     validates) the config."""
     work = copy_workflow(tmp_path / "wf")
-    damaged = work / "data" / "sim" / "default" / "seed-0.nc"
+    damaged = work / "data" / "sim" / "default" / "block-0" / "seed-0.nc"
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a truncated NetCDF-4 file
     main = snakemake("-n", "--configfile", QUICK, cwd=work, check=False)
     assert main.returncode != 0
-    assert "--forcerun data/sim/default/seed-0.nc" in main.stdout + main.stderr
+    assert "--forcerun data/sim/default/block-0" in main.stdout + main.stderr
     job = snakemake("-n", "--configfile", QUICK, "--mode", "subprocess", cwd=work,
                     check=False)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
@@ -349,6 +349,19 @@ def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
     (tmp_path / "foreign.nc").write_text("not hdf5")
     assert "no HDF5 signature" in netcdf_problem(tmp_path / "foreign.nc")
     assert parquet_problem(tmp_path / "foreign.nc").startswith("truncated or not a parquet")
+
+    # a data set missing from its block (a folder output that exists) is damage of the block;
+    # a block not drawn yet is not
+    block = data.parent
+    (tmp_path / "moved.nc").write_bytes(data.read_bytes())
+    data.unlink()
+    writers = {str(data): str(block), str(tmp_path / "undrawn" / "seed-5.nc"): "undrawn"}
+    missing = find_damage(writers)
+    assert [(d.path, d.reason, d.output) for d in missing] == [
+        (str(data), "missing from its block of data sets", str(block))]
+    assert find_damage([str(data)]) == []  # without the block: a missing file is not damage
+    data.write_bytes((tmp_path / "moved.nc").read_bytes())
+    assert find_damage(writers) and find_damage(writers)[0].reason.startswith("truncated")
 
     # the message names every damaged file and the --forcerun option with each output once
     (chunk / "seed-0.nc").write_bytes(b"")
@@ -407,7 +420,7 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(quick_study, tmp
     work = tmp_path / "copy"
     shutil.copytree(quick_study[0], work, symlinks=True)  # keeps mtimes and .snakemake
     config = quick_study[1]
-    data = work / "data" / "sim" / "default" / "seed-1.nc"
+    data = work / "data" / "sim" / "default" / "block-0" / "seed-1.nc"
     with open(data, "r+b") as handle:
         handle.truncate(1000)
     fit_nc = chunk_dir(work, CAVI_CELL, 0) / "seed-0.nc"
@@ -422,27 +435,29 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(quick_study, tmp
     text = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert "Integrity check: 3 damaged output file(s) in 3 output(s)" in text
-    assert "data/sim/default/seed-1.nc: truncated (1000 of" in text
+    assert "data/sim/default/block-0/seed-1.nc: truncated (1000 of" in text
     assert f"data/fits/{CAVI_CELL}/chunk-0/seed-0.nc: truncated" in text
     assert f"data/fits/{EXPLODE_CELL}/chunk-0/seed-1.json: truncated or not valid JSON" in text
     forced = forcerun_args(text)
-    assert forced == sorted(["data/sim/default/seed-1.nc", f"data/fits/{CAVI_CELL}/chunk-0",
+    assert forced == sorted(["data/sim/default/block-0", f"data/fits/{CAVI_CELL}/chunk-0",
                              f"data/fits/{EXPLODE_CELL}/chunk-0"])
-    # the recipe: delete them, then --forcerun them: the damaged data set, every chunk that
-    # reads it (the two damaged ones among them) and everything downstream are planned
+    # the recipe: delete them, then --forcerun them: the damaged data set's block, every chunk
+    # that reads it (the two damaged ones among them) and everything downstream are planned
     for output in forced:
         shutil.rmtree(work / output) if (work / output).is_dir() else (work / output).unlink()
     out = snakemake("data/tables/cells.csv", "report/summary.md", "-n", "--configfile", config,
                     "--forcerun", *forced, cwd=work)
     text = out.stdout + out.stderr
     study = load_study(work / config)
-    readers = [(cell, k) for cell, k in study.fit_chunks() if 1 in study.chunk_seeds(cell, k)]
+    block = range(study.config["data_block_size"])
+    readers = [(cell, k) for cell, k in study.fit_chunks()
+               if set(block) & set(study.chunk_seeds(cell, k))]
     assert {(CAVI_CELL, 0), (EXPLODE_CELL, 0)} <= set(readers)
     assert job_count(text, "simulate") == 1
     assert job_count(text, "fit_chunk") == len(readers)
     assert job_count(text, "aggregate") == 1
-    # a real run (here only the data set) starts by removing the killed write's leftover
-    snakemake(str(data.relative_to(work)), "--cores", "1", "--configfile", config,
+    # a real run (here only the data set's block) starts by removing the killed write's leftover
+    snakemake(str(data.parent.relative_to(work)), "--cores", "1", "--configfile", config,
               "--forcerun", *forced, cwd=work)
     assert netcdf_problem(data) is None
     assert not stale_temporary_files([work / "data"])
@@ -663,7 +678,7 @@ def test_damaged_files_are_regenerated(baseline, tmp_path):
     names them (and refuses to reuse them), the recipe regenerates the identical study."""
     work = tmp_path / "copy"
     shutil.copytree(baseline[0], work, symlinks=True)
-    data = work / "data" / "sim" / "default" / "seed-2.nc"
+    data = work / "data" / "sim" / "default" / "block-0" / "seed-2.nc"
     with open(data, "r+b") as handle:
         handle.truncate(4096)
     adam = "marginal__advi__adam__it1000__init-jitter__fullbatch"

@@ -24,7 +24,7 @@ def test_dry_run_plans_the_whole_grid(repo, tmp_path, config, cluster_dry_runs):
         work = copy_workflow(tmp_path / "wf")
         out = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
     assert job_count(out, "fit_chunk") == len(study.fit_chunks())
-    assert job_count(out, "simulate") == len(study.datasets())
+    assert job_count(out, "simulate") == len(study.data_blocks())
 
 
 def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
@@ -34,7 +34,11 @@ def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
     (work / "config" / "bigger.yaml").write_text(text)
     more = snakemake("-n", "--quiet", "rules", "--configfile", "config/bigger.yaml", cwd=work).stdout
 
-    assert job_count(more, "simulate") == job_count(base, "simulate") + 2
+    # the two new seeds' data sets lie in the block already planned (test_simulate: a block
+    # holds its seeds whatever the study fits)
+    bigger = load_study(work / "config" / "bigger.yaml")
+    assert len(bigger.datasets()) == len(load_study(work / SMOKE).datasets()) + 2
+    assert job_count(more, "simulate") == len(bigger.data_blocks()) == job_count(base, "simulate")
     assert job_count(more, "fit_chunk") > job_count(base, "fit_chunk")
 
 
@@ -205,8 +209,9 @@ def _dry_run_jobs(output: str, rule: str) -> list[dict[str, str]]:
 
 
 def test_cells_read_the_same_data_set_per_seed(tmp_path):
-    """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/seed-s.nc, the
-    one data set of that seed, whatever the cell."""
+    """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/block-<b>/
+    seed-s.nc, the one data set of that seed, whatever the cell (its input: the blocks that
+    hold its seeds; the files themselves: a parameter)."""
     work = copy_workflow(tmp_path / "wf")
     study = load_study(work / SMOKE)
     out = snakemake("-n", "--configfile", SMOKE, cwd=work).stdout
@@ -217,8 +222,9 @@ def test_cells_read_the_same_data_set_per_seed(tmp_path):
         wildcards = dict(item.split("=", 1) for item in job["wildcards"].split(", "))
         cell = study.cell_by_id[wildcards["cell"]]
         seeds = study.chunk_seeds(cell.cell_id, int(wildcards["chunk"]))
-        assert job["input"].split(", ") == [f"data/sim/{cell.data_regime}/seed-{s}.nc"
-                                            for s in seeds]
+        block_size = study.config["data_block_size"]
+        assert job["input"].split(", ") == sorted({f"data/sim/{cell.data_regime}/block-"
+                                                   f"{s // block_size}" for s in seeds})
         for s in seeds:
             readers.setdefault((cell.data_regime, s), set()).add(cell.cell_id)
     assert len(readers) == len(study.datasets())

@@ -35,6 +35,7 @@ gc.set_threshold(*GC_THRESHOLDS)
 coalesce_scheduler_timers()
 from vimodes.figure_specs import FIGURE_SPECS
 from vimodes.methods import method_spec
+from vimodes.simulate import block_folder, data_block, dataset_path
 
 # A --configfile replaces the default study and must be complete; without one, the default study
 # with any --config values on top. (A `configfile:` directive would merge every --configfile
@@ -60,6 +61,7 @@ wildcard_constraints:
     cell="[A-Za-z0-9_.-]+",
     chunk=r"\d+",
     seed=r"\d+",
+    block=r"\d+",
     regime="[A-Za-z0-9_]+",
 
 
@@ -80,7 +82,20 @@ localrules:
 
 
 def data_file(regime, seed):
-    return f"data/sim/{regime}/seed-{seed}.nc"
+    return dataset_path(regime, seed, STUDY.config["data_block_size"])
+
+
+def data_blocks(regime, seeds):
+    """The simulate blocks (output folders) that hold the data sets of ``seeds``."""
+    size = STUDY.config["data_block_size"]
+    return sorted({block_folder(regime, data_block(seed, size)) for seed in seeds})
+
+
+def chunk_data_blocks(wildcards):
+    cell = STUDY.cell_by_id[wildcards.cell]
+    return data_blocks(
+        cell.data_regime, STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk))
+    )
 
 
 def chunk_data_files(wildcards):
@@ -179,7 +194,12 @@ def check_outputs():
     # a job killed with the whole session leaves its output marked incomplete: redone by
     # --rerun-incomplete, hence not damage (and --unlock must not be refused for it)
     damage = find_damage(
-        [data_file(regime, seed) for regime, seed in STUDY.datasets()],
+        {
+            data_file(regime, seed): block_folder(
+                regime, data_block(seed, STUDY.config["data_block_size"])
+            )
+            for regime, seed in STUDY.datasets()
+        },
         chunk_dirs,
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
         skip=marked_incomplete(),

@@ -1,7 +1,7 @@
 rule fit_chunk:
     """Fit a chunk of seeds of one cell in one process (the model is compiled once)."""
     input:
-        data=chunk_data_files,
+        data=chunk_data_blocks,
     output:
         directory("data/fits/{cell}/chunk-{chunk}"),
     log:
@@ -25,6 +25,7 @@ rule fit_chunk:
     params:
         cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
         seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
+        data_files=chunk_data_files,
         settings=fit_settings,
         pymc_version=PYMC_VERSION,
     script:

@@ -12,7 +12,7 @@ rule mechanism:
     minutes of one core (JAX compilation included) at N = 100000.
     """
     input:
-        data=[data_file(MECHANISM["data_regime"], seed) for seed in MECHANISM["seeds"]],
+        data=data_blocks(MECHANISM["data_regime"], MECHANISM["seeds"]),
     output:
         csv="data/tables/mechanism.csv",
         parquet="data/tables/mechanism.parquet",
@@ -28,6 +28,9 @@ rule mechanism:
         runtime=lambda wildcards, attempt: attempt * (10 + 10 * len(MECHANISM["seeds"])),
     params:
         regime=MECHANISM["data_regime"],
+        data_files=[
+            data_file(MECHANISM["data_regime"], seed) for seed in MECHANISM["seeds"]
+        ],
         data_regime=STUDY.config["data_regimes"][MECHANISM["data_regime"]],
         seed_base=STUDY.config["seed_base"],
         mechanism=MECHANISM,

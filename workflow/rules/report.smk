@@ -112,7 +112,7 @@ rule posterior_grid:
     """The corrected model's log posterior density over a (w0, w1) grid for one data set
     (weights and sigma at their true values), and that data set's summary."""
     input:
-        data_file(REPORT_REGIME, REPORT_SEED),
+        data_blocks(REPORT_REGIME, [REPORT_SEED]),
     output:
         grid="data/tables/posterior_grid.parquet",
         summary="data/tables/data_summary.parquet",
@@ -127,6 +127,7 @@ rule posterior_grid:
         runtime=15,
     params:
         regime=REPORT_REGIME,
+        data_file=data_file(REPORT_REGIME, REPORT_SEED),
         low=GRID_LOW,
         high=GRID_HIGH,
         points=GRID_POINTS,

@@ -6,5 +6,5 @@ with script_logging(snakemake.log[0]):
     from vimodes.pipeline import fit_chunk
 
     fit_chunk(build_study(snakemake.config), snakemake.wildcards.cell,
-              int(snakemake.wildcards.chunk), list(snakemake.input.data), snakemake.output[0],
+              int(snakemake.wildcards.chunk), list(snakemake.params.data_files), snakemake.output[0],
               threads=snakemake.threads)

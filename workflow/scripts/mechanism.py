@@ -8,7 +8,7 @@ with script_logging(snakemake.log[0]):
     from vimodes.simulate import read_dataset
 
     p = snakemake.params
-    datasets = [(p.regime, read_dataset(path)) for path in snakemake.input.data]
+    datasets = [(p.regime, read_dataset(path)) for path in p.data_files]
     table = mechanism_table(datasets, p.seed_base, settings_from_config(p.mechanism, p.vi))
     write_table(table, snakemake.output.csv)
     write_table(table, snakemake.output.parquet)
