@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from vimodes.config import load_study  # noqa: E402
 from vimodes.methods import method_spec  # noqa: E402
+from vimodes.simulate import folder_seeds  # noqa: E402
 
 METHOD = ("rates per unit of work (seeds x chains x iterations/10000) per kind of fit job "
           "(method, engine, full batch, nearest measured N); classify per fit; simulate per data "
@@ -97,13 +98,15 @@ def measure(run_dir: Path):
         cls_work[cell.method] += classify_units(cell, len(seeds))
         counted.add(path)
     sim_cpu, sim_sets = defaultdict(float), defaultdict(int)
-    # a block job draws data_block_size data sets; runs before blocks had a job per data set
-    for pattern, sets in (("simulate/*/block-*.tsv", study.config["data_block_size"]),
-                          ("simulate/*/seed-*.tsv", 1)):
-        for path in sorted(bench.glob(pattern)):
+    # a job draws a block of data sets (named by its seed range; the first block layout had
+    # block-<b> of data_block_size, and runs before blocks one job per data set, seed-<s>)
+    for pattern in ("seeds-*.tsv", "block-*.tsv", "seed-*.tsv"):
+        for path in sorted(bench.glob(f"simulate/*/{pattern}")):
             n_obs = regimes[path.parent.name]["n_obs"]
             sim_cpu[n_obs] += _cpu(path)
-            sim_sets[n_obs] += sets
+            sim_sets[n_obs] += (len(folder_seeds(path.stem)) if pattern == "seeds-*.tsv" else
+                                study.config.get("data_block_size", 1)
+                                if pattern == "block-*.tsv" else 1)
             counted.add(path)
     rest = [p for p in bench.rglob("*.tsv") if p not in counted]
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,11 +68,16 @@ def simulate(regime: DataRegime, seed: int, seed_base: int) -> Dataset:
 
 
 def simulate_dataset(study: Study, regime_name: str, seed: int, path: str | Path) -> None:
-    """Data set ``seed`` of data regime ``regime_name``, written with the study's provenance.
-    This module imports no more than it needs: the study has one such job per data set."""
+    """Data set ``seed`` of data regime ``regime_name``, written with the study's provenance."""
+    _write_seeds(study, regime_name, [seed], [path])
+
+
+def _write_seeds(study: Study, regime_name: str, seeds, paths) -> None:
+    # the provenance once per job: it looks up every tracked package's version
     regime = DataRegime.from_config(study.config["data_regimes"][regime_name])
-    data = simulate(regime, seed, study.config["seed_base"])
-    write_dataset(data, path, {**study.provenance(), "regime": regime_name})
+    provenance = {**study.provenance(), "regime": regime_name}
+    for seed, path in zip(seeds, paths):
+        write_dataset(simulate(regime, seed, study.config["seed_base"]), path, provenance)
 
 
 def data_block(seed: int, block_size: int) -> int:
@@ -85,20 +91,44 @@ def block_seeds(block: int, block_size: int) -> range:
     return range(block * block_size, (block + 1) * block_size)
 
 
-def block_folder(regime_name: str, block: int) -> str:
-    return f"data/sim/{regime_name}/block-{block}"
+def block_folder(regime_name: str, block: int, block_size: int) -> str:
+    """A block's folder, named by its seed range (``data/sim/<regime>/seeds-100-199``): another
+    block size names other folders, so a block never holds the seeds of another layout."""
+    seeds = block_seeds(block, block_size)
+    return f"data/sim/{regime_name}/seeds-{seeds[0]}-{seeds[-1]}"
 
 
 def dataset_path(regime_name: str, seed: int, block_size: int) -> str:
     """Where data set ``seed`` of a regime lies (relative to the working directory)."""
-    return f"{block_folder(regime_name, data_block(seed, block_size))}/seed-{seed}.nc"
+    folder = block_folder(regime_name, data_block(seed, block_size), block_size)
+    return f"{folder}/seed-{seed}.nc"
 
 
-def simulate_block(study: Study, regime_name: str, block: int, folder: str | Path) -> None:
-    """Every data set of one block of one regime, each written like ``simulate_dataset``."""
-    block_size = study.config["data_block_size"]
-    for seed in block_seeds(block, block_size):
-        simulate_dataset(study, regime_name, seed, Path(folder) / f"seed-{seed}.nc")
+def folder_seeds(folder: str | Path) -> range:
+    """The seeds a block folder holds, read from its name (``seeds-<first>-<last>``)."""
+    match = re.fullmatch(r"seeds-(\d+)-(\d+)", Path(folder).name)
+    if match is None or int(match[2]) < int(match[1]):
+        raise ValueError(f"'{folder}' is not a block of data sets (seeds-<first>-<last>)")
+    return range(int(match[1]), int(match[2]) + 1)
+
+
+def files_in_blocks(folders, seeds) -> list[str]:
+    """The data set file of each seed, in the block folder (of ``folders``, a job's inputs)
+    whose range holds it: what a job reads is always one of its inputs."""
+    ranges = [(folder, folder_seeds(folder)) for folder in folders]
+    files = []
+    for seed in seeds:
+        holders = [folder for folder, held in ranges if seed in held]
+        if not holders:
+            raise ValueError(f"no input block holds data set {seed} (blocks: {list(folders)})")
+        files.append(f"{holders[0]}/seed-{seed}.nc")
+    return files
+
+
+def simulate_block(study: Study, regime_name: str, folder: str | Path) -> None:
+    """Every data set of one block (its seeds from the folder's name) of one regime."""
+    seeds = folder_seeds(folder)
+    _write_seeds(study, regime_name, seeds, [Path(folder) / f"seed-{seed}.nc" for seed in seeds])
 
 
 def file_attributes(data: Dataset, provenance: dict) -> dict:
@@ -119,8 +149,8 @@ def file_attributes(data: Dataset, provenance: dict) -> dict:
 def write_dataset(data: Dataset, path: str | Path, provenance: dict) -> None:
     """Write atomically; the file is read back and checked before it is moved into place.
 
-    Written with netCDF4 itself, not xarray: a study has one such job per data set, and
-    importing xarray (with pandas) was most of a job's CPU time (benchmarks/README.md). The file
+    Written with netCDF4 itself, not xarray: importing xarray (with pandas) was most of a
+    simulate job's CPU time when a job drew one data set (benchmarks/README.md). The file
     is the one xarray reads (``read_dataset``; tested equal to the file xarray writes)."""
     import netCDF4
 

@@ -212,9 +212,12 @@ class VectorisedVIFitter:
 
     def step(self, state: dict, eps, batch_index, x, y) -> tuple[dict, float]:
         """One optimiser step of one seed, with the noise and minibatch given (pure; tested
-        against PyMC's compiled step)."""
-        xb, yb = (x[batch_index], y[batch_index]) if self.batch_size else (x, y)
-        return self.step_on_batch(state, eps, xb, yb)
+        against PyMC's compiled step). The batch is taken as the compiled loop takes it, from
+        ``loop_data``'s layout."""
+        jnp = _jax().numpy
+        data = ((jnp.stack([jnp.asarray(x), jnp.asarray(y)], axis=-1),) if self.batch_size
+                else (x, y))
+        return self.step_on_batch(state, eps, *self._batch(data, batch_index))
 
     def step_on_batch(self, state: dict, eps, xb, yb) -> tuple[dict, float]:
         value, grads = self.loss_and_grad(state["params"], eps, xb, yb)

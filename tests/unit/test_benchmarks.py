@@ -78,7 +78,9 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     block_size = study.config["data_block_size"]
     blocks = study.data_blocks()
     for regime, block in blocks:
-        _benchmark_file(bench / "simulate" / regime / f"block-{block}.tsv", 0.5)
+        first = block * block_size
+        name = f"seeds-{first}-{first + block_size - 1}.tsv"
+        _benchmark_file(bench / "simulate" / regime / name, 0.5)
     _benchmark_file(bench / "aggregate.tsv", 7)
     table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
     cpu = dict(zip(table["jobs of"], table["cpu_s"]))

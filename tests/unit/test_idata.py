@@ -69,13 +69,13 @@ def test_the_project_reader_returns_the_arrays_written(fit_file):
 
 @pytest.fixture()
 def vi_fit(tmp_path):
-    """A data set at data/sim/<regime>/seed-3.nc and an ADVI fit of it at
+    """A data set at data/sim/<regime>/seeds-0-99/seed-3.nc and an ADVI fit of it at
     data/fits/<cell>/chunk-0/seed-3.nc, written as fit_chunk writes them (FitResult, a record
     holding the fitter's info, the data set's path)."""
     from vimodes.fitting import FitResult
     from vimodes.simulate import DataRegime, simulate, write_dataset
 
-    data_path = tmp_path / "data" / "sim" / "default" / "seed-3.nc"
+    data_path = tmp_path / "data" / "sim" / "default" / "seeds-0-99" / "seed-3.nc"
     data = simulate(DataRegime(n_obs=500), 3, 11)
     write_dataset(data, data_path, {"config_hash": "x"})
     rng = np.random.default_rng(1)
@@ -161,7 +161,7 @@ def test_observed_data_are_attached_from_the_referenced_data_set(vi_fit):
     fit_path, data_path, data, _, _ = vi_fit
     posterior = az.from_netcdf(fit_path).posterior
     # relative to the fit file's folder: valid wherever the project is moved as a whole
-    assert posterior.attrs["observed_data_file"] == "../../../sim/default/seed-3.nc"
+    assert posterior.attrs["observed_data_file"] == "../../../sim/default/seeds-0-99/seed-3.nc"
     assert (posterior.attrs["observed_data_sha256"]
             == hashlib.sha256(data_path.read_bytes()).hexdigest())
     idata = attach_observed_data(fit_path)
@@ -235,7 +235,7 @@ def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
     """The pipeline's own writer (CAVI: fast, full data) passes each seed's data set."""
     from vimodes.config import build_study
     from vimodes.pipeline import fit_chunk
-    from vimodes.simulate import simulate_dataset
+    from vimodes.simulate import dataset_path, simulate_dataset
     from vimodes.records import read_json
     from vimodes.simulate import read_dataset
 
@@ -246,7 +246,7 @@ def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
                    "iterations": [50], "seeds": 2}]})
     paths = []
     for regime, seed in study.datasets():
-        paths.append(str(tmp_path / "data" / "sim" / regime / f"seed-{seed}.nc"))
+        paths.append(str(tmp_path / dataset_path(regime, seed, study.config["data_block_size"])))
         simulate_dataset(study, regime, seed, paths[-1])
     cell = study.cells[0].cell_id
     fit_dir = tmp_path / "data" / "fits" / cell / "chunk-0"
@@ -254,7 +254,8 @@ def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
     assert [r["status"] for r in records] == ["ok", "ok"]
     for seed, path in enumerate(paths):
         idata = attach_observed_data(fit_dir / f"seed-{seed}.nc")
-        assert idata.posterior.attrs["observed_data_file"] == f"../../../sim/default/seed-{seed}.nc"
+        assert (idata.posterior.attrs["observed_data_file"]
+                == f"../../../sim/default/seeds-0-99/seed-{seed}.nc")
         np.testing.assert_array_equal(idata.observed_data["y"].values, read_dataset(path).y)
         record = read_json(fit_dir / f"seed-{seed}.json")
         np.testing.assert_array_equal(idata.loss["loss"].values, record["loss_trace"])

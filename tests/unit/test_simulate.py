@@ -113,10 +113,11 @@ def test_data_seed_formula_is_default_rng_of_seed_base_seed_0():
 
 def test_a_block_holds_its_fixed_seeds_whatever_the_study_fits(tmp_path):
     """A simulate block draws seeds b x size .. (b + 1) x size - 1, each the data set
-    simulate() gives that seed, in the file dataset_path names; a study fitting only seeds
+    simulate() gives that seed, in the folder named by that range; a study fitting only seeds
     0-2 (or 0-6) has the same block 0, so adding seeds never redraws a data set."""
     from vimodes.config import build_study
-    from vimodes.simulate import block_seeds, data_block, dataset_path, simulate_block
+    from vimodes.simulate import (block_folder, block_seeds, data_block, dataset_path,
+                                  simulate_block)
 
     def study(seeds):
         return build_study({
@@ -128,15 +129,32 @@ def test_a_block_holds_its_fixed_seeds_whatever_the_study_fits(tmp_path):
     few, more = study(3), study(7)
     assert [data_block(s, 4) for s in range(9)] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
     assert list(block_seeds(1, 4)) == [4, 5, 6, 7]
-    assert dataset_path("default", 5, 4) == "data/sim/default/block-1/seed-5.nc"
+    assert block_folder("default", 1, 4) == "data/sim/default/seeds-4-7"
+    assert dataset_path("default", 5, 4) == "data/sim/default/seeds-4-7/seed-5.nc"
+    assert dataset_path("default", 5, 5) == "data/sim/default/seeds-5-9/seed-5.nc"
+    assert more.data_blocks() == few.data_blocks() + [("default", 1)]
     for name, one in (("few", few), ("more", more)):
-        folder = tmp_path / name / "block-0"
-        simulate_block(one, "default", 0, folder)
+        folder = tmp_path / name / "seeds-0-3"
+        simulate_block(one, "default", folder)
         assert sorted(p.name for p in folder.iterdir()) == [f"seed-{s}.nc" for s in range(4)]
     regime = DataRegime(n_obs=50)
     for seed in range(4):
         expected = simulate(regime, seed, 11)
         for name in ("few", "more"):
-            back = read_dataset(tmp_path / name / "block-0" / f"seed-{seed}.nc")
+            back = read_dataset(tmp_path / name / "seeds-0-3" / f"seed-{seed}.nc")
             assert back.seed == seed
             np.testing.assert_array_equal(back.y, expected.y)
+
+
+def test_a_job_reads_its_data_sets_from_its_input_blocks():
+    from vimodes.simulate import files_in_blocks, folder_seeds
+
+    assert folder_seeds("data/sim/k3/seeds-100-199") == range(100, 200)
+    for bad in ("data/sim/k3/block-1", "data/sim/k3/seeds-9-3", "seeds-1-2/x"):
+        with pytest.raises(ValueError, match="not a block"):
+            folder_seeds(bad)
+    blocks = ["data/sim/a/seeds-0-4", "data/sim/a/seeds-5-9"]
+    assert files_in_blocks(blocks, [7, 2]) == ["data/sim/a/seeds-5-9/seed-7.nc",
+                                               "data/sim/a/seeds-0-4/seed-2.nc"]
+    with pytest.raises(ValueError, match="no input block holds data set 10"):
+        files_in_blocks(blocks, [3, 10])

@@ -298,12 +298,12 @@ def test_the_integrity_check_runs_in_the_main_process_only(tmp_path):
     data set stops the main process and is ignored by a job process, which still reads (and
     validates) the config."""
     work = copy_workflow(tmp_path / "wf")
-    damaged = work / "data" / "sim" / "default" / "block-0" / "seed-0.nc"
+    damaged = work / "data" / "sim" / "default" / "seeds-0-99" / "seed-0.nc"
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # a truncated NetCDF-4 file
     main = snakemake("-n", "--configfile", QUICK, cwd=work, check=False)
     assert main.returncode != 0
-    assert "--forcerun data/sim/default/block-0" in main.stdout + main.stderr
+    assert "--forcerun data/sim/default/seeds-0-99" in main.stdout + main.stderr
     job = snakemake("-n", "--configfile", QUICK, "--mode", "subprocess", cwd=work,
                     check=False)
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
@@ -360,6 +360,8 @@ def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
     assert [(d.path, d.reason, d.output) for d in missing] == [
         (str(data), "missing from its block of data sets", str(block))]
     assert find_damage([str(data)]) == []  # without the block: a missing file is not damage
+    # a block Snakemake marked incomplete (its job was killed) is left to --rerun-incomplete
+    assert find_damage(writers, skip={str(block)}) == []
     data.write_bytes((tmp_path / "moved.nc").read_bytes())
     assert find_damage(writers) and find_damage(writers)[0].reason.startswith("truncated")
 
@@ -420,7 +422,7 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(quick_study, tmp
     work = tmp_path / "copy"
     shutil.copytree(quick_study[0], work, symlinks=True)  # keeps mtimes and .snakemake
     config = quick_study[1]
-    data = work / "data" / "sim" / "default" / "block-0" / "seed-1.nc"
+    data = work / "data" / "sim" / "default" / "seeds-0-99" / "seed-1.nc"
     with open(data, "r+b") as handle:
         handle.truncate(1000)
     fit_nc = chunk_dir(work, CAVI_CELL, 0) / "seed-0.nc"
@@ -435,11 +437,11 @@ def test_damaged_outputs_are_named_and_planned_for_regeneration(quick_study, tmp
     text = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert "Integrity check: 3 damaged output file(s) in 3 output(s)" in text
-    assert "data/sim/default/block-0/seed-1.nc: truncated (1000 of" in text
+    assert "data/sim/default/seeds-0-99/seed-1.nc: truncated (1000 of" in text
     assert f"data/fits/{CAVI_CELL}/chunk-0/seed-0.nc: truncated" in text
     assert f"data/fits/{EXPLODE_CELL}/chunk-0/seed-1.json: truncated or not valid JSON" in text
     forced = forcerun_args(text)
-    assert forced == sorted(["data/sim/default/block-0", f"data/fits/{CAVI_CELL}/chunk-0",
+    assert forced == sorted(["data/sim/default/seeds-0-99", f"data/fits/{CAVI_CELL}/chunk-0",
                              f"data/fits/{EXPLODE_CELL}/chunk-0"])
     # the recipe: delete them, then --forcerun them: the damaged data set's block, every chunk
     # that reads it (the two damaged ones among them) and everything downstream are planned
@@ -678,7 +680,7 @@ def test_damaged_files_are_regenerated(baseline, tmp_path):
     names them (and refuses to reuse them), the recipe regenerates the identical study."""
     work = tmp_path / "copy"
     shutil.copytree(baseline[0], work, symlinks=True)
-    data = work / "data" / "sim" / "default" / "block-0" / "seed-2.nc"
+    data = work / "data" / "sim" / "default" / "seeds-0-99" / "seed-2.nc"
     with open(data, "r+b") as handle:
         handle.truncate(4096)
     adam = "marginal__advi__adam__it1000__init-jitter__fullbatch"

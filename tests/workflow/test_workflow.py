@@ -209,22 +209,28 @@ def _dry_run_jobs(output: str, rule: str) -> list[dict[str, str]]:
 
 
 def test_cells_read_the_same_data_set_per_seed(tmp_path):
-    """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/block-<b>/
-    seed-s.nc, the one data set of that seed, whatever the cell (its input: the blocks that
-    hold its seeds; the files themselves: a parameter)."""
+    """Common random numbers: every fit chunk of seed s reads data/sim/<regime>/seeds-<a>-<b>/
+    seed-s.nc, the one data set of that seed, whatever the cell: its inputs are the blocks
+    that hold its seeds, and its script reads each seed's file from them
+    (``simulate.files_in_blocks``, test_simulate)."""
+    from vimodes.simulate import files_in_blocks
+
     work = copy_workflow(tmp_path / "wf")
     study = load_study(work / SMOKE)
     out = snakemake("-n", "--configfile", SMOKE, cwd=work).stdout
     jobs = _dry_run_jobs(out, "fit_chunk")
     assert len(jobs) == len(study.fit_chunks())
     readers = {}
+    size = study.config["data_block_size"]
     for job in jobs:
         wildcards = dict(item.split("=", 1) for item in job["wildcards"].split(", "))
         cell = study.cell_by_id[wildcards["cell"]]
         seeds = study.chunk_seeds(cell.cell_id, int(wildcards["chunk"]))
-        block_size = study.config["data_block_size"]
-        assert job["input"].split(", ") == sorted({f"data/sim/{cell.data_regime}/block-"
-                                                   f"{s // block_size}" for s in seeds})
+        folder = {s: f"data/sim/{cell.data_regime}/seeds-{s // size * size}-"
+                     f"{s // size * size + size - 1}" for s in seeds}
+        blocks = job["input"].split(", ")
+        assert blocks == sorted(set(folder.values()))
+        assert files_in_blocks(blocks, seeds) == [f"{folder[s]}/seed-{s}.nc" for s in seeds]
         for s in seeds:
             readers.setdefault((cell.data_regime, s), set()).add(cell.cell_id)
     assert len(readers) == len(study.datasets())

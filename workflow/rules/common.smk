@@ -61,7 +61,8 @@ wildcard_constraints:
     cell="[A-Za-z0-9_.-]+",
     chunk=r"\d+",
     seed=r"\d+",
-    block=r"\d+",
+    first=r"\d+",
+    last=r"\d+",
     regime="[A-Za-z0-9_]+",
 
 
@@ -88,7 +89,9 @@ def data_file(regime, seed):
 def data_blocks(regime, seeds):
     """The simulate blocks (output folders) that hold the data sets of ``seeds``."""
     size = STUDY.config["data_block_size"]
-    return sorted({block_folder(regime, data_block(seed, size)) for seed in seeds})
+    return sorted(
+        {block_folder(regime, data_block(seed, size), size) for seed in seeds}
+    )
 
 
 def chunk_data_blocks(wildcards):
@@ -96,12 +99,6 @@ def chunk_data_blocks(wildcards):
     return data_blocks(
         cell.data_regime, STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk))
     )
-
-
-def chunk_data_files(wildcards):
-    cell = STUDY.cell_by_id[wildcards.cell]
-    seeds = STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk))
-    return [data_file(cell.data_regime, seed) for seed in seeds]
 
 
 def reference_chunk_dirs(wildcards):
@@ -195,9 +192,7 @@ def check_outputs():
     # --rerun-incomplete, hence not damage (and --unlock must not be refused for it)
     damage = find_damage(
         {
-            data_file(regime, seed): block_folder(
-                regime, data_block(seed, STUDY.config["data_block_size"])
-            )
+            data_file(regime, seed): data_blocks(regime, [seed])[0]
             for regime, seed in STUDY.datasets()
         },
         chunk_dirs,

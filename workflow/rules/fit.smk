@@ -25,7 +25,6 @@ rule fit_chunk:
     params:
         cell=lambda wc: STUDY.cell_by_id[wc.cell].axes(),
         seeds=lambda wc: list(STUDY.chunk_seeds(wc.cell, int(wc.chunk))),
-        data_files=chunk_data_files,
         settings=fit_settings,
         pymc_version=PYMC_VERSION,
     script:

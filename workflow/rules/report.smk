@@ -127,7 +127,7 @@ rule posterior_grid:
         runtime=15,
     params:
         regime=REPORT_REGIME,
-        data_file=data_file(REPORT_REGIME, REPORT_SEED),
+        seed=REPORT_SEED,
         low=GRID_LOW,
         high=GRID_HIGH,
         points=GRID_POINTS,

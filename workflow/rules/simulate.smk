@@ -1,12 +1,13 @@
 rule simulate:
     """Draw one block of data sets of the question's generator (data_block_size seeds of one
-    regime, one file per seed): one process per block, not per data set."""
+    regime, one file per seed; the folder is named by its seed range): one process per block,
+    not per data set."""
     output:
-        directory("data/sim/{regime}/block-{block}"),
+        directory("data/sim/{regime}/seeds-{first}-{last}"),
     log:
-        "logs/simulate/{regime}/block-{block}.log",
+        "logs/simulate/{regime}/seeds-{first}-{last}.log",
     benchmark:
-        "logs/benchmarks/simulate/{regime}/block-{block}.tsv"
+        "logs/benchmarks/simulate/{regime}/seeds-{first}-{last}.tsv"
     conda:
         "../envs/vimodes.yaml"
     resources:
@@ -15,6 +16,5 @@ rule simulate:
     params:
         regime=lambda wc: STUDY.config["data_regimes"][wc.regime],
         seed_base=STUDY.config["seed_base"],
-        block_size=STUDY.config["data_block_size"],
     script:
         "../scripts/simulate.py"

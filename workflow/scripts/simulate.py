@@ -4,5 +4,4 @@ with script_logging(snakemake.log[0]):
     from vimodes.config import build_study
     from vimodes.simulate import simulate_block
 
-    simulate_block(build_study(snakemake.config), snakemake.wildcards.regime,
-                   int(snakemake.wildcards.block), snakemake.output[0])
+    simulate_block(build_study(snakemake.config), snakemake.wildcards.regime, snakemake.output[0])
