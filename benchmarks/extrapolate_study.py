@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from vimodes.config import load_study  # noqa: E402
 from vimodes.methods import method_spec  # noqa: E402
-from vimodes.simulate import folder_seeds  # noqa: E402
+from vimodes.simulate import folder_seeds, study_blocks  # noqa: E402
 
 METHOD = ("rates per unit of work (seeds x chains x iterations/10000) per kind of fit job "
           "(method, engine, full batch, nearest measured N); classify per fit; simulate per data "
@@ -151,7 +151,7 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
             cls[2] += 1
     sim_rates = measured["simulate"]
     block_size = study.config["data_block_size"]
-    for regime, _block in study.data_blocks():
+    for regime, _block in study_blocks(study):
         n_obs = regimes[regime]["n_obs"]
         n_used = min(sim_rates, key=lambda n: abs(math.log(n / n_obs)))
         row = rows["simulate"]

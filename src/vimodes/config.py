@@ -551,13 +551,6 @@ class Study:
     def datasets(self) -> list[tuple[str, int]]:
         return sorted({(c.data_regime, s) for c in self.cells for s in c.seeds})
 
-    def data_blocks(self) -> list[tuple[str, int]]:
-        """(regime, block) of every simulate job: the blocks that hold the study's data sets."""
-        from vimodes.simulate import data_block
-
-        size = self.config["data_block_size"]
-        return sorted({(regime, data_block(seed, size)) for regime, seed in self.datasets()})
-
     def config_hash(self) -> str:
         return config_hash(self.config)
 

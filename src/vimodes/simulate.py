@@ -85,6 +85,12 @@ def data_block(seed: int, block_size: int) -> int:
     return seed // block_size
 
 
+def study_blocks(study: Study) -> list[tuple[str, int]]:
+    """(regime, block) of every simulate job: the blocks that hold the study's data sets."""
+    size = study.config["data_block_size"]
+    return sorted({(regime, data_block(seed, size)) for regime, seed in study.datasets()})
+
+
 def block_seeds(block: int, block_size: int) -> range:
     """Every seed of block ``block``: fixed by the block size alone, never by the study, so that
     a block's files do not change when a study adds seeds or cells."""

@@ -76,7 +76,7 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", 10 + number)
         _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 2)
     block_size = study.config["data_block_size"]
-    blocks = study.data_blocks()
+    blocks = module.study_blocks(study)
     for regime, block in blocks:
         first = block * block_size
         name = f"seeds-{first}-{first + block_size - 1}.tsv"

@@ -117,7 +117,7 @@ def test_a_block_holds_its_fixed_seeds_whatever_the_study_fits(tmp_path):
     0-2 (or 0-6) has the same block 0, so adding seeds never redraws a data set."""
     from vimodes.config import build_study
     from vimodes.simulate import (block_folder, block_seeds, data_block, dataset_path,
-                                  simulate_block)
+                                  simulate_block, study_blocks)
 
     def study(seeds):
         return build_study({
@@ -132,7 +132,7 @@ def test_a_block_holds_its_fixed_seeds_whatever_the_study_fits(tmp_path):
     assert block_folder("default", 1, 4) == "data/sim/default/seeds-4-7"
     assert dataset_path("default", 5, 4) == "data/sim/default/seeds-4-7/seed-5.nc"
     assert dataset_path("default", 5, 5) == "data/sim/default/seeds-5-9/seed-5.nc"
-    assert more.data_blocks() == few.data_blocks() + [("default", 1)]
+    assert study_blocks(more) == study_blocks(few) + [("default", 1)]
     for name, one in (("few", few), ("more", more)):
         folder = tmp_path / name / "seeds-0-3"
         simulate_block(one, "default", folder)

@@ -14,6 +14,7 @@ import yaml
 
 from helpers import TINY, copy_workflow
 from vimodes.config import load_study
+from vimodes.simulate import study_blocks
 
 BIN = Path(sys.executable).parent
 PROFILE = "profiles/slurm"
@@ -85,7 +86,7 @@ def test_slurm_dry_run_plans_every_job(slurm_dry_run):
     assert {(j["wildcards"]["cell"], int(j["wildcards"]["chunk"])) for j in fits} == \
         set(study.fit_chunks())
     assert len(fits) == len(study.fit_chunks())
-    assert sum(j["rule"] == "simulate" for j in jobs) == len(study.datasets())
+    assert sum(j["rule"] == "simulate" for j in jobs) == len(study_blocks(study))
     assert sum(j["rule"] == "classify_chunk" for j in jobs) == len(study.fit_chunks())
     assert any(j["rule"] == "write_report" for j in jobs)
 

@@ -15,6 +15,7 @@ import yaml
 
 from helpers import BIN, QUICK, SMOKE, assert_no_traceback, copy_workflow, job_count, snakemake
 from vimodes.config import load_study
+from vimodes.simulate import study_blocks
 
 @pytest.mark.parametrize("config", ["config/config.yaml", "config/full.yaml", SMOKE, QUICK])
 def test_dry_run_plans_the_whole_grid(repo, tmp_path, config, cluster_dry_runs):
@@ -24,7 +25,7 @@ def test_dry_run_plans_the_whole_grid(repo, tmp_path, config, cluster_dry_runs):
         work = copy_workflow(tmp_path / "wf")
         out = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
     assert job_count(out, "fit_chunk") == len(study.fit_chunks())
-    assert job_count(out, "simulate") == len(study.data_blocks())
+    assert job_count(out, "simulate") == len(study_blocks(study))
 
 
 def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
@@ -38,7 +39,7 @@ def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
     # holds its seeds whatever the study fits)
     bigger = load_study(work / "config" / "bigger.yaml")
     assert len(bigger.datasets()) == len(load_study(work / SMOKE).datasets()) + 2
-    assert job_count(more, "simulate") == len(bigger.data_blocks()) == job_count(base, "simulate")
+    assert job_count(more, "simulate") == len(study_blocks(bigger)) == job_count(base, "simulate")
     assert job_count(more, "fit_chunk") > job_count(base, "fit_chunk")
 
 
