@@ -191,9 +191,10 @@ def check_outputs():
     # a job killed with the whole session leaves its output marked incomplete: redone by
     # --rerun-incomplete, hence not damage (and --unlock must not be refused for it)
     damage = find_damage(
+        # each data set's writer is its block, the folder that holds it
         {
-            data_file(regime, seed): data_blocks(regime, [seed])[0]
-            for regime, seed in STUDY.datasets()
+            path: os.path.dirname(path)
+            for path in map(data_file, *zip(*STUDY.datasets()))
         },
         chunk_dirs,
         all_chunk_outputs("data/classified/{cell}/chunk-{chunk}.parquet"),
