@@ -51,6 +51,14 @@ class ConfigError(ValueError):
         super().__init__("\n".join(lines))
 
 
+def _settings_key(cell: Cell, method: str) -> tuple:
+    """A cell's levels with ``method`` in place of its own, without its grid and seeds."""
+    levels = asdict(cell)
+    del levels["grid"], levels["seeds"]
+    levels["method"] = method
+    return tuple(sorted(levels.items()))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One combination of factor levels; fitted once per seed."""
@@ -546,6 +554,27 @@ class Study:
                     and cell.model == REFERENCE_MODEL and cell.components is None
                     and cell.data_regime == regime):
                 return cell
+        return None
+
+    @cached_property
+    def _cells_by_settings(self) -> dict[tuple, Cell]:
+        return {_settings_key(c, c.method): c for c in self.cells}
+
+    def source_chunk(self, cell_id: str, chunk: int) -> tuple[str, int] | None:
+        """The chunk whose stored results this chunk finishes instead of fitting again: of the
+        cell of the method this one derives from (``MethodSpec.derived_from``, e.g. Pathfinder
+        + PSIS resamples the per-path Pathfinder cell's paths) with every other axis equal, and
+        of exactly this chunk's seeds; None when the study has no such chunk."""
+        cell = self.cell_by_id[cell_id]
+        source_method = method_spec(cell.method).derived_from
+        source = (self._cells_by_settings.get(_settings_key(cell, source_method))
+                  if source_method else None)
+        if source is None:
+            return None
+        seeds = self.chunk_seeds(cell_id, chunk)
+        for index, source_seeds in enumerate(self.chunks(source)):
+            if source_seeds == seeds:
+                return source.cell_id, index
         return None
 
     def datasets(self) -> list[tuple[str, int]]:

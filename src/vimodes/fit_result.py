@@ -31,6 +31,14 @@ class FitResult:
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     # (checkpoint, draw, ...) draws at the stored checkpoints; empty without checkpoints
     checkpoint_draws: dict[str, np.ndarray] = field(default_factory=dict)
+    # named sets of arrays another cell's fit of the same seed reuses (written as
+    # seed-<s>.<name>.npz, e.g. Pathfinder's paths, resampled by the pathfinder_psis cell)
+    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+class StoredFitMismatch(Exception):
+    """Stored results of another cell that do not belong to this fit (other seed or settings):
+    a defect of the workflow, never recorded as a fit's outcome."""
 
 
 class NumericalFailure(RuntimeError):

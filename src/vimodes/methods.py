@@ -49,7 +49,10 @@ class MethodSpec:
     (measured on a 2-core machine, see benchmarks/README.md; the rules add a 3x margin);
     ``fitter``: "module:Class" of the fitter, imported only when a fit job runs (planning and
     reporting never import PyMC); the class takes ``(FitSettings, n_obs)`` and its
-    ``fit(data, seed_base, seed)`` returns a ``vimodes.fitting.FitResult``.
+    ``fit(data, seed_base, seed)`` returns a ``vimodes.fitting.FitResult``;
+    ``derived_from``: a method whose fit of the same seed this one finishes instead of fitting
+    again, when the study has that method's cell with every other axis equal
+    (``Study.source_chunk``; the fitter's ``fit_from_stored`` reads what the other stored).
     """
 
     name: str
@@ -67,6 +70,7 @@ class MethodSpec:
     minutes_per_fit: float = 0.1
     checkpoints: bool = False  # can store the approximation at intermediate iterations
     family: str = field(default="")  # the fitter family (defaults to the name)
+    derived_from: str | None = None
 
     def uses(self, axis: str) -> bool:
         return axis in self.axes
@@ -95,7 +99,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
                    relabel_by="draw", minutes_per_fit=1.0),
         MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
                    _PATHFINDER_STARTS, _PATHFINDER_FITTER, init_kinds=("default", "jitter"),
-                   full_data=True, relabel_by="draw", minutes_per_fit=1.5, family="pathfinder"),
+                   full_data=True, relabel_by="draw", minutes_per_fit=1.5, family="pathfinder",
+                   derived_from="pathfinder"),
         MethodSpec("dadvi", "DADVI", "#17becf", ("init",), {
                        kind: text + "; log sds 0" for kind, text in _ADVI_STARTS.items()},
                    "vimodes.dadvi_fit:DadviFitter", full_data=True, minutes_per_fit=0.5),

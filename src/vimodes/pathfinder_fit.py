@@ -10,8 +10,8 @@ up to float rounding of the back-transform; tested):
 
 1. Compile once per fitter, not once per fit. ``pymc_extras.fit`` rebuilds and re-rewrites its
    graphs on every call (~3-5 s even with a warm PyTensor cache). Here ``__init__`` builds the
-   full-data model on shared data and the single-path function; ``fit`` swaps the data into the
-   shared variables and runs the paths. (The library copies its compiled functions per path --
+   full-data model on shared data, the single-path function is compiled on its first use, and
+   ``fit`` swaps the data into the shared variables and runs the paths. (The library copies its compiled functions per path --
    a re-link, ~0.1 s/path, not a recompile -- and the copies share the shared data's storage.)
 2. Paths run serially and are returned in path order. The library's default
    ``concurrent="process"`` returns them in completion order, which is not reproducible.
@@ -21,6 +21,13 @@ up to float rounding of the back-transform; tested):
    evaluated draws give each path's ELBO estimate and PSIS k-hat (``info``, :meth:`khat`).
    This is done by swapping the final-sampling function inside the library's single-path
    closure; if a pymc-extras version lacks it, the unmodified function runs (slower, same draws).
+
+The user-facing variant (``pathfinder_psis``: the paths' draws pooled and importance-resampled,
+``importance_sampling="psis"``) draws exactly the same paths from the same seed, so where the
+per-path cell of the same seeds and settings ran first, :meth:`PathfinderFitter.fit_from_stored`
+resamples the paths that cell stored (``FitResult.artifacts``) instead of running them again
+(the result equals :meth:`PathfinderFitter.fit`'s; tested). The per-path cell then evaluates
+logP at every draw, as the importance weights need.
 
 Paths that fail (L-BFGS failure, single step, non-finite logP/logQ after the library's retries)
 are dropped, as the library drops them; ``chains_done`` counts the surviving paths and
@@ -38,7 +45,9 @@ The likelihood follows ``settings.likelihood`` as for NUTS: ``fused`` (the numba
 
 from __future__ import annotations
 
+import json
 import time
+from functools import cached_property
 
 import numpy as np
 import pytensor
@@ -55,6 +64,7 @@ from vimodes.fitting import (
     compile_flat_reader,
     fit_rng,
 )
+from vimodes.fit_result import StoredFitMismatch
 from vimodes.simulate import Dataset
 
 # pymc-extras' defaults (fit_pathfinder), pinned here so that a library upgrade that changes
@@ -122,12 +132,6 @@ class PathfinderFitter(_Fitter):
     """Multi-path Pathfinder on the full data; draws shaped (paths, draws_per_path, ...)."""
 
     def __init__(self, settings: FitSettings, n_obs: int):
-        from pymc_extras.inference.pathfinder.pathfinder import (
-            DEFAULT_LINKER,
-            make_single_pathfinder_fn,
-        )
-        from pytensor.compile.mode import Mode
-
         s = settings
         if s.method not in ("pathfinder", "pathfinder_psis"):
             raise ValueError(f"PathfinderFitter does not handle method '{s.method}'")
@@ -143,14 +147,35 @@ class PathfinderFitter(_Fitter):
         self.n_logp = s.draws if self.importance_sampling else max(0, min(s.khat_draws, s.draws))
         self.config = {"num_draws": s.draws, "maxcor": self.maxcor, "jitter": self.jitter,
                        **PATHFINDER_DEFAULTS}
-        self._single_path = make_single_pathfinder_fn(self.model, **self.config)
-        self.cheap_final_logp = self._swap_final_sampler(
-            _FinalSampler(self.model, self.n_params, self.maxcor, self.n_logp,
-                          {"mode": Mode(linker=DEFAULT_LINKER)}))
         self._to_variables = compile_flat_reader(
             self.model, bijection_ordering(self.model.initial_point()))
         self.last_path_khat: list[float | None] = []
         self._last_fit: tuple[int, int] | None = None
+
+    @cached_property
+    def _single_path(self):
+        """The library's single-path function, compiled on first use: a chunk that only
+        resamples stored paths (:meth:`fit_from_stored`) never compiles it."""
+        from pymc_extras.inference.pathfinder.pathfinder import (
+            DEFAULT_LINKER,
+            make_single_pathfinder_fn,
+        )
+        from pytensor.compile.mode import Mode
+
+        single_path = make_single_pathfinder_fn(self.model, **self.config)
+        self.cheap_final_logp = self._swap_final_sampler(
+            single_path, _FinalSampler(self.model, self.n_params, self.maxcor, self.n_logp,
+                                       {"mode": Mode(linker=DEFAULT_LINKER)}))
+        return single_path
+
+    stored_artifact = "paths"  # fit_from_stored reads what fit stored under this name
+
+    @property
+    def stores_paths(self) -> bool:
+        """Whether a fit returns its paths for a ``pathfinder_psis`` cell to resample
+        (:meth:`fit_from_stored`): only the per-path method does, and only when it evaluated the
+        model at every draw (``khat_draws >= draws``), as the importance weights need."""
+        return self.importance_sampling is None and self.n_logp == self.settings.draws
 
     @staticmethod
     def _jitter(settings: FitSettings) -> float:
@@ -161,11 +186,12 @@ class PathfinderFitter(_Fitter):
         raise ValueError(f"pathfinder supports the init kinds 'default' and 'jitter', not "
                          f"'{settings.init_kind}'")
 
-    def _swap_final_sampler(self, sampler: _FinalSampler) -> bool:
-        code = self._single_path.__code__
+    @staticmethod
+    def _swap_final_sampler(single_path, sampler: _FinalSampler) -> bool:
+        code = single_path.__code__
         if "final_sample_logp_func" not in code.co_freevars:
             return False
-        cell = self._single_path.__closure__[code.co_freevars.index("final_sample_logp_func")]
+        cell = single_path.__closure__[code.co_freevars.index("final_sample_logp_func")]
         cell.cell_contents = sampler
         return True
 
@@ -228,7 +254,58 @@ class PathfinderFitter(_Fitter):
         errors = [p["error"] for p in paths if "error" in p]
         if errors:
             info["path_errors"] = errors
+        result = self._finish(kept, info, random_seed, seed_base, seed)
+        if self.stores_paths:
+            result.artifacts[self.stored_artifact] = self._stored(kept, info)
+        return result
+
+    def _stored(self, kept: list[dict], info: dict) -> dict[str, np.ndarray]:
+        """What :meth:`fit_from_stored` needs: the surviving paths' unconstrained draws, their
+        logP and logQ, and the fit's info (as JSON)."""
+        shape = (len(kept), self.settings.draws)
+        return {
+            "samples": (np.stack([p["samples"] for p in kept]) if kept
+                        else np.zeros((*shape, self.n_params))),
+            "log_p": np.stack([p["log_p"] for p in kept]) if kept else np.zeros(shape),
+            "log_q": np.stack([p["log_q"] for p in kept]) if kept else np.zeros(shape),
+            "info": np.array(json.dumps(info)),
+        }
+
+    def fit_from_stored(self, data: Dataset, seed_base: int, seed: int,
+                        stored: dict[str, np.ndarray]) -> FitResult:
+        """The fit of this seed from the paths a per-path (``pathfinder``) fit of the same seed
+        stored (:meth:`_stored`): the same paths, because the per-path seeds depend on the seed
+        alone, so the result equals :meth:`fit`'s (tested) without running the paths again.
+        ``fit_seconds`` stays the paths' time, which a user of the method spends;
+        ``resample_seconds`` is this step's."""
+        s = self.settings
+        started = time.perf_counter()
+        random_seed = int(fit_rng(seed_base, seed).integers(2**31))
+        info = json.loads(str(stored["info"]))
+        if info["pathfinder_random_seed"] != random_seed:
+            raise StoredFitMismatch(f"stored paths of seed {seed} were drawn with random seed "
+                             f"{info['pathfinder_random_seed']}, this fit's is {random_seed}")
+        if info["pathfinder_config"] != self.config or info["paths_asked"] != s.pathfinder_paths:
+            raise StoredFitMismatch(f"stored paths of seed {seed} come from other Pathfinder "
+                                    "settings")
+        samples, log_p = stored["samples"], stored["log_p"]
+        if log_p.shape[-1] != s.draws:
+            raise StoredFitMismatch(f"stored paths of seed {seed} have logP at {log_p.shape[-1]} draws, "
+                             f"importance resampling needs all {s.draws}")
+        self.check_size(data)
+        self._last_fit, self.last_path_khat = None, []
+        kept = [{"samples": samples[i], "log_p": log_p[i], "log_q": stored["log_q"][i]}
+                for i in range(samples.shape[0])]
+        info["logp_draws"] = self.n_logp
+        result = self._finish(kept, info, random_seed, seed_base, seed)
+        result.info["resample_seconds"] = time.perf_counter() - started
+        return result
+
+    def _finish(self, kept: list[dict], info: dict, random_seed: int, seed_base: int,
+                seed: int) -> FitResult:
+        s = self.settings
         if not kept:
+            errors = info.get("path_errors", [])
             reason = "; ".join(errors) if errors else ", ".join(info["path_status"])
             return FitResult("failed", f"all {s.pathfinder_paths} Pathfinder paths failed: "
                              f"{reason}", info=info)

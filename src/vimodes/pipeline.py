@@ -31,8 +31,12 @@ def fit_record_path(fit_dir: str | Path, seed: int, suffix: str) -> Path:
 
 
 def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out_dir: str | Path,
-              threads: int = 1) -> list[dict]:
+              threads: int = 1, source_dir: str | Path | None = None) -> list[dict]:
     """Fit every seed of one chunk in this process and write ``seed-<s>.nc`` + ``seed-<s>.json``.
+
+    ``source_dir``: the chunk of the cell this one derives from (``Study.source_chunk``), whose
+    stored results of the same seeds (``seed-<s>.<name>.npz``) the fitter finishes instead of
+    fitting again (``fit_from_stored``); a seed without them is fitted.
 
     A numerical failure of a fit becomes a record with status "failed"; anything else (I/O,
     memory, interrupts) propagates so that Snakemake retries the job.
@@ -41,6 +45,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     from vimodes.config import FitSettings
     from vimodes.fit_result import NUMERICAL_ERRORS, FitResult
     from vimodes.idata import write_posterior
+    from vimodes.records import read_arrays, write_arrays
 
     cell = study.cell_by_id[cell_id]
     seeds = study.chunk_seeds(cell_id, chunk)
@@ -68,8 +73,21 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
              if hasattr(fitter, "fit_many") else {})
     for seed, data, data_path in zip(seeds, datasets, data_paths):
         t0 = time.perf_counter()
+        stored = (fit_record_path(source_dir, seed, f"{fitter.stored_artifact}.npz")
+                  if source_dir is not None else None)
+        if stored is not None and not stored.is_file():
+            log.warning("seed %s: no stored %s in %s (fitted by an older version?): fitting it",
+                        seed, fitter.stored_artifact, source_dir)
+            stored = None
         try:
-            result = batch[seed] if batch else fitter.fit(data, study.config["seed_base"], seed)
+            if batch:
+                result = batch[seed]
+            elif stored is not None:
+                result = fitter.fit_from_stored(data, study.config["seed_base"], seed,
+                                                read_arrays(stored))
+                result.info["stored_from"] = str(source_dir)
+            else:
+                result = fitter.fit(data, study.config["seed_base"], seed)
         except NUMERICAL_ERRORS as err:
             # a numerical failure anywhere in one fit (also after its iterations, e.g. in the
             # diagnostics) is that fit's outcome; the chunk goes on with the next seed
@@ -104,6 +122,8 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
                             {"seed": seed, "cell_id": cell_id, "checkpoint_iterations":
                              result.info["checkpoint_iterations"]},
                             data_path=data_path, data_sha256=data_sha256)
+        for name, arrays in result.artifacts.items():
+            write_arrays(arrays, fit_record_path(out_dir, seed, f"{name}.npz"))
         write_json(record, fit_record_path(out_dir, seed, "json"))
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +92,17 @@ def _jsonable(value: Any) -> Any:
 def write_json(payload: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(payload), indent=1, sort_keys=True))
+
+
+def write_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """Named arrays as one uncompressed ``.npz`` file (numpy's own format, no pickles)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 def read_json(path: str | Path) -> dict:
@@ -234,6 +246,11 @@ def chunk_problems(chunk_dir: str | Path, seeds) -> list[tuple[str, str]]:
                 problems.append((str(nc_path), "missing (its record says status 'ok')"))
             elif why := netcdf_problem(nc_path):
                 problems.append((str(nc_path), why))
+    for name in sorted(n for n in present if n.endswith(".npz")):
+        try:  # stored results another cell reuses (FitResult.artifacts): must load
+            read_arrays(chunk_dir / name)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            problems.append((str(chunk_dir / name), f"unreadable ({type(err).__name__})"))
     return problems
 
 

@@ -307,3 +307,24 @@ def test_fit_rule_params_come_from_the_fit_settings(repo):
     assert changed(lambda c: c["data_regimes"][advi.data_regime].update(noise_sd=0.2), advi)
     assert not changed(lambda c: c["dadvi"].update(n_fixed_draws=5), advi)
     assert changed(lambda c: c["dadvi"].update(n_fixed_draws=5), by_method["dadvi"])
+
+
+def test_a_derived_method_finishes_the_chunk_of_the_same_seeds_and_settings():
+    """Pathfinder + PSIS resamples the per-path Pathfinder cell's stored paths: its source is
+    the chunk of that cell with the same init (across grids) and exactly the same seeds; a chunk
+    without one is fitted on its own."""
+    raw = {"study_name": "t", "chunk_size": 2,
+           "inits": {"j": {"kind": "jitter"}, "k": {"kind": "jitter", "scale": 2.0},
+                     "d": {"kind": "default"}},
+           "grids": [{"name": "paths", "models": ["marginal"], "methods": ["pathfinder"],
+                      "inits": ["j", "k"], "seeds": 4},
+                     {"name": "psis", "models": ["marginal"], "methods": ["pathfinder_psis"],
+                      "inits": ["j"], "seeds": [0, 1, 2, 5]},
+                     {"name": "alone", "models": ["marginal"], "methods": ["pathfinder_psis"],
+                      "inits": ["d"], "seeds": 2}]}
+    study = build_study(raw)
+    psis = "marginal__pathfinder_psis__init-j"
+    assert study.source_chunk(psis, 0) == ("marginal__pathfinder__init-j", 0)
+    assert study.source_chunk(psis, 1) is None  # seeds (2, 5): no chunk of the same seeds
+    assert study.source_chunk("marginal__pathfinder_psis__init-d", 0) is None
+    assert study.source_chunk("marginal__pathfinder__init-j", 0) is None  # not derived

@@ -180,15 +180,19 @@ def test_prior_init_is_refused():
         PathfinderFitter(settings, 10)
 
 
-def test_psis_variant_equals_pymc_extras_fit_default(data):
+@pytest.fixture(scope="module")
+def psis():
+    settings = FitSettings(model="marginal", method="pathfinder_psis", draws=DRAWS,
+                           pathfinder_paths=PATHS, khat_draws=50)
+    return PathfinderFitter(settings, N_OBS)
+
+
+def test_psis_variant_equals_pymc_extras_fit_default(data, psis):
     """`pathfinder_psis` returns what a user calling pymc_extras.fit with its default
     importance_sampling="psis" gets: one pooled, importance-resampled set of draws, with the
     pooled weights' k-hat as the fit's."""
     import pymc_extras
 
-    settings = FitSettings(model="marginal", method="pathfinder_psis", draws=DRAWS,
-                           pathfinder_paths=PATHS, khat_draws=50)
-    psis = PathfinderFitter(settings, N_OBS)
     result = psis.fit(data, SEED_BASE, FIT_SEEDS[0])
     assert result.status == "ok", result.error
     assert result.draws["slopes"].shape == (1, DRAWS, 2)
@@ -203,3 +207,48 @@ def test_psis_variant_equals_pymc_extras_fit_default(data):
     for name in ("slopes", "weights", "sigma"):
         np.testing.assert_allclose(result.draws[name], idata.posterior[name].values,
                                    rtol=0, atol=1e-9, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def stored_paths(data):
+    """The paths a per-path fit that evaluated the model at every draw stores, seed FIT_SEEDS[1]."""
+    settings = FitSettings(model="marginal", method="pathfinder", draws=DRAWS,
+                           pathfinder_paths=PATHS, khat_draws=DRAWS)
+    per_path = PathfinderFitter(settings, N_OBS)
+    stored = per_path.fit(data, SEED_BASE, FIT_SEEDS[1]).artifacts["paths"]
+    assert stored["samples"].shape == (PATHS, DRAWS, per_path.n_params)
+    assert stored["log_p"].shape == stored["log_q"].shape == (PATHS, DRAWS)
+    return stored
+
+
+def test_psis_from_stored_paths_equals_fitting_them(data, psis, first_fit, stored_paths):
+    """A `pathfinder_psis` chunk finishes the per-path cell's stored paths of the same seed
+    instead of running them again: the same draws, k-hat and info (timing aside: fit_seconds
+    stays the paths' time), and refused for another seed. The per-path fit stores its paths
+    only when it evaluated the model at every draw: the module's fitter (khat_draws 50 < draws)
+    stores none."""
+    import json
+
+    from vimodes.fit_result import StoredFitMismatch
+
+    assert first_fit.artifacts == {}
+    seed = FIT_SEEDS[1]
+    direct = psis.fit(data, SEED_BASE, seed)
+    reused = psis.fit_from_stored(data, SEED_BASE, seed, stored_paths)
+    assert reused.status == direct.status == "ok"
+    for name, values in direct.draws.items():
+        np.testing.assert_array_equal(reused.draws[name], values, err_msg=name)
+    timing = {"fit_seconds", "resample_seconds"}
+    assert ({k: v for k, v in reused.info.items() if k not in timing}
+            == {k: v for k, v in direct.info.items() if k not in timing})
+    assert reused.info["fit_seconds"] == json.loads(str(stored_paths["info"]))["fit_seconds"]
+    with pytest.raises(StoredFitMismatch, match="random seed"):
+        psis.fit_from_stored(data, SEED_BASE, FIT_SEEDS[2], stored_paths)
+
+
+def test_a_chunk_that_only_resamples_compiles_no_paths(data, stored_paths):
+    settings = FitSettings(model="marginal", method="pathfinder_psis", draws=DRAWS,
+                           pathfinder_paths=PATHS, khat_draws=DRAWS)
+    fresh = PathfinderFitter(settings, N_OBS)
+    assert fresh.fit_from_stored(data, SEED_BASE, FIT_SEEDS[1], stored_paths).status == "ok"
+    assert "_single_path" not in vars(fresh)

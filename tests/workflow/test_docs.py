@@ -36,7 +36,7 @@ def dry_run_summary(output: str) -> dict:
         "classify_chunk": sum(j["rule"] == "classify_chunk" for j in jobs),
         "cpu_hours": round(sum(j["runtime"] * j["threads"] for j in fits) / 60),
         "longest_minutes": longest["runtime"],
-        "longest_cell": longest["cell"],
+        "longest_cells": {j["cell"] for j in fits if j["runtime"] == longest["runtime"]},
     }
 
 
@@ -75,7 +75,8 @@ def test_slurm_guide_quotes_the_dry_run(repo, dry_runs):
 def test_slurm_guide_names_the_longest_jobs(repo, dry_runs):
     text = (repo / SLURM_GUIDE).read_text()
     full = dry_runs["config/full.yaml"]
-    assert f"`{full['longest_cell']}`" in text
+    assert any(f"`{cell}`" in text for cell in full["longest_cells"]), (
+        f"name one of the longest fit jobs' cells in {SLURM_GUIDE}: {sorted(full['longest_cells'])}")
 
 
 # ---------------------------------------------------------------------------------------------

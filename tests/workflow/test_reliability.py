@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -29,7 +30,7 @@ from helpers import (QUICK, RUN_TIMEOUT_S, SNAKEMAKE, TINY, assert_no_traceback,
 from vimodes.canonical import diff_hashes, study_hashes
 from vimodes.config import load_study
 from vimodes.records import (damage_message, find_damage, marked_incomplete, netcdf_problem, parquet_problem,
-                             remove_stale_temporary_files, stale_temporary_files)
+                             remove_stale_temporary_files, stale_temporary_files, write_arrays)
 
 EXPLODE_CELL = "marginal__advi__explode__it1000__init-jitter__fullbatch"
 CAVI_CELL = "marginal__cavi__it50__init-jitter"
@@ -330,6 +331,15 @@ def test_integrity_check_finds_every_kind_of_damage(tmp_path, monkeypatch):
     assert damage[str(chunk / "seed-0.nc")].reason == "empty (0 bytes)"
     assert damage[str(chunk / "seed-0.nc")].output == str(chunk)
     assert "truncated" in damage[str(table)].reason
+
+    # stored arrays another cell reuses (Pathfinder's paths) must load
+    write_arrays({"log_p": np.zeros((2, 3))}, chunk / "seed-1.paths.npz")
+    assert str(chunk / "seed-1.paths.npz") not in {d.path for d in find_damage([], chunks)}
+    stored = (chunk / "seed-1.paths.npz").read_bytes()
+    (chunk / "seed-1.paths.npz").write_bytes(stored[: len(stored) // 2])
+    reasons = {d.path: d.reason for d in find_damage([], chunks)}
+    assert reasons[str(chunk / "seed-1.paths.npz")].startswith("unreadable")
+    (chunk / "seed-1.paths.npz").unlink()
 
     (chunk / "seed-0.nc").unlink()
     (chunk / "seed-1.json").write_text('{"seed": 1, "status": "fai')

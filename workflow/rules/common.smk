@@ -94,11 +94,19 @@ def data_blocks(regime, seeds):
     )
 
 
-def chunk_data_blocks(wildcards):
+def fit_inputs(wildcards):
+    """The chunk's data blocks and, for a method derived from another (Pathfinder + PSIS),
+    the chunk of the same seeds whose stored results it finishes (Study.source_chunk).
+    """
     cell = STUDY.cell_by_id[wildcards.cell]
-    return data_blocks(
-        cell.data_regime, STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk))
-    )
+    chunk = int(wildcards.chunk)
+    inputs = {
+        "data": data_blocks(cell.data_regime, STUDY.chunk_seeds(cell.cell_id, chunk))
+    }
+    source = STUDY.source_chunk(cell.cell_id, chunk)
+    if source is not None:
+        inputs["source"] = "data/fits/{}/chunk-{}".format(*source)
+    return inputs
 
 
 def reference_chunk_dirs(wildcards):
@@ -135,7 +143,10 @@ def fit_runtime_minutes(wildcards):
     n_seeds = len(STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk)))
     n_obs = STUDY.config["data_regimes"][cell.data_regime]["n_obs"]
     spec = method_spec(cell.method)
-    if spec.uses("chains"):
+    if STUDY.source_chunk(cell.cell_id, int(wildcards.chunk)) is not None:
+        # resamples the stored paths of another chunk: draws, weights and k-hat only
+        per_fit = 0.2
+    elif spec.uses("chains"):
         per_fit = spec.minutes_per_fit * cell.chains * n_obs / 100_000
     elif not spec.uses("optimizer"):
         per_fit = spec.minutes_per_fit * (n_obs / 100_000 if spec.full_data else 1.0)

@@ -1,7 +1,7 @@
 rule fit_chunk:
     """Fit a chunk of seeds of one cell in one process (the model is compiled once)."""
     input:
-        data=chunk_data_blocks,
+        unpack(fit_inputs),
     output:
         directory("data/fits/{cell}/chunk-{chunk}"),
     log:

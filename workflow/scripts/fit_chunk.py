@@ -9,4 +9,5 @@ with script_logging(snakemake.log[0]):
     seeds = snakemake.params.seeds
     fit_chunk(build_study(snakemake.config), snakemake.wildcards.cell,
               int(snakemake.wildcards.chunk), files_in_blocks(snakemake.input.data, seeds),
-              snakemake.output[0], threads=snakemake.threads)
+              snakemake.output[0], threads=snakemake.threads,
+              source_dir=snakemake.input.get("source"))
