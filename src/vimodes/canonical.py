@@ -3,9 +3,11 @@
 * NetCDF files (data sets, posterior draws) are written canonically (see :mod:`vimodes.idata`:
   no timestamps or wall-clock statistics, sorted variables; HDF5 object times are not tracked),
   so their hash is the sha256 of the bytes: nothing is ignored.
+* Stored arrays (``.npz``, results another cell reuses) are hashed by their arrays, less the
+  timings of their ``info`` (:func:`arrays_sha256`).
 * A fit record (``seed-<s>.json``) and a table (parquet, CSV) hold wall-clock timings that
   differ between runs by nature; their hash leaves out exactly the timing keys/columns
-  (:func:`is_volatile`: named after :data:`VOLATILE`) and nothing else.
+  (:func:`vimodes.records.is_volatile`) and nothing else.
 
 ``study_hashes(study_dir)`` hashes every output under ``data/`` (simulated data, fits, classified
 chunks, tables); ``study_digest`` folds them into one hex digest.
@@ -15,22 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from vimodes.records import file_sha256
+from vimodes.records import file_sha256, is_volatile, read_arrays
 
-# wall-clock timings: the only content allowed to differ between two runs of the same study.
-# A record key or table column is a timing if one of these names is a "_"-separated part of it
-# (fit_seconds, median_fit_seconds, fit_seconds_q25, ...).
-VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
-_VOLATILE_NAME = re.compile(r"(?:^|_)(?:%s)(?:_|$)" % "|".join(VOLATILE))
-
-
-def is_volatile(name: str) -> bool:
-    return bool(_VOLATILE_NAME.search(str(name)))
 
 OUTPUT_FOLDERS = ("data/sim", "data/fits", "data/classified", "data/tables")
 
@@ -54,10 +47,25 @@ def table_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def arrays_sha256(path: str | Path) -> str:
+    """Stored arrays (``.npz``): names, dtypes, shapes and values, with the timings left out of
+    an ``info`` JSON string; the zip container's member dates do not count."""
+    digest = hashlib.sha256()
+    for name, array in sorted(read_arrays(path).items()):
+        if name == "info":
+            info = {k: v for k, v in json.loads(str(array)).items() if not is_volatile(k)}
+            array = np.array(json.dumps(info, sort_keys=True, allow_nan=True))
+        digest.update(json.dumps([name, str(array.dtype), list(array.shape)]).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def output_sha256(path: str | Path) -> str:
     suffix = Path(path).suffix
     if suffix == ".json":
         return record_sha256(path)
+    if suffix == ".npz":
+        return arrays_sha256(path)
     if suffix in (".parquet", ".csv"):
         return table_sha256(path)
     return file_sha256(path)  # NetCDF and anything else: the bytes

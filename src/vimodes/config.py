@@ -564,11 +564,14 @@ class Study:
         """The chunk whose stored results this chunk finishes instead of fitting again: of the
         cell of the method this one derives from (``MethodSpec.derived_from``, e.g. Pathfinder
         + PSIS resamples the per-path Pathfinder cell's paths) with every other axis equal, and
-        of exactly this chunk's seeds; None when the study has no such chunk."""
+        of exactly this chunk's seeds, when that cell stores what this one needs
+        (``MethodSpec.source_stores``); None otherwise."""
         cell = self.cell_by_id[cell_id]
-        source_method = method_spec(cell.method).derived_from
-        source = (self._cells_by_settings.get(_settings_key(cell, source_method))
-                  if source_method else None)
+        spec = method_spec(cell.method)
+        if spec.derived_from is None or not (spec.source_stores is None
+                                             or spec.source_stores(self.config)):
+            return None
+        source = self._cells_by_settings.get(_settings_key(cell, spec.derived_from))
         if source is None:
             return None
         seeds = self.chunk_seeds(cell_id, chunk)

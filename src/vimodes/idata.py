@@ -47,10 +47,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path, file_sha256
-
-# record keys that describe timing, which differs between runs and so stays out of the file
-_VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
+from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path, file_sha256, is_volatile
 
 # the custom group of the VI loss history, and the posterior attributes of the data reference
 LOSS_GROUP = "loss"
@@ -132,7 +129,7 @@ def write_posterior(path: str | Path, result, record: dict,
     history (group ``loss``, from ``record["loss_trace"]``, when the fit has one) and, given
     ``data_path``, the reference to the data set fitted (see the module docstring; pass its
     ``data_sha256`` when already known, so that a data set is hashed once per fit)."""
-    attrs = {key: value for key, value in record.items() if key not in _VOLATILE}
+    attrs = {key: value for key, value in record.items() if not is_volatile(key)}
     groups = {"posterior": _dataset(result.draws)}
     if result.sample_stats:
         groups["sample_stats"] = _dataset(result.sample_stats)

@@ -10,6 +10,7 @@ package and runs it from the config to the report).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # the grid axes a method can use beyond model, data regime and components
@@ -34,6 +35,13 @@ _VI_FITTER = "vimodes.fitting:VIFitter"
 _PATHFINDER_FITTER = "vimodes.pathfinder_fit:PathfinderFitter"
 
 
+def pathfinder_stores_paths(config: dict) -> bool:
+    """Whether a per-path Pathfinder fit stores its paths for Pathfinder + PSIS to resample: it
+    does when it evaluates logP at every draw (``vi.khat_draws >= draws``), as the importance
+    weights need (``PathfinderFitter.stores_paths``, the same rule)."""
+    return config["vi"]["khat_draws"] >= config["draws"]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What the rest of the package needs to know about one method.
@@ -51,7 +59,8 @@ class MethodSpec:
     reporting never import PyMC); the class takes ``(FitSettings, n_obs)`` and its
     ``fit(data, seed_base, seed)`` returns a ``vimodes.fitting.FitResult``;
     ``derived_from``: a method whose fit of the same seed this one finishes instead of fitting
-    again, when the study has that method's cell with every other axis equal
+    again, when the study has that method's cell with every other axis equal and a chunk of
+    exactly the same seeds, and ``source_stores(config)`` says that cell stores what is needed
     (``Study.source_chunk``; the fitter's ``fit_from_stored`` reads what the other stored).
     """
 
@@ -71,6 +80,7 @@ class MethodSpec:
     checkpoints: bool = False  # can store the approximation at intermediate iterations
     family: str = field(default="")  # the fitter family (defaults to the name)
     derived_from: str | None = None
+    source_stores: Callable[[dict], bool] | None = None
 
     def uses(self, axis: str) -> bool:
         return axis in self.axes
@@ -100,7 +110,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         MethodSpec("pathfinder_psis", "Pathfinder + PSIS", "#c5b0d5", ("init",),
                    _PATHFINDER_STARTS, _PATHFINDER_FITTER, init_kinds=("default", "jitter"),
                    full_data=True, relabel_by="draw", minutes_per_fit=1.5, family="pathfinder",
-                   derived_from="pathfinder"),
+                   derived_from="pathfinder", source_stores=pathfinder_stores_paths),
         MethodSpec("dadvi", "DADVI", "#17becf", ("init",), {
                        kind: text + "; log sds 0" for kind, text in _ADVI_STARTS.items()},
                    "vimodes.dadvi_fit:DadviFitter", full_data=True, minutes_per_fit=0.5),

@@ -26,8 +26,9 @@ The user-facing variant (``pathfinder_psis``: the paths' draws pooled and import
 ``importance_sampling="psis"``) draws exactly the same paths from the same seed, so where the
 per-path cell of the same seeds and settings ran first, :meth:`PathfinderFitter.fit_from_stored`
 resamples the paths that cell stored (``FitResult.artifacts``) instead of running them again
-(the result equals :meth:`PathfinderFitter.fit`'s; tested). The per-path cell then evaluates
-logP at every draw, as the importance weights need.
+(the result equals :meth:`PathfinderFitter.fit`'s; tested). The per-path cell stores its paths
+only when it evaluates logP at every draw (``vi.khat_draws >= draws``), as the importance
+weights need; otherwise the PSIS cell runs the paths itself.
 
 Paths that fail (L-BFGS failure, single step, non-finite logP/logQ after the library's retries)
 are dropped, as the library drops them; ``chains_done`` counts the surviving paths and
@@ -168,6 +169,10 @@ class PathfinderFitter(_Fitter):
                                        {"mode": Mode(linker=DEFAULT_LINKER)}))
         return single_path
 
+    def prepare(self) -> None:
+        """Compile the single-path function now (before the first :meth:`fit`)."""
+        _ = self._single_path
+
     stored_artifact = "paths"  # fit_from_stored reads what fit stored under this name
 
     @property
@@ -227,6 +232,7 @@ class PathfinderFitter(_Fitter):
         random_seed = int(fit_rng(seed_base, seed).integers(2**31))
         self.set_data(data)
         self._last_fit, self.last_path_khat = None, []
+        self.prepare()  # outside _run_path's handling of a path's numerical failure
         started = time.perf_counter()
         paths = [self._run_path(path_seed) for path_seed in self.path_seeds(random_seed)]
         runtime = time.perf_counter() - started
@@ -274,10 +280,11 @@ class PathfinderFitter(_Fitter):
     def fit_from_stored(self, data: Dataset, seed_base: int, seed: int,
                         stored: dict[str, np.ndarray]) -> FitResult:
         """The fit of this seed from the paths a per-path (``pathfinder``) fit of the same seed
-        stored (:meth:`_stored`): the same paths, because the per-path seeds depend on the seed
-        alone, so the result equals :meth:`fit`'s (tested) without running the paths again.
+        stored (:meth:`_stored`): the same paths, because the per-path seeds depend only on
+        (seed_base, seed, number of paths), checked with the Pathfinder settings, so the result
+        equals :meth:`fit`'s (tested) without running the paths again.
         ``fit_seconds`` stays the paths' time, which a user of the method spends;
-        ``resample_seconds`` is this step's."""
+        ``resample_fit_seconds`` is this step's."""
         s = self.settings
         started = time.perf_counter()
         random_seed = int(fit_rng(seed_base, seed).integers(2**31))
@@ -288,17 +295,21 @@ class PathfinderFitter(_Fitter):
         if info["pathfinder_config"] != self.config or info["paths_asked"] != s.pathfinder_paths:
             raise StoredFitMismatch(f"stored paths of seed {seed} come from other Pathfinder "
                                     "settings")
-        samples, log_p = stored["samples"], stored["log_p"]
-        if log_p.shape[-1] != s.draws:
-            raise StoredFitMismatch(f"stored paths of seed {seed} have logP at {log_p.shape[-1]} draws, "
-                             f"importance resampling needs all {s.draws}")
+        samples, log_p, log_q = stored["samples"], stored["log_p"], stored["log_q"]
+        n_paths = samples.shape[0]
+        if samples.shape != (n_paths, s.draws, self.n_params) or not (
+                log_p.shape == log_q.shape == (n_paths, s.draws)):
+            raise StoredFitMismatch(
+                f"stored paths of seed {seed} have shapes samples {samples.shape}, logP "
+                f"{log_p.shape}, logQ {log_q.shape}; this fit needs (paths, {s.draws}, "
+                f"{self.n_params}) draws with logP and logQ at every draw")
         self.check_size(data)
         self._last_fit, self.last_path_khat = None, []
-        kept = [{"samples": samples[i], "log_p": log_p[i], "log_q": stored["log_q"][i]}
-                for i in range(samples.shape[0])]
+        kept = [{"samples": samples[i], "log_p": log_p[i], "log_q": log_q[i]}
+                for i in range(n_paths)]
         info["logp_draws"] = self.n_logp
         result = self._finish(kept, info, random_seed, seed_base, seed)
-        result.info["resample_seconds"] = time.perf_counter() - started
+        result.info["resample_fit_seconds"] = time.perf_counter() - started
         return result
 
     def _finish(self, kept: list[dict], info: dict, random_seed: int, seed_base: int,

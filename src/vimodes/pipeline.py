@@ -30,6 +30,22 @@ def fit_record_path(fit_dir: str | Path, seed: int, suffix: str) -> Path:
     return Path(fit_dir) / f"seed-{seed}.{suffix}"
 
 
+def _stored_files(fitter, source_dir, seeds) -> dict[int, Path | None]:
+    """Per seed, the stored results in ``source_dir`` that the fitter finishes, or None where
+    the seed is fitted (no source chunk, or a seed whose source fit stored nothing: it failed
+    before its paths existed)."""
+    files = {}
+    for seed in seeds:
+        path = (fit_record_path(source_dir, seed, f"{fitter.stored_artifact}.npz")
+                if source_dir is not None else None)
+        if path is not None and not path.is_file():
+            log.warning("seed %s: no stored %s in %s: fitting it", seed,
+                        fitter.stored_artifact, source_dir)
+            path = None
+        files[seed] = path
+    return files
+
+
 def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out_dir: str | Path,
               threads: int = 1, source_dir: str | Path | None = None) -> list[dict]:
     """Fit every seed of one chunk in this process and write ``seed-<s>.nc`` + ``seed-<s>.json``.
@@ -58,6 +74,11 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     datasets = [read_dataset(p) for p in data_paths]
     started = time.perf_counter()
     fitter = make_fitter(settings, datasets[0].regime.n_obs)
+    stored_files = _stored_files(fitter, source_dir, seeds)
+    if hasattr(fitter, "prepare") and None in stored_files.values():
+        # compile what fit() needs here, outside the per-seed handling of numerical failures:
+        # a compile error fails the job instead of being recorded as every seed's outcome
+        fitter.prepare()
     setup_seconds = time.perf_counter() - started
     log.info("compiled %s in %.1f s", cell_id, setup_seconds)
     base = {**cell.axes(), **study.provenance(), "chunk": chunk, "chunk_seeds": list(seeds),
@@ -73,18 +94,13 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
              if hasattr(fitter, "fit_many") else {})
     for seed, data, data_path in zip(seeds, datasets, data_paths):
         t0 = time.perf_counter()
-        stored = (fit_record_path(source_dir, seed, f"{fitter.stored_artifact}.npz")
-                  if source_dir is not None else None)
-        if stored is not None and not stored.is_file():
-            log.warning("seed %s: no stored %s in %s (fitted by an older version?): fitting it",
-                        seed, fitter.stored_artifact, source_dir)
-            stored = None
+        # read outside the try: a damaged file is a workflow error, not the fit's outcome
+        stored = read_arrays(stored_files[seed]) if stored_files[seed] else None
         try:
             if batch:
                 result = batch[seed]
             elif stored is not None:
-                result = fitter.fit_from_stored(data, study.config["seed_base"], seed,
-                                                read_arrays(stored))
+                result = fitter.fit_from_stored(data, study.config["seed_base"], seed, stored)
                 result.info["stored_from"] = str(source_dir)
             else:
                 result = fitter.fit(data, study.config["seed_base"], seed)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -87,6 +88,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+# wall-clock timings: the only content allowed to differ between two runs of the same study.
+# A record key or table column is a timing if one of these names is a "_"-separated part of it
+# (fit_seconds, median_fit_seconds, fit_seconds_q25, resample_fit_seconds, ...).
+VOLATILE = ("fit_seconds", "wall_seconds", "setup_seconds")
+_VOLATILE_NAME = re.compile(r"(?:^|_)(?:%s)(?:_|$)" % "|".join(VOLATILE))
+
+
+def is_volatile(name: str) -> bool:
+    return bool(_VOLATILE_NAME.search(str(name)))
 
 
 def write_json(payload: dict, path: str | Path) -> None:

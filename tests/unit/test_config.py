@@ -328,3 +328,7 @@ def test_a_derived_method_finishes_the_chunk_of_the_same_seeds_and_settings():
     assert study.source_chunk(psis, 1) is None  # seeds (2, 5): no chunk of the same seeds
     assert study.source_chunk("marginal__pathfinder_psis__init-d", 0) is None
     assert study.source_chunk("marginal__pathfinder__init-j", 0) is None  # not derived
+    # a per-path fit that evaluates logP at fewer draws than it returns stores no paths
+    fewer = build_study({**raw, "vi": {"khat_draws": 100}})
+    assert fewer.config["vi"]["khat_draws"] < fewer.config["draws"]
+    assert fewer.source_chunk(psis, 0) is None

@@ -174,6 +174,21 @@ def test_all_paths_failing_is_a_failed_fit(fitter, data, monkeypatch):
     assert r.info["chains_done"] == 0 and r.info["path_status"] == ["EXCEPTION"] * PATHS
 
 
+def test_a_compile_error_is_raised_not_recorded_as_failed_paths(data, monkeypatch):
+    """The single-path function is compiled on first use; an error there fails the job (a
+    defect to retry or fix), never becomes every path's numerical failure."""
+    import pymc_extras.inference.pathfinder.pathfinder as library
+
+    def broken(*args, **kwargs):
+        raise ValueError("compile error in test")
+
+    monkeypatch.setattr(library, "make_single_pathfinder_fn", broken)
+    settings = FitSettings(model="marginal", method="pathfinder", draws=DRAWS,
+                           pathfinder_paths=PATHS, khat_draws=50)
+    with pytest.raises(ValueError, match="compile error in test"):
+        PathfinderFitter(settings, N_OBS).fit(data, SEED_BASE, FIT_SEEDS[0])
+
+
 def test_prior_init_is_refused():
     settings = FitSettings(model="marginal", method="pathfinder", init_kind="prior")
     with pytest.raises(ValueError, match="init kinds"):
@@ -238,12 +253,37 @@ def test_psis_from_stored_paths_equals_fitting_them(data, psis, first_fit, store
     assert reused.status == direct.status == "ok"
     for name, values in direct.draws.items():
         np.testing.assert_array_equal(reused.draws[name], values, err_msg=name)
-    timing = {"fit_seconds", "resample_seconds"}
+    timing = {"fit_seconds", "resample_fit_seconds"}
     assert ({k: v for k, v in reused.info.items() if k not in timing}
             == {k: v for k, v in direct.info.items() if k not in timing})
     assert reused.info["fit_seconds"] == json.loads(str(stored_paths["info"]))["fit_seconds"]
     with pytest.raises(StoredFitMismatch, match="random seed"):
         psis.fit_from_stored(data, SEED_BASE, FIT_SEEDS[2], stored_paths)
+    # paths of another model (other parameter count) or fewer draws are refused, never fitted
+    for name, cut in (("samples", np.s_[:, :, :-1]), ("log_q", np.s_[:, :-1])):
+        damaged = {**stored_paths, name: stored_paths[name][cut]}
+        with pytest.raises(StoredFitMismatch, match="shapes"):
+            psis.fit_from_stored(data, SEED_BASE, seed, damaged)
+
+
+def test_stored_paths_hash_the_same_across_runs(tmp_path, stored_paths):
+    """Two runs store the same paths with other timings (and other zip member dates): the
+    study's canonical hash of the file is the same; other values change it."""
+    import json
+    import time
+
+    from vimodes.canonical import output_sha256
+    from vimodes.records import write_arrays
+
+    first, second, other = (tmp_path / f"{name}.paths.npz" for name in "abc")
+    write_arrays(stored_paths, first)
+    time.sleep(2.1)  # zip member dates have a 2-second resolution
+    info = {**json.loads(str(stored_paths["info"])), "fit_seconds": 1e6}
+    write_arrays({**stored_paths, "info": np.array(json.dumps(info))}, second)
+    assert first.read_bytes() != second.read_bytes()
+    assert output_sha256(first) == output_sha256(second)
+    write_arrays({**stored_paths, "log_p": stored_paths["log_p"] + 1e-12}, other)
+    assert output_sha256(other) != output_sha256(first)
 
 
 def test_a_chunk_that_only_resamples_compiles_no_paths(data, stored_paths):
