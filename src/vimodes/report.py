@@ -432,7 +432,9 @@ def _level_text(factor: str, level, labels: dict) -> str:
         return "full batch" if level == 0 else integer(level)
     if factor == "iterations":
         return integer(level)
-    return labels.get(level, str(level))
+    if factor == "optimizer":  # the labels describe optimisers: an init level may share a name
+        return labels.get(level, str(level))
+    return str(level)
 
 
 def optimizer_labels(fits: pd.DataFrame) -> dict:

@@ -683,6 +683,10 @@ def test_factor_sentence_reads_the_corrected_cells(cells, fits):
         k, n = int(sub["n_single_mode"].sum()), int(sub["n_fits"].sum())
         assert f"{k}/{n} (" in text
     assert "learning rate 0.01" in text  # the optimiser's settings, from the fit table
+    # an init level named like an optimiser ("default") is not labelled as the optimiser
+    labels = report.optimizer_labels(fits)
+    assert "learning rate" in report._level_text("optimizer", "default", labels)
+    assert report._level_text("init", "default", labels) == "default"
 
 
 def test_summary_markdown_counts_too_wide(cells):
