@@ -1315,30 +1315,49 @@ def adam_section(fits: pd.DataFrame) -> Section:
         counts = other["outcome"].value_counts()
         on_mode = other["centre_class"].astype(str).str.startswith("mode").sum() \
             if "centre_class" in other else 0
+        single = sub[sub["single"]]
+        sigma_single = numeric(single, "sigma_mean").median()
+        sigma_other = numeric(other, "sigma_mean").median()
+        elbo_gap = numeric(other, "elbo_full").median() - numeric(single, "elbo_full").median()
+        centres = other["centre_class"].value_counts() if "centre_class" in other else {}
         table.append([
             code(cell_id), integer(len(sub)), integer(int(sub["single"].sum())),
             "; ".join(f"{OUTCOME_LABELS.get(k, k)} {v}" for k, v in counts.items()) or "-",
-            integer(on_mode) if len(other) else "-",
+            "; ".join(f"{k} {v}" for k, v in centres.items()) if len(other) else "-",
             num(numeric(other, "centre_mass").median()) if len(other) else "-",
-            num(numeric(sub[sub["single"]], "slope_sd_max").median()),
-            num(numeric(other, "slope_sd_max").median()) if len(other) else "-"])
+            num(numeric(single, "slope_sd_max").median()),
+            num(numeric(other, "slope_sd_max").median()) if len(other) else "-",
+            f"{num(sigma_single)} / {num(sigma_other)}" if len(other) else num(sigma_single),
+            num(elbo_gap) if len(other) else "-"])
         if len(other):
             top, n_top = counts.index[0], int(counts.iloc[0])
-            sentences.append(f"`{cell_id}`: {len(other)} of {len(sub)} not single mode, "
-                             f"{n_top} of them {OUTCOME_LABELS.get(top, top)}; centre on a "
-                             f"mode in {on_mode}")
+            sentence = (f"`{cell_id}`: {len(other)} of {len(sub)} not single mode, {n_top} of "
+                        f"them {OUTCOME_LABELS.get(top, top)}; centre on a mode in {on_mode}")
+            if math.isfinite(sigma_other) and math.isfinite(sigma_single):
+                sentence += (f"; their median sigma {num(sigma_other)} against "
+                             f"{num(sigma_single)} in the single-mode fits")
+            if math.isfinite(elbo_gap):
+                sentence += (f"; median full-data ELBO {num(elbo_gap)} relative to the "
+                             f"single-mode fits' median")
+            sentences.append(sentence)
     n_other = int((~rows["single"]).sum())
     section.paragraphs.append(
         f"{n_other} of {len(rows)} ADVI fits of the corrected models with adam (every step size, "
         f"start and budget of the study) are not on a single mode. The table splits them by "
         f"class and says where their centre is (the class of the approximation's mean) and how "
-        f"much of the mass lies in that basin; the slope sd columns compare their width with the "
-        f"single-mode fits of the same cell.")
+        f"much of the mass lies in that basin (the share of the draws in the centre's basin, or "
+        f"in the collapsed region for a symmetric centre; none for a centre elsewhere); the "
+        f"slope sd, sigma and full-data ELBO columns compare them with the single-mode fits of "
+        f"the same cell. A fit whose sigma stays near the spread of y and whose ELBO is far below "
+        f"the single-mode fits' has stopped in a wide, high-noise solution of the ELBO: an "
+        f"optimisation outcome, which the classifier reports as it is.")
     if sentences:
         section.items = [s + "." for s in sentences]
     section.tables.append(Table(
-        ["cell", "fits", "single mode", "the others, by class", "centre on a mode",
-         "median basin mass (others)", "median slope sd (single)", "median slope sd (others)"],
+        ["cell", "fits", "single mode", "the others, by class", "centre of the others",
+         "median mass in the centre's region (others)", "median slope sd (single)",
+         "median slope sd (others)", "median sigma (single / others)",
+         "full-data ELBO, others - single (medians)"],
         table, "ADVI with adam on the corrected models: the fits that are not on a single mode."))
     return section
 

@@ -737,14 +737,16 @@ def _adam_fits() -> pd.DataFrame:
     question's model and one default-optimiser fit: only the first six are adam fits of a
     corrected model."""
     rows = []
-    for seed, (outcome, centre, mass, sd) in enumerate([
-            ("mode_A", "mode_A", 1.0, 0.001), ("mode_B", "mode_B", 1.0, 0.001),
-            ("mode_A", "mode_A", 0.99, 0.002), ("mode_B", "mode_B", 1.0, 0.001),
-            ("mode_too_wide", "mode_A", 0.6, 0.2), ("collapsed", "collapsed", np.nan, 0.05)]):
+    for seed, (outcome, centre, mass, sd, sigma, elbo) in enumerate([
+            ("mode_A", "mode_A", 1.0, 0.001, 0.1, 20.0), ("mode_B", "mode_B", 1.0, 0.001, 0.1, 22.0),
+            ("mode_A", "mode_A", 0.99, 0.002, 0.1, 21.0), ("mode_B", "mode_B", 1.0, 0.001, 0.1, 23.0),
+            ("mode_too_wide", "mode_A", 0.6, 0.2, 0.5, -100.0),
+            ("collapsed", "collapsed", np.nan, 0.05, 1.1, -300.0)]):
         rows.append({"level": "fit", "cell_id": "m_adam", "model": "marginal",
                      "method": "fullrank_advi", "optimizer_name": "adam", "seed": seed,
                      "outcome": outcome, "centre_class": centre, "centre_mass": mass,
-                     "slopes_0_sd": sd, "slopes_1_sd": sd / 2})
+                     "slopes_0_sd": sd, "slopes_1_sd": sd / 2, "sigma_mean": sigma,
+                     "elbo_full": elbo})
     rows.append({**rows[0], "cell_id": "q_adam", "model": "as_asked"})
     rows.append({**rows[4], "cell_id": "m_default", "optimizer_name": "adagrad_window"})
     return pd.DataFrame(rows)
@@ -755,11 +757,16 @@ def test_adam_section_explains_every_non_single_adam_fit():
     section = report.adam_section(fits)
     table = section.tables[0]
     assert [row[0] for row in table.rows] == ["`m_adam`"]  # not the question's, not adagrad
-    cell, n, single, classes, on_mode, mass, sd_single, sd_other = table.rows[0]
-    assert (n, single, on_mode) == ("6", "4", "1")
+    cell, n, single, classes, centres, mass, sd_single, sd_other, sigmas, gap = table.rows[0]
+    assert (n, single) == ("6", "4")
     assert "on a mode, too wide 1" in classes and "collapsed (modes averaged) 1" in classes
+    assert sorted(centres.split("; ")) == ["collapsed 1", "mode_A 1"]
+    assert float(mass) == 0.6  # the only finite one among the others
     assert float(sd_other) > float(sd_single)
+    assert sigmas == "0.1 / 0.8"  # single-mode median / the others' median
+    assert float(gap) == pytest.approx(-200.0 - 21.5, rel=0.01)  # median ELBO of the others minus the single-mode fits'
     assert section.paragraphs[0].startswith("2 of 6 ")
+    assert "centre on a mode in 1; their median sigma 0.8 against 0.1" in section.items[0]
 
 
 def test_adam_figure_draws_every_adam_fit_once():
