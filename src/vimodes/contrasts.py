@@ -233,7 +233,10 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     mode_single). Cells with different model K (``components``) are never paired.
     Pairs with no seed in common are left out.
 
-    cell_a is the cell whose cell_id sorts first. level_a/level_b are the differing axis's
+    cell_a is the cell whose cell_id sorts first (for a numeric axis, the lower level).
+    A budget pair is left out when the longer cell stored a checkpoint at the shorter budget:
+    the checkpoint contrast of the same runs (``checkpoint_contrasts``) is that comparison,
+    and a second row would count it twice in the family. level_a/level_b are the differing axis's
     levels as text ("none" where the axis does not apply), and ``shared`` lists the axes the
     two cells have in common (axes that do not apply to either are left out). p_holm is Holm's
     adjustment over the whole family (every row of the table). ``deterministic``: both cells'
@@ -256,6 +259,7 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                       "components": _level(first.get("components")),
                       "levels": {axis: _level(first.get(axis)) for axis in CONTRAST_AXES},
                       "single": single})
+    checkpointed = _checkpoint_budgets(fits)
     rows = []
     for x, y in itertools.combinations(cells, 2):
         if x["regime"] != y["regime"] or x["components"] != y["components"]:
@@ -267,6 +271,13 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         if len(seeds) == 0:
             continue
         axis = differing[0]
+        low, high = x["levels"][axis], y["levels"][axis]
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            x, y = y, x  # numeric levels read in increasing order
+        if axis == "iterations" and x["levels"][axis] in checkpointed.get(y["cell_id"], ()):
+            # the longer run stored its state at this budget, which equals a run of that
+            # budget (tested): that cell's own checkpoint contrast is this comparison
+            continue
         result = paired_contrast(x["single"].loc[seeds].to_numpy(),
                                  y["single"].loc[seeds].to_numpy(), level)
         shared = ", ".join(f"{name}={_text(value)}" for name, value in x["levels"].items()
@@ -283,6 +294,15 @@ def cell_contrasts(fits: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     table.insert(CONTRAST_COLUMNS.index("p_holm"), "p_holm", holm_adjust(table["p_mcnemar"]))
     return table.astype({"n_pairs": int, "n_01": int, "n_10": int, "identical_outcomes": bool,
                          "deterministic": bool})
+
+
+def _checkpoint_budgets(fits: pd.DataFrame) -> dict[str, set]:
+    """The budgets at which each cell stored checkpoints (its shortest one included)."""
+    if "level" not in fits or "checkpoint_iteration" not in fits:
+        return {}
+    rows = fits[fits["level"] == "checkpoint"]
+    return {cell_id: {_level(b) for b in group["checkpoint_iteration"].dropna().unique()}
+            for cell_id, group in rows.groupby("cell_id")}
 
 
 def checkpoint_contrasts(fits: pd.DataFrame, level: float = 0.95) -> list[dict]:

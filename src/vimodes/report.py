@@ -1399,7 +1399,9 @@ def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
     rows = []
     for _, c in contrasts.sort_values(["axis", "cell_a"]).iterrows():
         n = int(c["n_pairs"])
-        rows.append([c["axis"], f"{c['level_a']} vs {c['level_b']}", c["shared"], str(n),
+        same_runs = " (checkpoints of one run)" if c["cell_a"] == c["cell_b"] else ""
+        rows.append([c["axis"], f"{c['level_a']} vs {c['level_b']}{same_runs}", c["shared"],
+                     str(n),
                      f"{round(c['rate_a'] * n)} vs {round(c['rate_b'] * n)}",
                      f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
                      f"{_points(c['diff_high'])})", _pvalue(c["p_mcnemar"]),

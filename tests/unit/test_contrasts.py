@@ -222,6 +222,30 @@ def test_cell_contrasts_builds_the_one_factor_family(fits):
     assert chains.p_holm == pytest.approx(0.25)
 
 
+def test_budget_levels_read_upwards_and_a_checkpointed_pair_counts_once():
+    """Cell ids sort "it200000" before "it20000": the levels still read 20000 vs 200000. A
+    200000-iteration cell that stored its 10000-iteration checkpoint is compared with it once
+    (its checkpoint contrast), not again with the separate 10000-iteration cell."""
+    rows = []
+    for cell_id, iterations, outcomes in (
+            ("m-it10000__x", 10000.0, ["collapsed"] * 4), ("m-it20000__x", 20000.0, ["mode_A"] * 4),
+            ("m-it200000__x", 200000.0, ["mode_A", "mode_B", "mode_A", "mode_A"])):
+        rows += [{"cell_id": cell_id, **ADVI, "iterations": iterations, "seed": seed,
+                  "level": "fit", "chain": -1, "outcome": outcome}
+                 for seed, outcome in enumerate(outcomes)]
+    rows += [{"cell_id": "m-it200000__x", **ADVI, "iterations": 200000.0, "seed": seed,
+              "level": "checkpoint", "chain": -1, "checkpoint_iteration": budget,
+              "outcome": "collapsed" if budget == 10000 else "mode_A"}
+             for seed in range(4) for budget in (10000.0, 200000.0)]
+    table = cell_contrasts(pd.DataFrame(rows))
+    got = {(r.cell_a, r.cell_b, r.level_a, r.level_b) for r in table.itertuples()}
+    assert got == {("m-it10000__x", "m-it20000__x", "10000", "20000"),
+                   ("m-it20000__x", "m-it200000__x", "20000", "200000"),
+                   ("m-it200000__x", "m-it200000__x", "10000", "200000")}
+    same_runs = table[table["cell_a"] == table["cell_b"]].iloc[0]
+    assert (same_runs.rate_a, same_runs.rate_b) == (0.0, 1.0)
+
+
 def test_cell_contrasts_survives_parquet_and_empty_input(fits, tmp_path):
     table = cell_contrasts(fits)
     table.to_parquet(tmp_path / "c.parquet", index=False)
