@@ -154,3 +154,28 @@ def test_table_has_the_documented_columns(data, repo):
     for name in ("elbo_collapsed", "curvature_u_symmetric", "rate_adagrad_window", "rate_adam"):
         assert num(values[name]) in text, name
     assert mechanism_section(table.iloc[:0]).paragraphs
+
+
+def test_the_escape_estimates_are_set_against_the_measured_checkpoints():
+    """The mechanism section quotes the budget cells' checkpoint counts of meanfield ADVI with
+    the default optimiser, per start, at the first and last checkpoint; other cells are not
+    counted, and without checkpoints nothing is added."""
+    import pandas as pd
+
+    from vimodes.report import measured_escape
+
+    rows = []
+    for init, on_mode_at_end in (("default", 3), ("jitter", 4)):
+        for seed in range(4):
+            for iteration in (10000, 200000):
+                single = iteration == 200000 and seed < on_mode_at_end
+                rows.append({"level": "checkpoint", "cell_id": f"b-{init}", "model": "marginal",
+                             "method": "advi", "optimizer": "default", "init": init,
+                             "seed": seed, "checkpoint_iteration": iteration,
+                             "outcome": "mode_A" if single else "collapsed"})
+    rows += [{**rows[0], "cell_id": "other", "optimizer": "adam_1e-2"}]
+    text = measured_escape(pd.DataFrame(rows))
+    assert "from the default start 0/4 at 10000 and 3/4 at 200000" in text
+    assert "from the jitter start 0/4 at 10000 and 4/4 at 200000" in text
+    assert "/1 at" not in text  # the adam cell's checkpoint is not counted
+    assert measured_escape(pd.DataFrame(rows).assign(level="fit")) == ""
