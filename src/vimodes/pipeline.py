@@ -341,11 +341,17 @@ CELL_AXES = ("cell_id", "grid", "model", "method", "optimizer", "iterations", "i
              "batch_size", "chains", "data_regime", "engine")
 
 
-def summarise_cells(fits: pd.DataFrame, regimes: dict | None = None) -> pd.DataFrame:
+def summarise_cells(fits: pd.DataFrame, regimes: dict | None = None,
+                    inits: dict | None = None) -> pd.DataFrame:
     """Per cell: counts and rates of every class with 95% Wilson intervals, single_mode =
     mode_A + mode_B + mode_single (``mode_too_wide`` is not in it), and the exact binomial test that modes A and B are equally
-    likely among single-mode fits (NaN for an ordered model: it has one mode by construction)."""
+    likely among single-mode fits (NaN for an ordered model: it has one mode by construction).
+    ``deterministic``: a method whose outcome is a function of the data set and the start
+    (``MethodSpec.deterministic_from_start``) started at the model's initial point (init kind
+    ``default``, from ``inits``, the config's), the same for every seed: its rate describes
+    the data sets, not fitting noise."""
     from vimodes.metrics import equal_modes_pvalue, wilson_interval
+    from vimodes.methods import METHOD_SPECS
     from vimodes.model_specs import MODEL_SPECS
 
     rows = []
@@ -367,6 +373,10 @@ def summarise_cells(fits: pd.DataFrame, regimes: dict | None = None) -> pd.DataF
             row[f"rate_{label}"] = k / n if n else np.nan
             row[f"rate_{label}_low"] = low
             row[f"rate_{label}_high"] = high
+        method = METHOD_SPECS.get(first["method"])
+        init_kind = (inits or {}).get(first.get("init"), {}).get("kind")
+        row["deterministic"] = bool(method is not None and method.deterministic_from_start
+                                    and init_kind == "default")
         spec = MODEL_SPECS.get(first["model"])
         row["p_equal_modes"] = np.nan if spec is not None and spec.ordered else \
             equal_modes_pvalue(row["n_mode_A"], row["n_mode_B"])
@@ -436,17 +446,19 @@ def aggregate(classified_paths: list[str], out_fits: dict[str, str], out_cells: 
               out_by_class: dict[str, str] | None = None,
               out_contrasts: dict[str, str] | None = None,
               regimes: dict | None = None,
-              out_regime_contrasts: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              out_regime_contrasts: dict[str, str] | None = None,
+              inits: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write the per-fit table, the per-cell summary (with the regime map's descriptors when
     ``regimes``, the config's data regimes, is given), the per-(cell, class) metrics, the
     paired contrasts of single-mode rates between cells that differ in one factor and the
-    regime map's contrasts against the base regime."""
+    regime map's contrasts against the base regime. ``inits`` (the config's) marks the cells
+    whose outcome is deterministic (``summarise_cells``)."""
     from vimodes.contrasts import cell_contrasts, regime_contrasts
 
     frames = [pd.read_parquet(p) for p in classified_paths]
     fits = pd.concat(frames, ignore_index=True).sort_values(["cell_id", "seed", "level", "chain"])
     fits = add_reference_sd_ratio(fits.reset_index(drop=True))
-    cells = summarise_cells(fits, regimes)
+    cells = summarise_cells(fits, regimes, inits)
     for path in out_fits.values():
         write_table(fits, path)
     for path in out_cells.values():

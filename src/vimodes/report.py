@@ -156,6 +156,7 @@ class Pooled:
     k: int
     n: int
     cells: int = 1
+    deterministic: bool = False  # one cell whose outcome is a function of the data set alone
 
     @property
     def rate(self) -> float:
@@ -168,6 +169,9 @@ class Pooled:
     def text(self) -> str:
         if self.cells > 1 and self.n:
             return f"{self.k}/{self.n} ({pct(self.k / self.n)}; {self.cells} cells pooled)"
+        if self.deterministic and self.n:
+            return (f"{self.k}/{self.n} ({pct(self.k / self.n)}; deterministic: the same start "
+                    f"for every seed, no interval)")
         low, high = self.interval
         return rate_text(self.k, self.n, low, high)
 
@@ -178,7 +182,8 @@ def pooled_cells(cells: pd.DataFrame, label: str) -> Pooled:
         return Pooled(0, 0)
     # a cell table written before the class existed has no column for it: none of its fits
     k = int(cells[f"n_{label}"].sum()) if f"n_{label}" in cells else 0
-    return Pooled(k, int(cells["n_fits"].sum()), cells=len(cells))
+    deterministic = "deterministic" in cells and bool(cells["deterministic"].fillna(False).all())
+    return Pooled(k, int(cells["n_fits"].sum()), cells=len(cells), deterministic=deterministic)
 
 
 def pooled_fits(rows: pd.DataFrame, labels: Sequence[str]) -> Pooled:

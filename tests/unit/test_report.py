@@ -796,3 +796,23 @@ def test_markdown_tables_keep_cells_as_written_and_escape_pipes():
     assert "0.50" in text and "a\\|b" in text  # no number parsing; a pipe stays in its cell
     html = MarkdownIt("commonmark").enable("table").render(text)
     assert html.count("<tr>") == 3 and html.count("<td") == 4 and "<td style=\"text-align:left\">a|b<" in html
+
+
+def test_a_deterministic_cell_is_reported_without_an_interval():
+    """CAVI from the model's initial point starts every seed at the same point: its cell is
+    marked deterministic and its rate has no interval; from a random start it is an estimate,
+    as is any method from the initial point that is not deterministic."""
+    rows = []
+    for cell_id, method, init in (("cavi-d", "cavi", "symmetric"), ("cavi-j", "cavi", "shaken"),
+                                  ("advi-d", "advi", "symmetric")):
+        rows += [{"level": "fit", "cell_id": cell_id, "model": "marginal", "method": method,
+                  "init": init, "data_regime": "default", "seed": seed, "chain": -1,
+                  "outcome": "collapsed", "fit_seconds": 1.0} for seed in range(5)]
+    inits = {"symmetric": {"kind": "default"}, "shaken": {"kind": "jitter", "scale": 1.0}}
+    cells = summarise_cells(pd.DataFrame(rows), inits=inits).set_index("cell_id")
+    assert cells["deterministic"].to_dict() == {"advi-d": False, "cavi-d": True,
+                                                "cavi-j": False}
+    text = report.pooled_cells(cells.loc[["cavi-d"]], "single_mode").text()
+    assert text.startswith("0/5 (0%; deterministic") and "CI" not in text
+    assert "95% CI" in report.pooled_cells(cells.loc[["cavi-j"]], "single_mode").text()
+    assert not summarise_cells(pd.DataFrame(rows))["deterministic"].any()  # no inits: unknown

@@ -26,6 +26,7 @@ rule aggregate:
         runtime=10,
     params:
         regimes=STUDY.config["data_regimes"],
+        inits=STUDY.config["inits"],
     script:
         "../scripts/aggregate.py"
 
