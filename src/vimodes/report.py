@@ -99,7 +99,11 @@ def rate_text(k: int, n: int, low=None, high=None) -> str:
 
 
 def cell_rate(row, label: str) -> str:
-    """The rate of class ``label`` of one cell, as stored in the cell table."""
+    """The rate of class ``label`` of one cell, as stored in the cell table (a deterministic
+    cell's without an interval)."""
+    deterministic = row.get("deterministic")  # missing in tables written before it existed
+    if deterministic is not None and not pd.isna(deterministic) and bool(deterministic):
+        return Pooled(int(row[f"n_{label}"]), int(row["n_fits"]), deterministic=True).text()
     return rate_text(int(row[f"n_{label}"]), int(row["n_fits"]), row[f"rate_{label}_low"],
                      row[f"rate_{label}_high"])
 

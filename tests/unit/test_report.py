@@ -815,4 +815,6 @@ def test_a_deterministic_cell_is_reported_without_an_interval():
     text = report.pooled_cells(cells.loc[["cavi-d"]], "single_mode").text()
     assert text.startswith("0/5 (0%; deterministic") and "CI" not in text
     assert "95% CI" in report.pooled_cells(cells.loc[["cavi-j"]], "single_mode").text()
+    assert report.cell_rate(cells.loc["cavi-d"], "single_mode") == text  # the per-cell tables
+    assert "95% CI" in report.cell_rate(cells.loc["advi-d"], "single_mode")
     assert not summarise_cells(pd.DataFrame(rows))["deterministic"].any()  # no inits: unknown
