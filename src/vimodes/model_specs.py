@@ -45,6 +45,16 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                   True, False, False, False, "halfnormal"),
         ModelSpec("as_asked_fix_all", "the question's code path with E1-E4 fixed",
                   True, True, True, True, "halfnormal"),
+        # leave one out: every error fixed but one, which alone is kept (its own effect, measured
+        # against as_asked_fix_all on the same seeds)
+        ModelSpec("as_asked_keep_mixture", "E2-E4 fixed, the mixture over whole batches (E1) kept",
+                  True, False, True, True, "halfnormal"),
+        ModelSpec("as_asked_keep_normaliser", "E1, E3, E4 fixed, the wrong normaliser (E2) kept",
+                  True, True, False, True, "halfnormal"),
+        ModelSpec("as_asked_keep_total_size", "E1, E2, E4 fixed, no rescaling (E3) kept",
+                  True, True, True, False, "halfnormal"),
+        ModelSpec("as_asked_keep_sigma_prior", "E1-E3 fixed, sigma ~ Uniform(0, 1) (E4) kept",
+                  True, True, True, True, "uniform01"),
         ModelSpec("marginal", "corrected: per-observation pm.NormalMixture, total_size",
                   False, True, True, True, "halfnormal"),
         ModelSpec("ordered", "corrected, slopes under the ordered transform (one mode)",

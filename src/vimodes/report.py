@@ -275,21 +275,25 @@ class ModelError:
     model: str | None  # the ablation that fixes only this error
     title: str
     what: str
+    kept_model: str | None = None  # the ablation that fixes every error but this one
 
 
 MODEL_ERRORS = (
     ModelError("E1", "as_asked_fix_mixture", "the mixture is over whole batches",
                "`logp_normal` sums over the batch and `logsumexp` is taken over the two "
                "components' batch totals: the model says the whole batch comes from ONE line, "
-               "which one is unknown, instead of a mixture per observation."),
+               "which one is unknown, instead of a mixture per observation.",
+               "as_asked_keep_mixture"),
     ModelError("E2", "as_asked_fix_normaliser", "a wrong Gaussian normaliser",
                "the normaliser has `log(sigma)` once per batch where `log(sigma^2)` belongs per "
-               "observation, so large sigma costs almost nothing."),
+               "observation, so large sigma costs almost nothing.", "as_asked_keep_normaliser"),
     ModelError("E3", "as_asked_fix_total_size", "the minibatch is not rescaled",
                "`pm.Minibatch` without `total_size`: the likelihood of one minibatch is weighed "
-               "as if it were all the data, so the prior is far too strong."),
+               "as if it were all the data, so the prior is far too strong.",
+               "as_asked_keep_total_size"),
     ModelError("E4", "as_asked_fix_sigma_prior", "sigma is capped at 1",
-               "`sigma ~ Uniform(0, 1)` puts a hard upper bound of 1 on the noise sd."),
+               "`sigma ~ Uniform(0, 1)` puts a hard upper bound of 1 on the noise sd.",
+               "as_asked_keep_sigma_prior"),
     ModelError("E5", None, "two unaligned minibatch streams",
                "separate `pm.Minibatch(x)` and `pm.Minibatch(y)` stay aligned in PyMC3 but not "
                "in PyMC 5."),
@@ -949,6 +953,13 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
         if every is not None:
             fixes.append("fixing E1-E4 together: " + contrast_text(
                 every, code("as_asked_fix_all"), code("as_asked")))
+        for error in MODEL_ERRORS:
+            if error.kept_model is None:
+                continue
+            c = find_contrast(contrasts, working, "model", error.kept_model, "as_asked_fix_all")
+            if c is not None:
+                fixes.append(f"keeping {error.id} alone (every other error fixed): "
+                             + contrast_text(c, code(error.kept_model), code("as_asked_fix_all")))
         if fixes:
             items.append("**Which errors matter** (under a setting where the corrected model "
                          "succeeds: adam 1e-2, jittered start): " + "; ".join(fixes) + ".")

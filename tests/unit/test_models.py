@@ -227,3 +227,26 @@ def test_question_models_are_two_components_only(data, k):
         build_model("as_asked", x_data, y_data, batch_size=0, n_components=k)
     with pytest.raises(ValueError, match="n_components"):
         build_model("marginal", x_data, y_data, batch_size=0, n_components=0)
+
+
+def test_each_leave_one_out_model_keeps_exactly_its_own_error():
+    """The report's E1-E4: the model that fixes only error E differs from the question's model
+    in E's flag alone, and the model that keeps only E differs from as_asked_fix_all in E's flag
+    alone (so the two contrasts measure E alone and E left out)."""
+    from dataclasses import asdict
+
+    from vimodes.model_specs import MODEL_SPECS
+    from vimodes.report import MODEL_ERRORS
+
+    flags = ("per_observation", "correct_normaliser", "scale_to_total", "sigma_prior")
+
+    def differing(a: str, b: str) -> set:
+        first, second = asdict(MODEL_SPECS[a]), asdict(MODEL_SPECS[b])
+        return {f for f in flags if first[f] != second[f]}
+
+    with_model = [e for e in MODEL_ERRORS if e.model is not None]
+    assert len(with_model) == 4
+    for error, flag in zip(with_model, flags):
+        assert differing(error.model, "as_asked") == {flag}, error.id
+        assert differing(error.kept_model, "as_asked_fix_all") == {flag}, error.id
+        assert not MODEL_SPECS[error.kept_model].correctly_specified
