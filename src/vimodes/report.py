@@ -423,10 +423,19 @@ def _error_effect(error: ModelError, by_model: dict, rows: pd.DataFrame, summary
     return text.strip()
 
 
-def _question_table(by_model: dict) -> Table:
+def model_fixes() -> dict[str, str]:
+    """Which of the question's errors each ablation model fixes (from ``MODEL_ERRORS``)."""
+    errors = [e.id for e in MODEL_ERRORS if e.model]
     fixes = {e.model: e.id for e in MODEL_ERRORS if e.model}
+    fixes.update({e.kept_model: ", ".join(i for i in errors if i != e.id) + f" (keeps {e.id})"
+                  for e in MODEL_ERRORS if e.kept_model})
     fixes.update({"as_asked": "none (E1–E4)", "as_asked_fix_all": "E1–E4",
                   "marginal": "corrected (NormalMixture)"})
+    return fixes
+
+
+def _question_table(by_model: dict) -> Table:
+    fixes = model_fixes()
     rows = [[code(model), fixes.get(model, ""), str(s["fits"]), s["single"].text(),
              num(s["sigma"]), num(s["slope_error"]), num(s["slope_sd"]), num(s["weight_error"])]
             for model, s in by_model.items()]

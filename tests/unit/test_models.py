@@ -250,3 +250,14 @@ def test_each_leave_one_out_model_keeps_exactly_its_own_error():
         assert differing(error.model, "as_asked") == {flag}, error.id
         assert differing(error.kept_model, "as_asked_fix_all") == {flag}, error.id
         assert not MODEL_SPECS[error.kept_model].correctly_specified
+
+
+def test_the_report_names_what_each_ablation_fixes():
+    from vimodes.model_specs import MODEL_SPECS
+    from vimodes.report import model_fixes
+
+    fixes = model_fixes()
+    assert fixes["as_asked_keep_normaliser"] == "E1, E3, E4 (keeps E2)"
+    assert fixes["as_asked_fix_normaliser"] == "E2"
+    as_asked_family = {name for name in MODEL_SPECS if name.startswith("as_asked")}
+    assert as_asked_family <= set(fixes)  # every ablation model has its label
