@@ -34,11 +34,12 @@ def _stored_files(fitter, source_dir, seeds) -> dict[int, Path | None]:
     """Per seed, the stored results in ``source_dir`` that the fitter finishes, or None where
     the seed is fitted (no source chunk, or a seed whose source fit stored nothing: it failed
     before its paths existed)."""
+    if source_dir is None:
+        return dict.fromkeys(seeds)
     files = {}
     for seed in seeds:
-        path = (fit_record_path(source_dir, seed, f"{fitter.stored_artifact}.npz")
-                if source_dir is not None else None)
-        if path is not None and not path.is_file():
+        path = fit_record_path(source_dir, seed, f"{fitter.stored_artifact}.npz")
+        if not path.is_file():
             log.warning("seed %s: no stored %s in %s: fitting it", seed,
                         fitter.stored_artifact, source_dir)
             path = None

@@ -951,24 +951,18 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
     if contrasts is not None and not contrasts.empty:
         working = cells[cells["grid"] == "ablation_working"]
         fixes = []
-        for error in MODEL_ERRORS:
-            if error.model is None:
-                continue
-            c = find_contrast(contrasts, working, "model", error.model, "as_asked")
+
+        def compare(model: str, baseline: str, what: str) -> None:
+            c = find_contrast(contrasts, working, "model", model, baseline)
             if c is not None:
-                fixes.append(f"fixing {error.id} ({error.title}) alone: "
-                             + contrast_text(c, code(error.model), code("as_asked")))
-        every = find_contrast(contrasts, working, "model", "as_asked_fix_all", "as_asked")
-        if every is not None:
-            fixes.append("fixing E1-E4 together: " + contrast_text(
-                every, code("as_asked_fix_all"), code("as_asked")))
-        for error in MODEL_ERRORS:
-            if error.kept_model is None:
-                continue
-            c = find_contrast(contrasts, working, "model", error.kept_model, "as_asked_fix_all")
-            if c is not None:
-                fixes.append(f"keeping {error.id} alone (every other error fixed): "
-                             + contrast_text(c, code(error.kept_model), code("as_asked_fix_all")))
+                fixes.append(f"{what}: " + contrast_text(c, code(model), code(baseline)))
+
+        for error in (e for e in MODEL_ERRORS if e.model):
+            compare(error.model, "as_asked", f"fixing {error.id} ({error.title}) alone")
+        compare("as_asked_fix_all", "as_asked", "fixing E1-E4 together")
+        for error in (e for e in MODEL_ERRORS if e.kept_model):
+            compare(error.kept_model, "as_asked_fix_all",
+                    f"keeping {error.id} alone (every other error fixed)")
         if fixes:
             items.append("**Which errors matter** (under a setting where the corrected model "
                          "succeeds: adam 1e-2, jittered start): " + "; ".join(fixes) + ".")
