@@ -565,3 +565,48 @@ def test_collapse_sigma_floor_follows_the_one_line_residual_of_close_lines():
     c = classify_draws(*_pruned(2.9, 0.115), close, SETTINGS)
     assert c.label == "collapsed"
     assert classify_draws(*_pruned(2.9, 0.1), close, SETTINGS).label == "not_converged"
+
+
+@pytest.mark.parametrize("truth", [
+    TRUTH,
+    TrueParameters(slopes=(3.0, -1.0, 1.0), weights=(0.4, 0.3, 0.3), noise_sd=0.1, n_obs=100_000),
+])
+@pytest.mark.parametrize("reference_sd", [None, 0.3])
+def test_one_draw_chains_take_the_labels_of_the_full_rules(truth, reference_sd):
+    """A trajectory is classified as one-draw chains, with a vectorised shortcut for draws in a
+    basin (_one_draw_basin_labels): every chain's label must be the full rules' label, for
+    snapshots on each mode, at the tolerance edges, collapsed, elsewhere and non-finite."""
+    from vimodes.classify import _classify_finite, labellings
+
+    rng = np.random.default_rng(7)
+    k = len(truth.slopes)
+    true = np.asarray(truth.slopes)
+    true_w = np.asarray(truth.weights)
+    tol = slope_tolerances(truth, SETTINGS, reference_sd)
+    rows = []
+    for perm in labellings(k):
+        for _ in range(60):
+            slope_step = rng.choice([0.0, 0.5, 0.999, 1.0, 1.001, 1.5], size=k)
+            s = true[list(perm)] + rng.choice([-1, 1], size=k) * slope_step * tol[list(perm)]
+            w = true_w[list(perm)] + rng.choice([0.0, 0.05, 0.1, 0.1001, 0.3], size=k) * \
+                rng.choice([-1, 1], size=k)
+            sigma = truth.noise_sd * rng.choice([1.0, 1.25, 1.2501, 0.8, 1 / 1.25, 0.79, 3.0])
+            rows.append((s, w, sigma))
+    for _ in range(60):  # collapsed near the one-line slope, or anywhere
+        s = np.full(k, one_line_slope(truth)) + rng.normal(0, 0.05, k) if rng.random() < 0.5 \
+            else rng.uniform(-4, 4, k)
+        rows.append((s, rng.dirichlet(np.ones(k)), rng.uniform(0.05, 2.0)))
+    rows.append((np.full(k, np.nan), true_w, 0.1))
+    slopes = np.array([r[0] for r in rows])[:, None, :]
+    weights = np.array([r[1] for r in rows])[:, None, :]
+    sigma = np.array([r[2] for r in rows])[:, None]
+    labels = classify_draws(slopes, weights, sigma, truth, SETTINGS, reference_sd).chain_labels
+    expected = [
+        "failed" if not np.all(np.isfinite(slopes[c]))
+        else _classify_finite(slopes[c], weights[c], sigma[c], truth, SETTINGS, reference_sd)[0]
+        for c in range(len(rows))
+    ]
+    assert list(labels) == expected
+    # the sample reaches both branches of the shortcut and the full rules' other outcomes
+    assert {"not_converged", "failed"} <= set(labels)
+    assert any(label.startswith("mode_") for label in labels)

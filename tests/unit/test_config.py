@@ -285,8 +285,8 @@ def test_fit_rule_params_come_from_the_fit_settings(repo):
         return fit_rule_params(cell, config) != fit_rule_params(cell, study.config)
 
     nuts, advi = by_method["nuts"], by_method["advi"]
-    assert changed(lambda c: c["nuts"].update(tune=500), nuts)
-    assert not changed(lambda c: c["nuts"].update(tune=500), advi)  # not an ADVI setting
+    assert changed(lambda c: c["nuts"].update(tune=700), nuts)
+    assert not changed(lambda c: c["nuts"].update(tune=700), advi)  # not an ADVI setting
     assert changed(lambda c: c["vi"].update(khat_draws=500), advi)
 
     def rebuilt_changes(edit, cell):
