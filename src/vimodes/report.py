@@ -27,6 +27,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
+from vimodes.contrasts import ALPHA, min_discordant
 from vimodes.figure_specs import FIGURE_SPECS, KHAT_OK, figures_in
 from vimodes.metrics import wilson_interval
 from vimodes.methods import INIT_KINDS, init_meaning, methods_where
@@ -860,8 +861,6 @@ def reproduce_section(fits: pd.DataFrame, provenance: dict) -> Section:
 # ---------------------------------------------------------------------------------------------
 # Claims backed by paired contrasts (data/tables/contrasts.parquet)
 
-ALPHA = 0.05
-
 
 def _points(share: float) -> str:
     """A difference of proportions in signed percentage points; a difference that rounds to 0
@@ -926,7 +925,16 @@ def contrast_text(c: dict, label_a: str, label_b: str) -> str:
     return (f"{label_a} {k_a}/{n} vs {label_b} {k_b}/{n} seeds on a single mode: {verdict} "
             f"(paired difference {_points(c['diff'])} points, 95% CI "
             f"{_points(c['diff_low'])} to {_points(c['diff_high'])}; exact McNemar "
-            f"p {_pvalue(c['p_mcnemar'])}, Holm-adjusted {_pvalue(c['p_holm'])})")
+            f"p {_pvalue(c['p_mcnemar'])}, {_holm_text(c)})")
+
+
+def _holm_text(c) -> str:
+    """The contrast's Holm-adjusted p-value, or why it is not in the Holm family."""
+    if c.get("in_family", True):
+        return f"Holm-adjusted {_pvalue(c['p_holm'])}"
+    discordant = int(c["n_01"] + c["n_10"])
+    return (f"{discordant} discordant seed{'s' if discordant != 1 else ''}: no split reaches "
+            f"{ALPHA}, not in the Holm family")
 
 
 def _cell(cells: pd.DataFrame, **axes) -> pd.Series | None:
@@ -1023,8 +1031,10 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
     section.notes.append(
         "Every comparison within one data regime is paired (the same seeds, so the same data "
         "sets, in both cells); intervals are Newcombe's for a paired difference of proportions, "
-        "p-values exact McNemar tests, adjusted by Holm over every contrast in the table at the "
-        "end. Comparisons across data regimes (different data sets) are of independent "
+        "p-values exact McNemar tests, adjusted by Holm over the contrasts of the table at the "
+        f"end that can reach p < {ALPHA} at all ({min_discordant(ALPHA)} or more discordant "
+        "seeds; the others cannot produce a false claim and are marked as not in the family). "
+        "Comparisons across data regimes (different data sets) are of independent "
         "proportions: Newcombe's interval for independent samples, Fisher's exact test, Holm "
         "over the regime map. Rates of "
         "single cells carry 95% Wilson intervals over their seeds; a rate pooled over cells "
@@ -1332,7 +1342,7 @@ def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Secti
                       f"{round(c['rate_b'] * n)}/{n}",
                       f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
                       f"{_points(c['diff_high'])})", _pvalue(c["p_mcnemar"]),
-                      _pvalue(c["p_holm"])])
+                      _pvalue(c["p_holm"]) if c.get("in_family", True) else "–"])
         if c["p_holm"] < ALPHA:
             disagree.append(code(c["cell_a"]))
     section.tables.append(Table(
@@ -1454,14 +1464,20 @@ def contrasts_section(contrasts: pd.DataFrame | None) -> Section:
                      f"{round(c['rate_a'] * n)} vs {round(c['rate_b'] * n)}",
                      f"{_points(c['diff'])} ({_points(c['diff_low'])} to "
                      f"{_points(c['diff_high'])})", _pvalue(c["p_mcnemar"]),
-                     _pvalue(c["p_holm"])
+                     (_pvalue(c["p_holm"]) if c.get("in_family", True)
+                      else f"– ({int(c['n_01'] + c['n_10'])} discordant)")
                      + (" (deterministic)" if c.get("deterministic") else "")])
+    in_family = int(contrasts["in_family"].sum()) if "in_family" in contrasts else len(contrasts)
     section.tables.append(Table(
         ["factor", "levels (a vs b)", "held fixed", "seeds", "single mode (a vs b)",
          "difference, points (95% CI)", "McNemar p", "Holm p"], rows,
         f"All {len(contrasts)} pairs of cells of one data regime that differ in exactly one "
-        "factor, matched on seed (and, for the budget, the checkpoints of the same runs); "
-        "Holm's adjustment runs over this whole family."))
+        "factor, matched on seed (and, for the budget, the checkpoints of the same runs). "
+        f"Holm's adjustment runs over the {in_family} contrasts whose exact test can reach "
+        f"p < {ALPHA} at all (at least {min_discordant(ALPHA)} discordant seeds); with "
+        "fewer, no split of the "
+        "discordant seeds is significant, so those contrasts (marked –) cannot produce a false "
+        "claim and are left out of the family (Tarone 1990)."))
     return section
 
 

@@ -217,9 +217,11 @@ def test_cell_contrasts_builds_the_one_factor_family(fits):
     assert (cavi.axis, cavi.level_a, cavi.level_b) == ("init", "default", "jitter")
     assert cavi.identical_outcomes and cavi.deterministic and cavi.p_mcnemar == 1.0
 
-    # Holm over the whole family: 0.0625 * 4; the others stay at 1
-    np.testing.assert_allclose(table["p_holm"], holm_adjust(table["p_mcnemar"]))
-    assert chains.p_holm == pytest.approx(0.25)
+    # no contrast here has the 6 discordant seeds an exact test needs to reach p < 0.05
+    # (chains: 5, min p 0.0625): none is in the Holm family, and none can be significant
+    assert not table["in_family"].any()
+    assert (table["p_holm"] == 1.0).all()
+    assert chains.p_holm == 1.0
 
 
 def test_budget_levels_read_upwards_and_a_checkpointed_pair_counts_once():
@@ -284,3 +286,42 @@ def test_aggregate_writes_the_contrast_tables(fits, tmp_path):
     written = pd.read_parquet(out["contrasts"]["parquet"])
     pd.testing.assert_frame_equal(written, cell_contrasts(fits), check_dtype=False)
     assert list(pd.read_csv(out["contrasts"]["csv"]).columns) == list(CONTRAST_COLUMNS)
+
+
+def test_min_attainable_p_is_the_most_extreme_split_of_the_exact_test():
+    from scipy import stats
+
+    from vimodes.contrasts import min_attainable_mcnemar_p, min_discordant
+
+    for d in range(0, 12):
+        extreme = stats.binomtest(d, d, 0.5).pvalue if d else 1.0
+        assert min_attainable_mcnemar_p(d) == pytest.approx(min(1.0, extreme))
+    assert min_attainable_mcnemar_p(5) == pytest.approx(0.0625)
+    assert min_discordant(0.05) == 6 and min_discordant(0.01) == 8
+    with pytest.raises(ValueError):
+        min_attainable_mcnemar_p(-1)
+
+
+def test_holm_family_leaves_out_contrasts_that_cannot_reach_alpha():
+    """Tarone's refinement: one contrast with 7 of 7 discordant seeds one way (p = 0.0156) among
+    cells that agree on every seed. Plain Holm over all 4 contrasts would give 0.0625 (no
+    difference at 0.05); only the one contrast can reach 0.05, so it alone is the family."""
+    rows = []
+    outcomes = {"m-a": ["mode_A"] * 10, "m-b": ["mode_A"] * 3 + ["collapsed"] * 7}
+    for cell_id, init in (("m-a", "default"), ("m-b", "jitter")):
+        rows += [{"cell_id": cell_id, **ADVI, "init": init, "seed": seed, "level": "fit",
+                  "chain": -1, "outcome": outcome}
+                 for seed, outcome in enumerate(outcomes[cell_id])]
+    for cell_id, optimizer in (("m-c", "adam_1e-3"), ("m-d", "adam_5e-2")):
+        rows += [{"cell_id": cell_id, **ADVI, "optimizer": optimizer, "init": "default",
+                  "seed": seed, "level": "fit", "chain": -1, "outcome": "mode_A"}
+                 for seed in range(10)]
+    table = cell_contrasts(pd.DataFrame(rows)).set_index(["cell_a", "cell_b"])
+    assert len(table) == 4
+    tested = table.loc[("m-a", "m-b")]
+    assert (tested.n_10, tested.n_01) == (7, 0)
+    assert tested.in_family and tested.p_holm == pytest.approx(tested.p_mcnemar)
+    assert tested.p_mcnemar == pytest.approx(2 * 0.5 ** 7)
+    assert holm_adjust(table["p_mcnemar"]).min() == pytest.approx(4 * 2 * 0.5 ** 7)
+    others = table.drop(index=("m-a", "m-b"))
+    assert not others["in_family"].any() and (others["p_holm"] == 1.0).all()
