@@ -7,7 +7,8 @@ from a run of the default study), for when the study itself is too long to time 
 RUN_DIR is the working directory of a finished `snakemake` run (its `config/config.yaml` and
 the `logs/benchmarks/` files its rules wrote). The method (printed with the numbers):
 
-* Every fit job's CPU time (`cpu_time` of its `benchmark:` file) is divided by its units of
+* Every fit job's CPU time (`cpu_time` of its `benchmark:` file; a fit group's shared among its
+  chunks by their units of work) is divided by its units of
   work, seeds x chains x (iterations / 10000 where the method has iterations); a rate is kept
   per kind of job: method, engine, minibatch or full batch, and the data size N. A target cell
   takes the rate of its kind at the measured N nearest to its own (on a log scale). Rates are
@@ -91,6 +92,17 @@ def measure(run_dir: Path):
         fit_cpu[kind] += _cpu(path)
         fit_work[kind] += fit_units(cell, len(seeds))
         counted.add(path)
+    groups = {group.name: group for group in study.fit_groups()}
+    for path in sorted(bench.glob("fit_group/*.tsv")):
+        # a fit group's CPU time, shared among its chunks by their units of work
+        members = [(study.cell_by_id[cell], study.chunk_seeds(cell, chunk))
+                   for cell, chunk in groups[path.stem].members]
+        units = [fit_units(cell, len(seeds)) for cell, seeds in members]
+        for (cell, _), unit in zip(members, units):
+            kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
+            fit_cpu[kind] += _cpu(path) * unit / sum(units)
+            fit_work[kind] += unit
+        counted.add(path)
     for path in sorted(bench.glob("classify/*/chunk-*.tsv")):
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
@@ -126,14 +138,14 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
     study = load_study(target_config)
     regimes = study.config["data_regimes"]
     rows, missing = defaultdict(lambda: [0.0, 0.0, 0, set()]), []
-    jobs = 0
+    jobs = len(study.fit_jobs())
     for cell in study.cells:
         n_obs = regimes[cell.data_regime]["n_obs"]
         kind = fit_kind(cell, n_obs)
         found = _nearest(measured["fit"], kind)
         cls_rate = measured["classify"].get(cell.method)
         for chunk in study.chunks(cell):
-            jobs += 2
+            jobs += 1  # its classify job
             if found is None or cls_rate is None:
                 missing.append(f"{cell.method} ({cell.engine}"
                                f"{', full batch' if kind[2] else ''})")

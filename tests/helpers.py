@@ -108,6 +108,22 @@ def job_count(dry_run_output: str, rule: str) -> int:
     return 0
 
 
+def is_fit_rule(rule: str) -> bool:
+    """A rule that fits: fit_chunk (one chunk) or a fit group's rule (fit_group_<name>)."""
+    return rule == "fit_chunk" or rule.startswith("fit_group_")
+
+
+def fit_job_count(dry_run_output: str) -> int:
+    """The fit jobs (fit_chunk and every fit group's rule) in the job-stats table of a dry run
+    (the first count of each rule, as ``job_count``: Snakemake may print the table twice)."""
+    counts = {}
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and is_fit_rule(parts[0]) and parts[1].isdigit():
+            counts.setdefault(parts[0], int(parts[1]))
+    return sum(counts.values())
+
+
 def once_per_session(tmp_path_factory, name: str, build):
     """`build(folder)` -> a JSON-able result, computed once per test session even when
     pytest-xdist runs the session in several worker processes (`make test`): the first worker

@@ -523,6 +523,27 @@ def fit_rule_params(cell: Cell, config: dict) -> dict[str, Any]:
 REFERENCE_METHOD, REFERENCE_MODEL = "nuts", "marginal"
 
 
+# vectorised chunks of longer runs get a job each (Study.groupable)
+GROUP_MAX_ITERATIONS = 20_000
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit job: the (cell id, chunk) pairs it fits, in order; ``name`` is None for a job of
+    one chunk (rule ``fit_chunk``), else the group's name (rule ``fit_group_<name>``)."""
+
+    members: tuple[tuple[str, int], ...]
+    name: str | None = None
+
+    @property
+    def rule(self) -> str:
+        return "fit_chunk" if self.name is None else f"fit_group_{self.name}"
+
+    @property
+    def chunk_dirs(self) -> list[str]:
+        return [f"data/fits/{cell}/chunk-{chunk}" for cell, chunk in self.members]
+
+
 @dataclass(frozen=True)
 class Study:
     config: dict
@@ -579,6 +600,59 @@ class Study:
             if source_seeds == seeds:
                 return source.cell_id, index
         return None
+
+    def groupable(self, cell: Cell) -> bool:
+        """Whether the cell's chunks may share a fit job with other cells (``fit_groups``): the
+        vectorised engine's chunks of at most ``GROUP_MAX_ITERATIONS`` iterations, whose job is
+        mostly fixed cost (importing PyMC and JAX, building the model), unless the chunk
+        finishes another chunk's stored results. A longer run's loop outweighs that cost, and
+        grouping it would only make long jobs longer (a cluster's time limit)."""
+        return (cell.engine == "vectorised"
+                and (cell.iterations or 0) <= GROUP_MAX_ITERATIONS
+                and all(self.source_chunk(cell.cell_id, i) is None
+                        for i in range(len(self.chunks(cell)))))
+
+    @cached_property
+    def _fit_jobs(self) -> tuple[FitJob, ...]:
+        size = self.config.get("vectorised_cells_per_job", 1)
+        singles, pending = [], {}
+        for cell in self.cells:
+            for index in range(len(self.chunks(cell))):
+                if size > 1 and self.groupable(cell):
+                    # the same chunk of the cells of one grid: a group changes only when its
+                    # grid does (new seeds make new chunks, hence new groups; other grids'
+                    # groups stay as they are)
+                    pending.setdefault((cell.grid, index), []).append((cell.cell_id, index))
+                else:
+                    singles.append(FitJob(((cell.cell_id, index),)))
+        groups = []
+        for (grid, index), chunks in pending.items():
+            # as even as possible (9 chunks at 8 per job: 5 + 4, not 8 + 1); a part of one is
+            # still a group, so that all chunks of a cell are fitted by group rules
+            n_parts = -(-len(chunks) // size)
+            bounds = [round(i * len(chunks) / n_parts) for i in range(n_parts + 1)]
+            groups.extend(FitJob(tuple(chunks[a:b]), f"{grid}_c{index}_{part}")
+                          for part, (a, b) in enumerate(zip(bounds, bounds[1:])))
+        return tuple(singles + groups)
+
+    def fit_jobs(self) -> tuple[FitJob, ...]:
+        """Every fit job of the study: a chunk on its own (rule ``fit_chunk``), or up to
+        ``vectorised_cells_per_job`` chunks of vectorised cells fitted one after another in one
+        process (a ``fit_group_<name>`` rule), which pays the imports and the set-up once
+        (benchmarks/README.md). A group holds the same chunk index of cells of one grid, so
+        that adding seeds (new chunks) or grids leaves every existing group as
+        it was; changing a grid's cells regroups that grid's chunks. Every chunk is in exactly
+        one job."""
+        return self._fit_jobs
+
+    def fit_groups(self) -> tuple[FitJob, ...]:
+        """The jobs of several chunks (``fit_jobs`` with a name)."""
+        return tuple(job for job in self._fit_jobs if job.name)
+
+    @cached_property
+    def grouped_cells(self) -> frozenset[str]:
+        """The cells whose chunks are fitted by a group job, not by ``fit_chunk``."""
+        return frozenset(cell for job in self.fit_groups() for cell, _ in job.members)
 
     def datasets(self) -> list[tuple[str, int]]:
         return sorted({(c.data_regime, s) for c in self.cells for s in c.seeds})

@@ -1,6 +1,8 @@
 """The pipeline's steps as plain functions; Snakemake scripts only parse arguments and call these.
 
 * ``fit_chunk``: one process fits a chunk of seeds of one cell, compiling once;
+* ``fit_group``: one process fits several chunks (a fit group, ``Study.fit_groups``) one after
+  another, each with its own log;
 * ``classify_chunk``: outcome class and metrics of every fit (and chain) of a chunk;
 * ``aggregate``: the tidy per-fit table, the per-cell summary with Wilson intervals and the
   paired contrasts between cells (``vimodes.contrasts``).
@@ -189,6 +191,26 @@ def read_reference_sd(path: str | Path | None):
     if not path:
         return None
     return np.asarray(read_json(path)["reference_slope_sd"], dtype=float)
+
+
+def fit_group(study: Study, members: list[tuple[str, int]], data_blocks: list[str],
+              out_dirs: list[str | Path], log_paths: list[str | Path]) -> None:
+    """Fit the chunks ``members`` ((cell id, chunk) pairs) in this process, in order: chunk i
+    reads its data sets from ``data_blocks``, writes ``out_dirs[i]`` and logs to
+    ``log_paths[i]``. The imports and whatever the fitters share are paid once; each chunk's
+    records and files are those ``fit_chunk`` writes for it alone (tested)."""
+    from vimodes.runtime import script_logging
+    from vimodes.simulate import files_in_blocks
+
+    if not len(members) == len(out_dirs) == len(log_paths):
+        raise ValueError(f"a fit group of {len(members)} chunks needs as many output folders "
+                         f"and logs, got {len(out_dirs)} and {len(log_paths)}")
+    for (cell_id, chunk), out_dir, log_path in zip(members, out_dirs, log_paths):
+        with script_logging(log_path):
+            log.info("chunk %s of %s, in a fit group of %d chunks", chunk, cell_id,
+                     len(members))
+            fit_chunk(study, cell_id, chunk,
+                      files_in_blocks(data_blocks, study.chunk_seeds(cell_id, chunk)), out_dir)
 
 
 def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path,

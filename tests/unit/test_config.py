@@ -332,3 +332,76 @@ def test_a_derived_method_finishes_the_chunk_of_the_same_seeds_and_settings():
     fewer = build_study({**raw, "vi": {"khat_draws": 100}})
     assert fewer.config["vi"]["khat_draws"] < fewer.config["draws"]
     assert fewer.source_chunk(psis, 0) is None
+
+
+def _grouping_study(per_job, iterations=200):
+    from vimodes.config import build_study
+
+    return build_study({
+        "study_name": "t", "seed_base": 11, "chunk_size": 2, "draws": 50,
+        "vectorised_cells_per_job": per_job,
+        "data_regimes": {"default": {"n_obs": 300}, "small": {"n_obs": 200}},
+        "optimizers": {"default": {"name": "adagrad_window", "learning_rate": 0.001},
+                       "adam_1e-2": {"name": "adam", "learning_rate": 0.01}},
+        "inits": {"default": {"kind": "default"}, "jitter": {"kind": "jitter", "scale": 1.0}},
+        "grids": [
+            {"name": "vec", "models": ["marginal"], "methods": ["advi", "fullrank_advi"],
+             "optimizers": ["default", "adam_1e-2"], "iterations": [iterations],
+             "inits": ["jitter"],
+             "engines": ["vectorised"], "seeds": 3, "data_regimes": ["default", "small"]},
+            {"name": "ref", "models": ["marginal"], "methods": ["advi"], "iterations": [200],
+             "inits": ["jitter"], "engines": ["pymc"], "seeds": 2},
+            {"name": "cavi", "models": ["marginal"], "methods": ["cavi"], "iterations": [20],
+             "seeds": 2}]})
+
+
+def test_fit_groups_hold_each_vectorised_chunk_once_by_grid_and_chunk():
+    study = _grouping_study(3)
+    jobs = study.fit_jobs()
+    members = [m for job in jobs for m in job.members]
+    assert sorted(members) == sorted(study.fit_chunks())  # every chunk in exactly one job
+    for job in study.fit_groups():
+        cells = [study.cell_by_id[cell] for cell, _ in job.members]
+        assert 1 <= len(job.members) <= 3
+        assert all(c.engine == "vectorised" for c in cells)
+        assert len({c.grid for c in cells}) == 1
+        assert len({chunk for _, chunk in job.members}) == 1
+        assert job.rule == f"fit_group_{job.name}" and job.name.startswith(cells[0].grid)
+    singles = [job for job in jobs if job.name is None]
+    assert all(len(job.members) == 1 and job.rule == "fit_chunk" for job in singles)
+    # PyMC's engine and CAVI stay one chunk per job; so does every chunk at 1 per job
+    assert {study.cell_by_id[job.members[0][0]].engine for job in singles} == {"pymc"}
+    assert not study.grouped_cells & {job.members[0][0] for job in singles}
+    # 8 cells in the grid (two regimes), 2 chunks each, at 3 per job: 3 + 3 + 2 per chunk
+    assert sorted(len(job.members) for job in study.fit_groups()) == [2, 2, 3, 3, 3, 3]
+    assert not _grouping_study(1).fit_groups()
+    # a long run's chunks stay alone
+    long_runs = _grouping_study(3, iterations=20_100)
+    assert not long_runs.fit_groups() and len(long_runs.fit_jobs()) == len(study.fit_chunks())
+    assert len(_grouping_study(1).fit_jobs()) == len(study.fit_chunks())
+
+
+def test_a_fit_group_writes_what_its_chunks_write_alone(tmp_path):
+    """Fitting chunks one after another in one process (pipeline.fit_group) gives every file
+    each chunk's own fit_chunk job gives (canonical hashes: timings left out)."""
+    from vimodes.canonical import output_sha256
+    from vimodes.pipeline import fit_chunk, fit_group
+    from vimodes.simulate import block_folder, files_in_blocks, simulate_block
+
+    study = _grouping_study(4)
+    group = study.fit_groups()[0]
+    regime = study.cell_by_id[group.members[0][0]].data_regime
+    block = tmp_path / block_folder(regime, 0, study.config["data_block_size"])
+    simulate_block(study, regime, block)
+    group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
+    logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
+    fit_group(study, list(group.members), [str(block)], group_dirs, logs)
+    for (cell, chunk), group_dir, log_file in zip(group.members, group_dirs, logs):
+        alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
+        fit_chunk(study, cell, chunk,
+                  files_in_blocks([str(block)], study.chunk_seeds(cell, chunk)), alone)
+        names = sorted(p.name for p in alone.iterdir())
+        assert names and names == sorted(p.name for p in group_dir.iterdir())
+        for name in names:
+            assert output_sha256(group_dir / name) == output_sha256(alone / name), name
+        assert f"chunk {chunk} of {cell}" in log_file.read_text()

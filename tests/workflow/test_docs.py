@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, is_fit_rule
 from vimodes.config import build_study, load_yaml
 
 SLURM_GUIDE = "docs/running-on-slurm.md"
@@ -28,11 +28,11 @@ def dry_run_summary(output: str) -> dict:
             jobs[-1]["runtime"] = int(re.search(r"\bruntime=(\d+)", line).group(1))
         elif jobs and line.startswith("    wildcards: cell="):
             jobs[-1]["cell"] = line.split("cell=")[1].split(",")[0]
-    fits = [j for j in jobs if j["rule"] == "fit_chunk"]
+    fits = [j for j in jobs if is_fit_rule(j["rule"])]
     longest = max(fits, key=lambda j: j["runtime"])
     return {
         "simulate": sum(j["rule"] == "simulate" for j in jobs),
-        "fit_chunk": len(fits),
+        "fit_jobs": len(fits),
         "classify_chunk": sum(j["rule"] == "classify_chunk" for j in jobs),
         "cpu_hours": round(sum(j["runtime"] * j["threads"] for j in fits) / 60),
         "longest_minutes": longest["runtime"],
@@ -48,7 +48,7 @@ def dry_runs(cluster_dry_runs):
 
 ROWS = {  # row label in the guide's table -> key of dry_run_summary
     "`simulate` jobs": "simulate",
-    "`fit_chunk` jobs (SLURM)": "fit_chunk",
+    "fit jobs (SLURM: `fit_chunk`, `fit_group_*`)": "fit_jobs",
     "`classify_chunk` jobs": "classify_chunk",
     "CPU-hours of fit time limits": "cpu_hours",
     "longest fit time limit, minutes": "longest_minutes",

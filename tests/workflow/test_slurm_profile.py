@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import TINY, copy_workflow
+from helpers import TINY, copy_workflow, is_fit_rule
 from vimodes.config import load_study
 from vimodes.simulate import study_blocks
 
 BIN = Path(sys.executable).parent
 PROFILE = "profiles/slurm"
-SUBMITTED_RULES = {"fit_chunk", "mechanism"}  # the rest are localrules (workflow/rules/common.smk)
+# the fit jobs (fit_chunk, fit_group_<name>) and the mechanism; the rest are localrules
+# (workflow/rules/common.smk)
+SUBMITTED_RULES = {"fit_chunk", "mechanism"}
 
 
 def parse_dry_run(output: str) -> list[dict]:
@@ -83,9 +85,13 @@ def test_slurm_dry_run_plans_every_job(slurm_dry_run):
     work, jobs = slurm_dry_run
     study = load_study(work / "config" / "config.yaml")
     fits = [j for j in jobs if j["rule"] == "fit_chunk"]
-    assert {(j["wildcards"]["cell"], int(j["wildcards"]["chunk"])) for j in fits} == \
+    singles = {job.members[0] for job in study.fit_jobs() if job.name is None}
+    assert {(j["wildcards"]["cell"], int(j["wildcards"]["chunk"])) for j in fits} == singles
+    assert len(fits) == len(singles)
+    groups = sorted(j["rule"] for j in jobs if j["rule"].startswith("fit_group_"))
+    assert groups == sorted(group.rule for group in study.fit_groups()) and groups
+    assert singles | {m for group in study.fit_groups() for m in group.members} == \
         set(study.fit_chunks())
-    assert len(fits) == len(study.fit_chunks())
     assert sum(j["rule"] == "simulate" for j in jobs) == len(study_blocks(study))
     assert sum(j["rule"] == "classify_chunk" for j in jobs) == len(study.fit_chunks())
     assert any(j["rule"] == "write_report" for j in jobs)
@@ -105,13 +111,15 @@ def test_only_fits_are_submitted_to_slurm(slurm_dry_run):
     local = localrules((work / "workflow" / "rules" / "common.smk").read_text())
     planned = {j["rule"] for j in jobs}
     assert local <= planned  # no typo: every named rule exists and runs in the default study
-    assert planned - local - {"all"} == SUBMITTED_RULES
+    submitted = planned - local - {"all"}
+    assert {rule for rule in submitted if not rule.startswith("fit_group_")} == SUBMITTED_RULES
+    assert submitted != SUBMITTED_RULES  # the default study's fit groups are submitted too
 
 
 def test_every_fit_job_has_slurm_resources(slurm_dry_run):
     _, jobs = slurm_dry_run
-    fits = [j for j in jobs if j["rule"] == "fit_chunk"]
-    assert fits
+    fits = [j for j in jobs if is_fit_rule(j["rule"])]
+    assert fits and any(j["rule"] != "fit_chunk" for j in fits)
     for job in fits:
         res = job["resources"]
         assert int(res["mem_mb"]) >= 1000, job

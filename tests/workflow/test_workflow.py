@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import BIN, QUICK, SMOKE, assert_no_traceback, copy_workflow, job_count, snakemake
+from helpers import (BIN, QUICK, SMOKE, assert_no_traceback, copy_workflow, fit_job_count,
+                     is_fit_rule, job_count, snakemake)
 from vimodes.config import load_study
 from vimodes.simulate import study_blocks
 
@@ -24,7 +25,11 @@ def test_dry_run_plans_the_whole_grid(repo, tmp_path, config, cluster_dry_runs):
     if out is None:
         work = copy_workflow(tmp_path / "wf")
         out = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
-    assert job_count(out, "fit_chunk") == len(study.fit_chunks())
+    jobs = study.fit_jobs()
+    assert fit_job_count(out) == len(jobs)
+    assert job_count(out, "fit_chunk") == sum(job.name is None for job in jobs)
+    for group in study.fit_groups():
+        assert job_count(out, group.rule) == 1
     assert job_count(out, "simulate") == len(study_blocks(study))
 
 
@@ -40,7 +45,7 @@ def test_dry_run_with_an_extra_seed_grows_the_dag(repo, tmp_path):
     bigger = load_study(work / "config" / "bigger.yaml")
     assert len(bigger.datasets()) == len(load_study(work / SMOKE).datasets()) + 2
     assert job_count(more, "simulate") == len(study_blocks(bigger)) == job_count(base, "simulate")
-    assert job_count(more, "fit_chunk") > job_count(base, "fit_chunk")
+    assert fit_job_count(more) > fit_job_count(base)
 
 
 def test_bad_config_stops_before_any_job(repo, tmp_path):
@@ -265,9 +270,10 @@ def test_make_figures_never_refits(repo, quick_study, tmp_path):
     # the fits are out of date: an unrestricted run would refit
     plain = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work).stdout
     assert job_count(plain, "fit_chunk") > 0
+    assert fit_job_count(plain) > job_count(plain, "fit_chunk")  # fit groups too
     planned = snakemake("figures", "-n", "--quiet", "rules", "--configfile", config,
                         "--allowed-rules", *rules, cwd=work).stdout
-    assert job_count(planned, "fit_chunk") == 0
+    assert fit_job_count(planned) == 0
     report = work / "report" / "report.html"
     report_before = report.stat().st_mtime_ns
     ran = snakemake("figures", "--cores", "2", "--configfile", config,
@@ -275,7 +281,7 @@ def test_make_figures_never_refits(repo, quick_study, tmp_path):
     text = ran.stdout + ran.stderr
     started = set(re.findall(r"^(?:local)?rule (\w+):$", text, re.MULTILINE))
     assert started and started <= set(rules), started
-    assert "fit_chunk" not in started and "simulate" not in started
+    assert not any(map(is_fit_rule, started)) and "simulate" not in started
     assert {p: p.stat().st_mtime_ns for p in (work / "data" / "fits").rglob("*")} == fits_before
     assert report.stat().st_mtime_ns > report_before  # rebuilt from the existing fits
 
@@ -372,7 +378,7 @@ def test_fits_rerun_when_the_pymc_version_or_a_chunks_seeds_change_and_only_then
         filter(None, [str(probe), os.environ.get("PYTHONPATH")]))}
     other_pymc = snakemake("-n", "--quiet", "rules", "--configfile", config, cwd=work,
                            env=env).stdout
-    assert job_count(other_pymc, "fit_chunk") == len(study.fit_chunks())
+    assert fit_job_count(other_pymc) == len(study.fit_jobs())
     assert job_count(other_pymc, "simulate") == 0
 
     raw = yaml.safe_load((work / config).read_text())
@@ -389,6 +395,10 @@ def test_fits_rerun_when_the_pymc_version_or_a_chunks_seeds_change_and_only_then
     planned = {(job["wildcards"].split("cell=")[1].split(",")[0],
                 int(job["wildcards"].split("chunk=")[1].split(",")[0]))
                for job in _dry_run_jobs(more, "fit_chunk")}
+    groups = {group.rule: group for group in bigger.fit_groups()}
+    planned_groups = set(re.findall(r"^(?:local)?rule (fit_group_\w+):$", more, re.MULTILINE))
+    assert planned_groups  # the quick study groups its vectorised chunks
+    planned |= {member for rule in planned_groups for member in groups[rule].members}
     assert planned == changed
 
 
@@ -413,4 +423,4 @@ def test_workflow_default_study_with_a_config_value(tmp_path, cluster_dry_runs):
     work = copy_workflow(tmp_path / "wf")
     smaller = snakemake("-n", "--quiet", "rules", "--config", "chunk_size=25", cwd=work).stdout
     default = cluster_dry_runs["config/config.yaml"]
-    assert job_count(smaller, "fit_chunk") > job_count(default, "fit_chunk") > 0
+    assert fit_job_count(smaller) > fit_job_count(default) > 0

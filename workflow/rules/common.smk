@@ -1,5 +1,6 @@
 import gc
 import os
+import re
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -67,7 +68,8 @@ wildcard_constraints:
 
 
 # Cheap rules (seconds, one core) run on the submit host under a cluster executor (e.g. the SLURM
-# profile, profiles/slurm), not as jobs of their own; only fit_chunk is submitted.
+# profile, profiles/slurm), not as jobs of their own; only the fit jobs (fit_chunk,
+# fit_group_*) and the mechanism are submitted.
 localrules:
     simulate,
     classify_chunk,
@@ -109,6 +111,48 @@ def fit_inputs(wildcards):
     return inputs
 
 
+# fit_chunk fits the chunks of the cells no fit group holds (an empty alternation never matches)
+SINGLE_CELL_PATTERN = (
+    "|".join(
+        re.escape(cell.cell_id)
+        for cell in STUDY.cells
+        if cell.cell_id not in STUDY.grouped_cells
+    )
+    or "(?!)"
+)
+
+
+def group_data_blocks(group):
+    """The data blocks of every chunk of a fit group."""
+    return sorted(
+        {
+            block
+            for cell, chunk in group.members
+            for block in data_blocks(
+                STUDY.cell_by_id[cell].data_regime, STUDY.chunk_seeds(cell, chunk)
+            )
+        }
+    )
+
+
+def group_params(group):
+    """Per chunk of a fit group: what the script needs and, as for fit_chunk, the rerun
+    trigger (the cell's fit settings)."""
+    return [
+        {
+            "cell": cell,
+            "chunk": chunk,
+            "seeds": list(STUDY.chunk_seeds(cell, chunk)),
+            "settings": fit_rule_params(STUDY.cell_by_id[cell], STUDY.config),
+        }
+        for cell, chunk in group.members
+    ]
+
+
+def group_runtime_minutes(group):
+    return sum(chunk_runtime_minutes(cell, chunk) for cell, chunk in group.members)
+
+
 def reference_chunk_dirs(wildcards):
     cell = STUDY.reference_cell(wildcards.regime)
     if cell is None:
@@ -138,12 +182,16 @@ def fit_threads(wildcards):
 
 
 def fit_runtime_minutes(wildcards):
+    return chunk_runtime_minutes(wildcards.cell, int(wildcards.chunk))
+
+
+def chunk_runtime_minutes(cell_id, chunk):
     """Measured on a 2-core machine (see benchmarks/README.md), with a 3x margin."""
-    cell = STUDY.cell_by_id[wildcards.cell]
-    n_seeds = len(STUDY.chunk_seeds(wildcards.cell, int(wildcards.chunk)))
+    cell = STUDY.cell_by_id[cell_id]
+    n_seeds = len(STUDY.chunk_seeds(cell_id, chunk))
     n_obs = STUDY.config["data_regimes"][cell.data_regime]["n_obs"]
     spec = method_spec(cell.method)
-    if STUDY.source_chunk(cell.cell_id, int(wildcards.chunk)) is not None:
+    if STUDY.source_chunk(cell.cell_id, chunk) is not None:
         # resamples the stored paths of another chunk: draws, weights and k-hat only
         per_fit = 0.2
     elif spec.uses("chains"):

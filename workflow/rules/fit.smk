@@ -1,5 +1,6 @@
 rule fit_chunk:
-    """Fit a chunk of seeds of one cell in one process (the model is compiled once)."""
+    """Fit a chunk of seeds of one cell in one process (the model is compiled once); the
+    chunks of a fit group (below) are not this rule's."""
     input:
         unpack(fit_inputs),
     output:
@@ -8,6 +9,8 @@ rule fit_chunk:
         "logs/fit/{cell}/chunk-{chunk}.log",
     benchmark:
         "logs/benchmarks/fit/{cell}/chunk-{chunk}.tsv"
+    wildcard_constraints:
+        cell=SINGLE_CELL_PATTERN,
     retries: 1
     conda:
         "../envs/vimodes.yaml"
@@ -29,6 +32,36 @@ rule fit_chunk:
         pymc_version=PYMC_VERSION,
     script:
         "../scripts/fit_chunk.py"
+
+
+# One rule per fit group (Study.fit_groups): its chunks, fitted one after another in one
+# process, each with its own log; the rule's name says which group.
+for group in STUDY.fit_groups():
+
+    rule:
+        name:
+            group.rule
+        input:
+            data=group_data_blocks(group),
+        output:
+            [directory(path) for path in group.chunk_dirs],
+        log:
+            [f"logs/fit/{cell}/chunk-{chunk}.log" for cell, chunk in group.members],
+        benchmark:
+            f"logs/benchmarks/fit_group/{group.name}.tsv"
+        retries: 1
+        conda:
+            "../envs/vimodes.yaml"
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=lambda wildcards, attempt, group=group: attempt
+            * group_runtime_minutes(group),
+        params:
+            members=group_params(group),
+            pymc_version=PYMC_VERSION,
+        script:
+            "../scripts/fit_group.py"
 
 
 rule reference_sd:
