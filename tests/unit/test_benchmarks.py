@@ -116,3 +116,40 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         assert cpu3[label] == pytest.approx(2 * cpu[label], rel=1e-3)
     for label in ("simulate", "classify advi", "classify cavi"):
         assert cpu3[label] == pytest.approx(cpu[label], rel=1e-3)
+
+
+def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
+    """A fit group's benchmark file (logs/benchmarks/fit_group/<name>.tsv) holds the CPU time
+    of several chunks: it is shared by their units of work, so the study extrapolated onto
+    itself gives each kind's measured total, and the plan counts one job per group."""
+    spec = importlib.util.spec_from_file_location("extrapolate_study",
+                                                  REPO / "benchmarks" / "extrapolate_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = REPO / ".test" / "config" / "quick.yaml"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(config.read_text())
+    study = module.load_study(config)
+    assert study.fit_groups()  # the quick study groups its vectorised chunks
+    bench = tmp_path / "logs" / "benchmarks"
+    total = 0.0
+    for number, job in enumerate(study.fit_jobs()):
+        seconds = 10.0 + number
+        if job.name is None:
+            cell_id, chunk = job.members[0]
+            _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", seconds)
+        else:
+            _benchmark_file(bench / "fit_group" / f"{job.name}.tsv", seconds)
+        total += seconds
+    for cell_id, chunk in study.fit_chunks():
+        _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 1)
+    size = study.config["data_block_size"]
+    for regime, block in module.study_blocks(study):
+        name = f"seeds-{block * size}-{block * size + size - 1}.tsv"
+        _benchmark_file(bench / "simulate" / regime / name, 0.5)
+    table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
+    fits = table[table["jobs of"].str.startswith("fit ")]
+    assert missing == []
+    assert fits["cpu_s"].sum() == pytest.approx(total, rel=1e-3)
+    assert jobs == len(study.fit_jobs()) + len(study.fit_chunks()) + len(
+        module.study_blocks(study))
