@@ -21,7 +21,7 @@ from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study
 from vimodes.records import file_sha256, read_json, write_json
 from vimodes.regimes import regime_descriptors, regime_map
-from vimodes.simulate import read_dataset
+from vimodes.simulate import DataRegime, read_dataset
 
 log = logging.getLogger("vimodes")
 
@@ -88,9 +88,13 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
             "setup_seconds": setup_seconds, "record_version": RECORD_VERSION,
             "draws_asked": settings.draws}
     records = []
-    for seed, data in zip(seeds, datasets):
+    expected_regime = DataRegime.from_config(study.config["data_regimes"][cell.data_regime])
+    for seed, data, path in zip(seeds, datasets, data_paths):
         if data.seed != seed:
             raise ValueError(f"data file for seed {seed} holds seed {data.seed}")
+        if data.regime != expected_regime:
+            raise ValueError(f"data file '{path}' holds a data set of regime {data.regime}, not "
+                             f"of {cell.data_regime!r} ({expected_regime}) that {cell_id} fits")
     # a fitter with fit_many (the vectorised VI engine, numpyro's NUTS) fits the whole chunk
     # in one call; each seed's result is its own
     batch = (dict(zip(seeds, fitter.fit_many(datasets, study.config["seed_base"], list(seeds))))
@@ -206,11 +210,15 @@ def fit_group(study: Study, members: list[tuple[str, int]], data_blocks: list[st
         raise ValueError(f"a fit group of {len(members)} chunks needs as many output folders "
                          f"and logs, got {len(out_dirs)} and {len(log_paths)}")
     for (cell_id, chunk), out_dir, log_path in zip(members, out_dirs, log_paths):
+        # a group's chunks may fit different data regimes: each reads the blocks of its own
+        # (data/sim/<regime>/seeds-<a>-<b>), never another regime's data set of the same seed
+        regime = study.cell_by_id[cell_id].data_regime
+        own = [block for block in data_blocks if Path(block).parent.name == regime]
         with script_logging(log_path):
             log.info("chunk %s of %s, in a fit group of %d chunks", chunk, cell_id,
                      len(members))
             fit_chunk(study, cell_id, chunk,
-                      files_in_blocks(data_blocks, study.chunk_seeds(cell_id, chunk)), out_dir)
+                      files_in_blocks(own, study.chunk_seeds(cell_id, chunk)), out_dir)
 
 
 def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path,

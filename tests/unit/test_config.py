@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -381,6 +382,19 @@ def test_fit_groups_hold_each_vectorised_chunk_once_by_grid_and_chunk():
     assert len(_grouping_study(1).fit_jobs()) == len(study.fit_chunks())
 
 
+def test_a_chunk_refuses_a_data_set_of_another_regime(tmp_path):
+    from vimodes.pipeline import fit_chunk
+    from vimodes.simulate import block_folder, files_in_blocks, simulate_block
+
+    study = _grouping_study(1)
+    cell = next(c for c in study.cells if c.data_regime == "small" and c.method == "advi")
+    wrong = str(tmp_path / block_folder("default", 0, study.config["data_block_size"]))
+    simulate_block(study, "default", wrong)
+    with pytest.raises(ValueError, match="not of 'small'"):
+        fit_chunk(study, cell.cell_id, 0, files_in_blocks([wrong], study.chunk_seeds(
+            cell.cell_id, 0)), tmp_path / "fits")
+
+
 def test_a_fit_group_writes_what_its_chunks_write_alone(tmp_path):
     """Fitting chunks one after another in one process (pipeline.fit_group) gives every file
     each chunk's own fit_chunk job gives (canonical hashes: timings left out)."""
@@ -389,17 +403,23 @@ def test_a_fit_group_writes_what_its_chunks_write_alone(tmp_path):
     from vimodes.simulate import block_folder, files_in_blocks, simulate_block
 
     study = _grouping_study(4)
-    group = study.fit_groups()[0]
-    regime = study.cell_by_id[group.members[0][0]].data_regime
-    block = tmp_path / block_folder(regime, 0, study.config["data_block_size"])
-    simulate_block(study, regime, block)
+    # a group whose chunks fit two data regimes: each must read its own regime's data sets
+    group = next(g for g in study.fit_groups()
+                 if len({study.cell_by_id[cell].data_regime for cell, _ in g.members}) == 2)
+    blocks = {}
+    for regime in ("default", "small"):
+        blocks[regime] = str(tmp_path / block_folder(regime, 0, study.config["data_block_size"]))
+        simulate_block(study, regime, blocks[regime])
     group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
     logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
-    fit_group(study, list(group.members), [str(block)], group_dirs, logs)
+    fit_group(study, list(group.members), sorted(blocks.values()), group_dirs, logs)
     for (cell, chunk), group_dir, log_file in zip(group.members, group_dirs, logs):
         alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
-        fit_chunk(study, cell, chunk,
-                  files_in_blocks([str(block)], study.chunk_seeds(cell, chunk)), alone)
+        own = blocks[study.cell_by_id[cell].data_regime]
+        fit_chunk(study, cell, chunk, files_in_blocks([own], study.chunk_seeds(cell, chunk)),
+                  alone)
+        n_obs = study.config["data_regimes"][study.cell_by_id[cell].data_regime]["n_obs"]
+        assert json.loads(next(group_dir.glob("seed-*.json")).read_text())["n_obs"] == n_obs
         names = sorted(p.name for p in alone.iterdir())
         assert names and names == sorted(p.name for p in group_dir.iterdir())
         for name in names:
