@@ -84,16 +84,22 @@ def measure(run_dir: Path):
     bench = run_dir / "logs" / "benchmarks"
     fit_cpu, fit_work = defaultdict(float), defaultdict(float)
     cls_cpu, cls_work = defaultdict(float), defaultdict(float)
-    counted = set()
+    counted, stale = set(), set()
+    groups = {group.name: group for group in study.fit_groups()}
     for path in sorted(bench.glob("fit/*/chunk-*.tsv")):
+        if path.parent.name in study.grouped_cells:
+            stale.add(path)  # left from a run without groups: its group's file counts it
+            continue
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
         kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
         fit_cpu[kind] += _cpu(path)
         fit_work[kind] += fit_units(cell, len(seeds))
         counted.add(path)
-    groups = {group.name: group for group in study.fit_groups()}
     for path in sorted(bench.glob("fit_group/*.tsv")):
+        if path.stem not in groups:
+            stale.add(path)  # another grouping's (vectorised_cells_per_job changed since)
+            continue
         # a fit group's CPU time, shared among its chunks by their units of work
         members = [(study.cell_by_id[cell], study.chunk_seeds(cell, chunk))
                    for cell, chunk in groups[path.stem].members]
@@ -120,7 +126,7 @@ def measure(run_dir: Path):
                                 study.config.get("data_block_size", 1)
                                 if pattern == "block-*.tsv" else 1)
             counted.add(path)
-    rest = [p for p in bench.rglob("*.tsv") if p not in counted]
+    rest = [p for p in bench.rglob("*.tsv") if p not in counted and p not in stale]
     return {
         "study": study,
         "fit": {k: fit_cpu[k] / fit_work[k] for k in fit_cpu},

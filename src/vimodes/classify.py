@@ -995,7 +995,8 @@ def _one_draw_basin_labels(slopes, weights, sigma, finite, truth, settings, refe
     if finite.any():
         codes[finite] = assign_draws(slopes[finite], truth, settings, reference_sd)
     labels = [None] * slopes.shape[0]
-    if not settings.span_min_share > 0.0:  # then rule 3 sees every empty basin as populated
+    if not 0.0 < settings.span_min_share < 1.0:
+        # at 0 rule 3 sees every empty basin as populated, at 1 rule 4 takes an empty basin
         return labels
     r = settings.sigma_ratio_max * (1.0 + EDGE_RTOL)
     ratio = sigma / truth.noise_sd

@@ -1354,7 +1354,7 @@ def engine_section(cells: pd.DataFrame, contrasts: pd.DataFrame | None) -> Secti
         f"Of {len(rows)} cells run by both engines, "
         + (f"the engines disagree beyond chance (Holm-adjusted p < {ALPHA}) on "
            f"{', '.join(disagree)}." if disagree else
-           f"none differs beyond chance (every Holm-adjusted p >= {ALPHA})."))
+           f"none differs beyond chance (no Holm-adjusted p below {ALPHA})."))
     return section
 
 

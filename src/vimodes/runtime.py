@@ -52,14 +52,16 @@ def _jax_cache_dir(compiledir: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def script_logging(log_path: str | Path) -> Iterator[logging.Logger]:
+def script_logging(log_path: str | Path, freeze: bool = True) -> Iterator[logging.Logger]:
     """Send this script's logging, stdout and stderr to the rule's log file.
 
     A job process also collects garbage less often: importing PyMC creates millions of objects
     that live as long as the process, and CPython's default thresholds make the collector walk
     them again and again during the imports and once more at exit (about 1.5 of the 7 CPU-s a
     job spends importing PyMC on the 2-core VM, benchmarks/README.md). At the end the
-    surviving objects are frozen, which spares the exit's final collection."""
+    surviving objects are frozen, which spares the exit's final collection; ``freeze=False``
+    where the process goes on (a fit group's chunks before the last: frozen objects are never
+    collected, and a finished chunk's fitter lives in reference cycles)."""
     gc.set_threshold(*GC_THRESHOLDS)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,8 @@ def script_logging(log_path: str | Path) -> Iterator[logging.Logger]:
         finally:
             handle.flush()
             sys.stdout, sys.stderr = old_out, old_err
-            gc.freeze()
+            if freeze:
+                gc.freeze()
 
 
 _TIMER_LOCK = threading.Lock()

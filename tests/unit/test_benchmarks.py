@@ -153,3 +153,29 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
     assert fits["cpu_s"].sum() == pytest.approx(total, rel=1e-3)
     assert jobs == len(study.fit_jobs()) + len(study.fit_chunks()) + len(
         module.study_blocks(study))
+
+
+def test_files_of_another_grouping_are_not_counted(tmp_path):
+    """A run directory may hold benchmark files of an earlier layout (one job per chunk, or
+    other groups): they are neither a fit's CPU nor 'the rest'."""
+    spec = importlib.util.spec_from_file_location("extrapolate_study",
+                                                  REPO / "benchmarks" / "extrapolate_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = REPO / ".test" / "config" / "quick.yaml"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(config.read_text())
+    study = module.load_study(config)
+    bench = tmp_path / "logs" / "benchmarks"
+    for job in study.fit_jobs():
+        if job.name is None:
+            _benchmark_file(bench / "fit" / job.members[0][0] / "chunk-0.tsv", 10)
+        else:
+            _benchmark_file(bench / "fit_group" / f"{job.name}.tsv", 10)
+    before = module.measure(tmp_path)
+    grouped = sorted(study.grouped_cells)[0]
+    _benchmark_file(bench / "fit" / grouped / "chunk-0.tsv", 1000)
+    _benchmark_file(bench / "fit_group" / "gone_c0_0.tsv", 1000)
+    after = module.measure(tmp_path)
+    assert after["fit"] == before["fit"]
+    assert after["rest_cpu"] == before["rest_cpu"] and after["jobs"] == before["jobs"]

@@ -24,3 +24,24 @@ def test_snakemake_keeps_one_reevaluation_timer_pending():
     assert not scheduler._open_jobs.acquire(timeout=0.6)  # ... once
     JobScheduler._schedule_reevalutation(scheduler, 0.05)  # once it fired, the next may start
     assert scheduler._open_jobs.acquire(timeout=5)
+
+
+def test_script_logging_freezes_only_when_asked(tmp_path):
+    """A fit group's chunks before the last leave the collector free to reclaim their fitters
+    (objects frozen by gc.freeze are never collected)."""
+    import gc
+
+    from vimodes.runtime import script_logging
+
+    gc.unfreeze()
+    thresholds = gc.get_threshold()
+    try:
+        with script_logging(tmp_path / "a.log", freeze=False):
+            pass
+        assert gc.get_freeze_count() == 0
+        with script_logging(tmp_path / "b.log"):
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
