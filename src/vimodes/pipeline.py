@@ -204,17 +204,17 @@ def fit_group(study: Study, members: list[tuple[str, int]], data_blocks: list[st
     ``log_paths[i]``. The imports and whatever the fitters share are paid once; each chunk's
     records and files are those ``fit_chunk`` writes for it alone (tested)."""
     from vimodes.runtime import script_logging
-    from vimodes.simulate import files_in_blocks
+    from vimodes.simulate import block_regime, files_in_blocks
 
     if not len(members) == len(out_dirs) == len(log_paths):
         raise ValueError(f"a fit group of {len(members)} chunks needs as many output folders "
                          f"and logs, got {len(out_dirs)} and {len(log_paths)}")
     for index, ((cell_id, chunk), out_dir, log_path) in enumerate(
             zip(members, out_dirs, log_paths)):
-        # a group's chunks may fit different data regimes: each reads the blocks of its own
-        # (data/sim/<regime>/seeds-<a>-<b>), never another regime's data set of the same seed
+        # a group's chunks may fit different data regimes: each reads the blocks of its own,
+        # never another regime's data set of the same seed
         regime = study.cell_by_id[cell_id].data_regime
-        own = [block for block in data_blocks if Path(block).parent.name == regime]
+        own = [block for block in data_blocks if block_regime(block) == regime]
         with script_logging(log_path, freeze=index == len(members) - 1):
             log.info("chunk %s of %s, in a fit group of %d chunks", chunk, cell_id,
                      len(members))

@@ -104,6 +104,11 @@ def block_folder(regime_name: str, block: int, block_size: int) -> str:
     return f"data/sim/{regime_name}/seeds-{seeds[0]}-{seeds[-1]}"
 
 
+def block_regime(folder: str | Path) -> str:
+    """The data regime whose block ``folder`` is (the inverse of ``block_folder``)."""
+    return Path(folder).parent.name
+
+
 def dataset_path(regime_name: str, seed: int, block_size: int) -> str:
     """Where data set ``seed`` of a regime lies (relative to the working directory)."""
     folder = block_folder(regime_name, data_block(seed, block_size), block_size)

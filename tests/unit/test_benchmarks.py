@@ -56,17 +56,23 @@ def _benchmark_file(path, cpu_seconds):
     path.write_text(f"s\tcpu_time\n{cpu_seconds * 1.5}\t{cpu_seconds}\n")
 
 
-def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
-    """The extrapolation divides every job's CPU time by its units of work: applied to the
-    study that was measured, it must return each kind's measured total."""
+def _measured_run(tmp_path, name):
+    """benchmarks/extrapolate_study.py as a module, and a run folder at ``tmp_path`` holding
+    the test study ``name`` as its config (its benchmark files are the test's to write)."""
     spec = importlib.util.spec_from_file_location("extrapolate_study",
                                                   REPO / "benchmarks" / "extrapolate_study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = REPO / ".test" / "config" / "tiny.yaml"
+    config = REPO / ".test" / "config" / f"{name}.yaml"
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text(config.read_text())
-    study = module.load_study(config)
+    return module, config, module.load_study(config)
+
+
+def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
+    """The extrapolation divides every job's CPU time by its units of work: applied to the
+    study that was measured, it must return each kind's measured total."""
+    module, config, study = _measured_run(tmp_path, "tiny")
     bench = tmp_path / "logs" / "benchmarks"
     expected = {}
     for number, (cell_id, chunk) in enumerate(study.fit_chunks()):
@@ -122,14 +128,7 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
     """A fit group's benchmark file (logs/benchmarks/fit_group/<name>.tsv) holds the CPU time
     of several chunks: it is shared by their units of work, so the study extrapolated onto
     itself gives each kind's measured total, and the plan counts one job per group."""
-    spec = importlib.util.spec_from_file_location("extrapolate_study",
-                                                  REPO / "benchmarks" / "extrapolate_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = REPO / ".test" / "config" / "quick.yaml"
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(config.read_text())
-    study = module.load_study(config)
+    module, config, study = _measured_run(tmp_path, "quick")
     assert study.fit_groups()  # the quick study groups its vectorised chunks
     bench = tmp_path / "logs" / "benchmarks"
     total = 0.0
@@ -158,14 +157,7 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
 def test_files_of_another_grouping_are_not_counted(tmp_path):
     """A run directory may hold benchmark files of an earlier layout (one job per chunk, or
     other groups): they are neither a fit's CPU nor 'the rest'."""
-    spec = importlib.util.spec_from_file_location("extrapolate_study",
-                                                  REPO / "benchmarks" / "extrapolate_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = REPO / ".test" / "config" / "quick.yaml"
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "config.yaml").write_text(config.read_text())
-    study = module.load_study(config)
+    module, config, study = _measured_run(tmp_path, "quick")
     bench = tmp_path / "logs" / "benchmarks"
     for job in study.fit_jobs():
         if job.name is None:
