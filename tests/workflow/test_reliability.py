@@ -720,21 +720,23 @@ def test_damaged_files_are_regenerated(baseline, tmp_path):
 
 def test_compile_cache_flags(monkeypatch):
     """fit_chunk.py calls configure_compile_cache() before importing pytensor: a long lock
-    timeout unless one is given, and VIMODES_COMPILEDIR moves the cache."""
+    timeout unless one is given, buffers kept between calls unless the user says otherwise, and
+    VIMODES_COMPILEDIR moves the cache."""
     from vimodes.runtime import COMPILE_LOCK_TIMEOUT_S, configure_compile_cache
 
     monkeypatch.setenv("PYTENSOR_FLAGS", "base_compiledir=/tmp/x")
     monkeypatch.delenv("VIMODES_COMPILEDIR", raising=False)
     configure_compile_cache()
     assert os.environ["PYTENSOR_FLAGS"] == (f"base_compiledir=/tmp/x,"
-                                            f"compile__timeout={COMPILE_LOCK_TIMEOUT_S}")
-    monkeypatch.setenv("PYTENSOR_FLAGS", "compile__timeout=5")
+                                            f"compile__timeout={COMPILE_LOCK_TIMEOUT_S},"
+                                            "allow_gc=False")
+    monkeypatch.setenv("PYTENSOR_FLAGS", "compile__timeout=5,allow_gc=True")
     monkeypatch.setenv("VIMODES_COMPILEDIR", "/tmp/y")
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     monkeypatch.delenv("JAX_COMPILATION_CACHE_MAX_SIZE", raising=False)
     configure_compile_cache()
-    assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,base_compiledir=/tmp/y"
+    assert os.environ["PYTENSOR_FLAGS"] == "compile__timeout=5,allow_gc=True,base_compiledir=/tmp/y"
     # XLA's persistent cache beside PyTensor's, for every compilation, with a size limit
     # (JAX locks the cache for parallel processes only when it has one)
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == "/tmp/y/jax"
