@@ -14,7 +14,8 @@ the `logs/benchmarks/` files its rules wrote). The method (printed with the numb
   takes the rate of its kind at the measured N nearest to its own (on a log scale). Rates are
   per unit, so a job's fixed cost (imports, compiling) is spread over its units: a target with
   larger chunks is overestimated, one with smaller chunks underestimated.
-* Classify jobs: CPU per classified fit (times 1 + its number of checkpoints), per method.
+* Classify jobs: CPU per classified fit (times 1 + its number of checkpoints), per method (a
+  fit group's classify job shared among its chunks likewise).
 * Data sets: CPU per data set drawn, per N (a `simulate` job draws a block of
   `data_block_size`; the target pays for whole blocks).
 * Everything else (references, tables, figures, report) is taken as measured.
@@ -98,7 +99,7 @@ def measure(run_dir: Path):
         counted.add(path)
     for path in sorted(bench.glob("fit_group/*.tsv")):
         if path.stem not in groups:
-            stale.add(path)  # another grouping's (vectorised_cells_per_job changed since)
+            stale.add(path)  # another grouping's (cells_per_fit_group changed since)
             continue
         # a fit group's CPU time, shared among its chunks by their units of work
         members = [(study.cell_by_id[cell], study.chunk_seeds(cell, chunk))
@@ -110,10 +111,24 @@ def measure(run_dir: Path):
             fit_work[kind] += unit
         counted.add(path)
     for path in sorted(bench.glob("classify/*/chunk-*.tsv")):
+        if path.parent.name in study.grouped_cells:
+            stale.add(path)  # left from a run without groups
+            continue
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
         cls_cpu[cell.method] += _cpu(path)
         cls_work[cell.method] += classify_units(cell, len(seeds))
+        counted.add(path)
+    for path in sorted(bench.glob("classify_group/*.tsv")):
+        if path.stem not in groups:
+            stale.add(path)
+            continue
+        members = [(study.cell_by_id[cell], study.chunk_seeds(cell, chunk))
+                   for cell, chunk in groups[path.stem].members]
+        units = [classify_units(cell, len(seeds)) for cell, seeds in members]
+        for (cell, _), unit in zip(members, units):
+            cls_cpu[cell.method] += _cpu(path) * unit / sum(units)
+            cls_work[cell.method] += unit
         counted.add(path)
     sim_cpu, sim_sets = defaultdict(float), defaultdict(int)
     # a job draws a block of data sets (named by its seed range; the first block layout had
@@ -144,14 +159,13 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
     study = load_study(target_config)
     regimes = study.config["data_regimes"]
     rows, missing = defaultdict(lambda: [0.0, 0.0, 0, set()]), []
-    jobs = len(study.fit_jobs())
+    jobs = 2 * len(study.fit_jobs())  # a classify job per fit job (a group's: one)
     for cell in study.cells:
         n_obs = regimes[cell.data_regime]["n_obs"]
         kind = fit_kind(cell, n_obs)
         found = _nearest(measured["fit"], kind)
         cls_rate = measured["classify"].get(cell.method)
         for chunk in study.chunks(cell):
-            jobs += 1  # its classify job
             if found is None or cls_rate is None:
                 missing.append(f"{cell.method} ({cell.engine}"
                                f"{', full batch' if kind[2] else ''})")

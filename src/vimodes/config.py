@@ -530,7 +530,8 @@ GROUP_MAX_ITERATIONS = 20_000
 @dataclass(frozen=True)
 class FitJob:
     """One fit job: the (cell id, chunk) pairs it fits, in order; ``name`` is None for a job of
-    one chunk (rule ``fit_chunk``), else the group's name (rule ``fit_group_<name>``)."""
+    one chunk (rules ``fit_chunk``, ``classify_chunk``), else the group's name (rules
+    ``fit_group_<name>``, ``classify_group_<name>``)."""
 
     members: tuple[tuple[str, int], ...]
     name: str | None = None
@@ -542,6 +543,15 @@ class FitJob:
     @property
     def chunk_dirs(self) -> list[str]:
         return [f"data/fits/{cell}/chunk-{chunk}" for cell, chunk in self.members]
+
+    @property
+    def classify_rule(self) -> str:
+        """The rule that classifies the job's chunks: one process for a group's, as it fits."""
+        return "classify_chunk" if self.name is None else f"classify_group_{self.name}"
+
+    @property
+    def classified_paths(self) -> list[str]:
+        return [f"data/classified/{cell}/chunk-{chunk}.parquet" for cell, chunk in self.members]
 
 
 @dataclass(frozen=True)
@@ -602,19 +612,25 @@ class Study:
         return None
 
     def groupable(self, cell: Cell) -> bool:
-        """Whether the cell's chunks may share a fit job with other cells (``fit_groups``): the
-        vectorised engine's chunks of at most ``GROUP_MAX_ITERATIONS`` iterations, whose job is
-        mostly fixed cost (importing PyMC and JAX, building the model), unless the chunk
-        finishes another chunk's stored results. A longer run's loop outweighs that cost, and
-        grouping it would only make long jobs longer (a cluster's time limit)."""
-        return (cell.engine == "vectorised"
-                and (cell.iterations or 0) <= GROUP_MAX_ITERATIONS
-                and all(self.source_chunk(cell.cell_id, i) is None
-                        for i in range(len(self.chunks(cell)))))
+        """Whether the cell's chunks may share a fit job with other cells (``fit_groups``), unless
+        a chunk finishes another chunk's stored results: the vectorised engine's chunks of at
+        most ``GROUP_MAX_ITERATIONS`` iterations, whose job is mostly fixed cost (importing PyMC
+        and JAX, building the model), and single-chain NUTS chunks, whose job compiles nutpie's
+        model (15-25 s, which nutpie cannot cache on disk) for a few chains of ~5 s each; a
+        group compiles it once per data size (``pipeline.fit_group``). A longer VI run's loop
+        outweighs the fixed cost, and grouping it would only make long jobs longer (a
+        cluster's time limit); a multi-chain NUTS job runs its chains on several cores, a
+        group on one."""
+        if any(self.source_chunk(cell.cell_id, i) is not None
+               for i in range(len(self.chunks(cell)))):
+            return False
+        if cell.method == "nuts":
+            return (cell.chains or 1) == 1
+        return cell.engine == "vectorised" and (cell.iterations or 0) <= GROUP_MAX_ITERATIONS
 
     @cached_property
     def _fit_jobs(self) -> tuple[FitJob, ...]:
-        size = self.config.get("vectorised_cells_per_job", 1)
+        size = self.config.get("cells_per_fit_group", 1)
         singles, pending = [], {}
         for cell in self.cells:
             for index in range(len(self.chunks(cell))):
@@ -627,6 +643,9 @@ class Study:
                     singles.append(FitJob(((cell.cell_id, index),)))
         groups = []
         for (grid, index), chunks in pending.items():
+            if len(chunks) == 1:  # a grid of one groupable cell: nothing to share
+                singles.append(FitJob(tuple(chunks)))
+                continue
             # as even as possible (9 chunks at 8 per job: 5 + 4, not 8 + 1); a part of one is
             # still a group, so that all chunks of a cell are fitted by group rules
             n_parts = -(-len(chunks) // size)
@@ -637,7 +656,7 @@ class Study:
 
     def fit_jobs(self) -> tuple[FitJob, ...]:
         """Every fit job of the study: a chunk on its own (rule ``fit_chunk``), or up to
-        ``vectorised_cells_per_job`` chunks of vectorised cells fitted one after another in one
+        ``cells_per_fit_group`` chunks of groupable cells fitted one after another in one
         process (a ``fit_group_<name>`` rule), which pays the imports and the set-up once
         (benchmarks/README.md). A group holds the same chunk index of cells of one grid, so
         that adding seeds (new chunks) or grids leaves every existing group as

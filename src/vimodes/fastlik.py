@@ -337,6 +337,68 @@ def fused_loglike_and_grad(x, y, weights, slopes, sigma, log_weights=False):
     )
 
 
+@_jit_simd
+def _loglike_k2(x, y, lw0, lw1, b0, b1, inv_s):
+    """The log-likelihood alone (no gradient) of ``_loop_k2``, without the normalising
+    constant: for the full-data log density of many draws (importance diagnostics)."""
+    n_obs = x.shape[0]
+    acc = 0.0
+    for start in range(0, n_obs, _BLOCK):
+        prod = 1.0
+        for i in range(start, min(start + _BLOCK, n_obs)):
+            xi = x[i]
+            yi = y[i]
+            z0 = (yi - xi * b0) * inv_s
+            z1 = (yi - xi * b1) * inv_s
+            a0 = lw0 - 0.5 * z0 * z0
+            a1 = lw1 - 0.5 * z1 * z1
+            d = a1 - a0
+            acc += a1 if d > 0.0 else a0
+            prod *= 1.0 + _exp_neg_inline(abs(d))
+        acc += math.log(prod)
+    return acc
+
+
+@_jit
+def _loglike(x, y, w, slopes, sigma, log_weights):
+    """The total log-likelihood alone: K = 2 with finite log-weights and a finite positive
+    sigma by the SIMD loop, anything else (and every edge case) by ``_fused_kernel``."""
+    if slopes.shape[0] == 2 and w.shape[0] == 2 and x.shape[0] == y.shape[0] \
+            and 0.0 < sigma < np.inf:
+        if log_weights:
+            lw0, lw1 = w[0], w[1]
+        elif w[0] > 0.0 and w[1] > 0.0:
+            lw0, lw1 = math.log(w[0]), math.log(w[1])
+        else:
+            lw0, lw1 = np.inf, np.inf
+        if abs(lw0) < np.inf and abs(lw1) < np.inf:
+            return (_loglike_k2(x, y, lw0, lw1, slopes[0], slopes[1], 1.0 / sigma)
+                    - x.shape[0] * (math.log(sigma) + _LOG_SQRT_2PI))
+    return _fused_kernel(x, y, w, slopes, sigma, log_weights)[0]
+
+
+@_jit
+def _loglike_many(x, y, weights, slopes, sigma):
+    out = np.empty(weights.shape[0])
+    for j in range(weights.shape[0]):
+        out[j] = _loglike(x, y, weights[j], slopes[j], sigma[j], False)
+    return out
+
+
+def mixture_loglike_many(x, y, weights, slopes, sigma) -> np.ndarray:
+    """The total log-likelihood of the data under each of many parameter draws: ``weights``
+    and ``slopes`` (draws, K), ``sigma`` (draws,). Same density and conventions as the fused
+    Op (K = 2 with positive weights by the SIMD loop, anything else by the general kernel)."""
+    weights = np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float64)
+    slopes = np.ascontiguousarray(np.atleast_2d(slopes), dtype=np.float64)
+    sigma = np.ascontiguousarray(np.atleast_1d(sigma), dtype=np.float64)
+    if not weights.shape == slopes.shape or sigma.shape != weights.shape[:1]:
+        raise ValueError(f"weights {weights.shape}, slopes {slopes.shape} and sigma "
+                         f"{sigma.shape} must be (draws, K), (draws, K) and (draws,)")
+    return _loglike_many(np.ascontiguousarray(x, dtype=np.float64),
+                         np.ascontiguousarray(y, dtype=np.float64), weights, slopes, sigma)
+
+
 # --------------------------------------------------------------------------------------
 # PyTensor Ops
 # --------------------------------------------------------------------------------------
@@ -378,8 +440,8 @@ class MixtureRegressionLogLike(Op):
 
     def perform(self, node, inputs, output_storage):
         x, y, w, b, s = inputs
-        logp, _, _, _ = _fused_kernel(x, y, w, b, float(s), self.log_weights)
-        output_storage[0][0] = np.asarray(logp, dtype=np.float64)
+        output_storage[0][0] = np.asarray(_loglike(x, y, w, b, float(s), self.log_weights),
+                                          dtype=np.float64)
 
     def infer_shape(self, fgraph, node, input_shapes):
         return [()]
@@ -485,8 +547,7 @@ def _register_numba_dispatch():
 
         @nb_basic.numba_njit
         def mixture_regression_loglike_numba(x, y, w, slopes, sigma):
-            logp, _, _, _ = _fused_kernel(x, y, w, slopes, sigma.item(), log_weights)
-            return np.asarray(logp)
+            return np.asarray(_loglike(x, y, w, slopes, sigma.item(), log_weights))
 
         return mixture_regression_loglike_numba, _cache_key(op)
 

@@ -77,13 +77,20 @@ def _dims(name: str, ndim: int) -> list[str]:
     return ["chain", "draw", *extra]
 
 
-def _dataset(arrays: dict[str, np.ndarray]) -> xr.Dataset:
+# a group as written: {variable: (dims, values)}, then the coordinates, then the attributes
+Group = tuple[dict[str, tuple[list[str], np.ndarray]], dict[str, np.ndarray], dict]
+
+
+def _draws_group(arrays: dict[str, np.ndarray]) -> Group:
     variables = {name: (_dims(name, np.ndim(arrays[name])), np.asarray(arrays[name]))
                  for name in sorted(arrays)}
-    dataset = xr.Dataset(variables)
+    sizes = {}
+    for dims, values in variables.values():
+        sizes.update(zip(dims, values.shape))
     # integer coordinates for every dimension the variables have (chain, draw, component, ...)
-    return dataset.assign_coords({dim: np.arange(size) for dim, size in dataset.sizes.items()
-                                  if dim in ("chain", "draw", "component")})
+    coords = {dim: np.arange(size) for dim, size in sizes.items()
+              if dim in ("chain", "draw", "component")}
+    return variables, coords, {}
 
 
 def loss_iterations(record: dict, n_values: int) -> tuple[np.ndarray, int]:
@@ -96,20 +103,43 @@ def loss_iterations(record: dict, n_values: int) -> tuple[np.ndarray, int]:
     return np.minimum(np.arange(1, n_values + 1) * every, max(int(done), 1)), every
 
 
-def _loss_dataset(record: dict) -> xr.Dataset | None:
+def _loss_group(record: dict) -> Group | None:
     """The ``loss`` group of a fit record's ``loss_trace``; None without a loss."""
     trace = record.get("loss_trace")
     trace = np.asarray([] if trace is None else trace, dtype=float).reshape(-1)
     if trace.size == 0:
         return None
     iteration, every = loss_iterations(record, trace.size)
-    loss = xr.Dataset({"loss": ("iteration", trace)},
-                      coords={"iteration": iteration.astype(np.int64)})
-    loss.attrs = {"iterations_per_value": int(every),
-                  "description": "VI loss history: the mean minibatch loss of each block of "
-                                 "iterations_per_value iterations (CAVI: the negative ELBO per "
-                                 "sweep); coordinate iteration = the block's last iteration"}
-    return loss
+    attrs = {"iterations_per_value": int(every),
+             "description": "VI loss history: the mean minibatch loss of each block of "
+                            "iterations_per_value iterations (CAVI: the negative ELBO per "
+                            "sweep); coordinate iteration = the block's last iteration"}
+    return {"loss": (["iteration"], trace)}, {"iteration": iteration.astype(np.int64)}, attrs
+
+
+def _write_group(root, name: str, group: Group) -> None:
+    """One InferenceData group as ArviZ's ``to_netcdf`` (through xarray) writes it: data
+    variables then coordinate variables, zlib level 4 with shuffle, one chunk per variable,
+    NaN as the fill value of floats, booleans as int8 that xarray decodes back to bool."""
+    variables, coords, attrs = group
+    nc = root.createGroup(name)
+    for dims, values in variables.values():
+        for dim, size in zip(dims, values.shape):
+            if dim not in nc.dimensions:
+                nc.createDimension(dim, size)
+    for var_name, (dims, values) in [*variables.items(),
+                                     *((dim, ([dim], values)) for dim, values in coords.items())]:
+        extra = {}
+        if values.dtype == bool:
+            values, extra = values.astype(np.int8), {"dtype": "bool"}
+        fill = np.nan if values.dtype.kind == "f" else None
+        storage = ({"zlib": True, "complevel": 4, "shuffle": True, "chunksizes": values.shape}
+                   if values.size else {})  # HDF5 has no chunk of an empty dimension
+        var = nc.createVariable(var_name, values.dtype, dims, fill_value=fill, **storage)
+        if extra:
+            var.setncatts(extra)
+        var[...] = values
+    nc.setncatts(attrs)
 
 
 def _data_reference(path: Path, data_path: str | Path,
@@ -130,22 +160,25 @@ def write_posterior(path: str | Path, result, record: dict,
     ``data_path``, the reference to the data set fitted (see the module docstring; pass its
     ``data_sha256`` when already known, so that a data set is hashed once per fit)."""
     attrs = {key: value for key, value in record.items() if not is_volatile(key)}
-    groups = {"posterior": _dataset(result.draws)}
+    posterior_attrs = {"fit_record": json.dumps(_jsonable(attrs), sort_keys=True)}
+    if data_path is not None:
+        posterior_attrs.update(_data_reference(Path(path), data_path, data_sha256))
+    variables, coords, _ = _draws_group(result.draws)
+    groups = {"posterior": (variables, coords, posterior_attrs)}
     if result.sample_stats:
-        groups["sample_stats"] = _dataset(result.sample_stats)
-    loss = _loss_dataset(record)
+        groups["sample_stats"] = _draws_group(result.sample_stats)
+    loss = _loss_group(record)
     if loss is not None:
         groups[LOSS_GROUP] = loss
-    import arviz as az
+    # netCDF4 directly, not az.InferenceData.to_netcdf: building xarray Datasets and
+    # InferenceData was ~4/5 of writing a fit (benchmarks/README.md); the file is the one
+    # ArviZ writes and reads (tested)
+    import netCDF4
 
-    idata = az.InferenceData(**groups)
-    for group in idata.groups():
-        idata[group].attrs = dict(loss.attrs) if group == LOSS_GROUP else {}
-    idata.posterior.attrs["fit_record"] = json.dumps(_jsonable(attrs), sort_keys=True)
-    if data_path is not None:
-        idata.posterior.attrs.update(_data_reference(Path(path), data_path, data_sha256))
     with atomic_path(path) as tmp:
-        idata.to_netcdf(str(tmp), engine=NETCDF_ENGINE)
+        with netCDF4.Dataset(str(tmp), "w", format="NETCDF4") as root:
+            for name, group in groups.items():
+                _write_group(root, name, group)
         check_posterior_file(tmp, expected_groups=tuple(groups))
 
 

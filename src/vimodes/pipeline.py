@@ -49,18 +49,35 @@ def _stored_files(fitter, source_dir, seeds) -> dict[int, Path | None]:
     return files
 
 
+def _fitter(settings, n_obs: int, fitters: dict | None):
+    """The fitter of ``settings`` for data sets of ``n_obs`` points: built here, or taken from
+    ``fitters`` (a fit group's, keyed by both) when an earlier chunk of the process built it."""
+    from vimodes.fitters import make_fitter
+
+    if fitters is None:
+        return make_fitter(settings, n_obs)
+    key = (settings, n_obs)
+    if key not in fitters:
+        fitters[key] = make_fitter(settings, n_obs)
+    return fitters[key]
+
+
 def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out_dir: str | Path,
-              threads: int = 1, source_dir: str | Path | None = None) -> list[dict]:
+              threads: int = 1, source_dir: str | Path | None = None,
+              fitters: dict | None = None) -> list[dict]:
     """Fit every seed of one chunk in this process and write ``seed-<s>.nc`` + ``seed-<s>.json``.
 
     ``source_dir``: the chunk of the cell this one derives from (``Study.source_chunk``), whose
     stored results of the same seeds (``seed-<s>.<name>.npz``) the fitter finishes instead of
     fitting again (``fit_from_stored``); a seed without them is fitted.
 
+    ``fitters``: a cache of fitters shared by the chunks of one process (``fit_group``); a fit
+    depends only on its settings, data set and seed, never on what the fitter fitted before
+    (tested), so a chunk of the same settings and data size reuses the compiled fitter.
+
     A numerical failure of a fit becomes a record with status "failed"; anything else (I/O,
     memory, interrupts) propagates so that Snakemake retries the job.
     """
-    from vimodes.fitters import make_fitter
     from vimodes.config import FitSettings
     from vimodes.fit_result import NUMERICAL_ERRORS, FitResult
     from vimodes.idata import write_posterior
@@ -76,7 +93,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = [read_dataset(p) for p in data_paths]
     started = time.perf_counter()
-    fitter = make_fitter(settings, datasets[0].regime.n_obs)
+    fitter = _fitter(settings, datasets[0].regime.n_obs, fitters)
     stored_files = _stored_files(fitter, source_dir, seeds)
     if hasattr(fitter, "prepare") and None in stored_files.values():
         # compile what fit() needs here, outside the per-seed handling of numerical failures:
@@ -99,6 +116,11 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
     # in one call; each seed's result is its own
     batch = (dict(zip(seeds, fitter.fit_many(datasets, study.config["seed_base"], list(seeds))))
              if hasattr(fitter, "fit_many") else {})
+    timings = getattr(fitter, "last_timings", None)
+    if batch and timings:  # where a batched chunk's time goes, for the benchmarks
+        log.info("%d seeds fitted together: loop %.1f s, draws and diagnostics %.1f s",
+                 timings["seeds"], timings["loop_s"], timings["post_s"])
+    records_started = time.perf_counter()
     for seed, data, data_path in zip(seeds, datasets, data_paths):
         t0 = time.perf_counter()
         # read outside the try: a damaged file is a workflow error, not the fit's outcome
@@ -151,6 +173,9 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])
         records.append(record)
+    if batch:
+        log.info("records and fit files of %d seeds written in %.1f s", len(seeds),
+                 time.perf_counter() - records_started)
     return records
 
 
@@ -209,6 +234,7 @@ def fit_group(study: Study, members: list[tuple[str, int]], data_blocks: list[st
     if not len(members) == len(out_dirs) == len(log_paths):
         raise ValueError(f"a fit group of {len(members)} chunks needs as many output folders "
                          f"and logs, got {len(out_dirs)} and {len(log_paths)}")
+    fitters = {}
     for index, ((cell_id, chunk), out_dir, log_path) in enumerate(
             zip(members, out_dirs, log_paths)):
         # a group's chunks may fit different data regimes: each reads the blocks of its own,
@@ -219,7 +245,29 @@ def fit_group(study: Study, members: list[tuple[str, int]], data_blocks: list[st
             log.info("chunk %s of %s, in a fit group of %d chunks", chunk, cell_id,
                      len(members))
             fit_chunk(study, cell_id, chunk,
-                      files_in_blocks(own, study.chunk_seeds(cell_id, chunk)), out_dir)
+                      files_in_blocks(own, study.chunk_seeds(cell_id, chunk)), out_dir,
+                      fitters=fitters)
+
+
+def classify_group(study: Study, members: list[dict], fit_dirs: list[str | Path],
+                   out_paths: list[str | Path], log_paths: list[str | Path]) -> None:
+    """Classify the chunks of a fit group in this process, in order: chunk i (``members[i]``:
+    its ``seeds`` and its regime's ``reference`` file or None) reads ``fit_dirs[i]``, writes
+    ``out_paths[i]`` and logs to ``log_paths[i]``; each table is the one ``classify_chunk``
+    writes for the chunk alone."""
+    from vimodes.runtime import script_logging
+
+    if not len(members) == len(fit_dirs) == len(out_paths) == len(log_paths):
+        raise ValueError(f"a classify group of {len(members)} chunks needs as many fit folders, "
+                         f"tables and logs, got {len(fit_dirs)}, {len(out_paths)} and "
+                         f"{len(log_paths)}")
+    for index, (member, fit_dir, out_path, log_path) in enumerate(
+            zip(members, fit_dirs, out_paths, log_paths)):
+        with script_logging(log_path, freeze=index == len(members) - 1):
+            log.info("chunk %s of %s, in a classify group of %d chunks", member["chunk"],
+                     member["cell"], len(members))
+            classify_chunk(study, fit_dir, member["seeds"], out_path,
+                           reference_path=member["reference"])
 
 
 def classify_chunk(study: Study, fit_dir: str | Path, seeds: list[int], out_path: str | Path,

@@ -127,7 +127,8 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
 def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
     """A fit group's benchmark file (logs/benchmarks/fit_group/<name>.tsv) holds the CPU time
     of several chunks: it is shared by their units of work, so the study extrapolated onto
-    itself gives each kind's measured total, and the plan counts one job per group."""
+    itself gives each kind's measured total, and the plan counts one fit job and one classify
+    job per group."""
     module, config, study = _measured_run(tmp_path, "quick")
     assert study.fit_groups()  # the quick study groups its vectorised chunks
     bench = tmp_path / "logs" / "benchmarks"
@@ -137,11 +138,11 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
         if job.name is None:
             cell_id, chunk = job.members[0]
             _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", seconds)
+            _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 1)
         else:
             _benchmark_file(bench / "fit_group" / f"{job.name}.tsv", seconds)
+            _benchmark_file(bench / "classify_group" / f"{job.name}.tsv", 1)
         total += seconds
-    for cell_id, chunk in study.fit_chunks():
-        _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 1)
     size = study.config["data_block_size"]
     for regime, block in module.study_blocks(study):
         name = f"seeds-{block * size}-{block * size + size - 1}.tsv"
@@ -150,8 +151,7 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
     fits = table[table["jobs of"].str.startswith("fit ")]
     assert missing == []
     assert fits["cpu_s"].sum() == pytest.approx(total, rel=1e-3)
-    assert jobs == len(study.fit_jobs()) + len(study.fit_chunks()) + len(
-        module.study_blocks(study))
+    assert jobs == 2 * len(study.fit_jobs()) + len(module.study_blocks(study))
 
 
 def test_files_of_another_grouping_are_not_counted(tmp_path):

@@ -340,7 +340,7 @@ def _grouping_study(per_job, iterations=200):
 
     return build_study({
         "study_name": "t", "seed_base": 11, "chunk_size": 2, "draws": 50,
-        "vectorised_cells_per_job": per_job,
+        "cells_per_fit_group": per_job,
         "data_regimes": {"default": {"n_obs": 300}, "small": {"n_obs": 200}},
         "optimizers": {"default": {"name": "adagrad_window", "learning_rate": 0.001},
                        "adam_1e-2": {"name": "adam", "learning_rate": 0.01}},
@@ -380,6 +380,87 @@ def test_fit_groups_hold_each_vectorised_chunk_once_by_grid_and_chunk():
     long_runs = _grouping_study(3, iterations=20_100)
     assert not long_runs.fit_groups() and len(long_runs.fit_jobs()) == len(study.fit_chunks())
     assert len(_grouping_study(1).fit_jobs()) == len(study.fit_chunks())
+
+
+def test_single_chain_nuts_chunks_are_grouped_and_multi_chain_ones_are_not():
+    from vimodes.config import build_study
+
+    study = build_study({
+        "study_name": "t", "seed_base": 11, "nuts_chunk_size": 2, "cells_per_fit_group": 8,
+        "data_regimes": {"default": {"n_obs": 300}, "noisy": {"n_obs": 300, "noise_sd": 0.5},
+                         "small": {"n_obs": 200}},
+        "grids": [
+            {"name": "refs", "models": ["marginal"], "methods": ["nuts"], "chains": [1],
+             "seeds": 3, "data_regimes": ["default", "noisy", "small"]},
+            {"name": "chains", "models": ["marginal"], "methods": ["nuts"], "chains": [4],
+             "seeds": 2, "data_regimes": ["default", "noisy"]},
+            {"name": "alone", "models": ["ordered"], "methods": ["nuts"], "chains": [1],
+             "seeds": 4}]})
+    groups = study.fit_groups()
+    assert sorted(len(g.members) for g in groups) == [3, 3]  # chunk 0 and chunk 1 of 3 cells
+    assert all(study.cell_by_id[cell].chains == 1 for g in groups for cell, _ in g.members)
+    # a grid of one groupable cell has nothing to share: its chunks are jobs of their own
+    singles = [job.members[0] for job in study.fit_jobs() if job.name is None]
+    assert {cell for cell, _ in singles} == {
+        c.cell_id for c in study.cells if c.chains == 4 or c.model == "ordered"}
+    assert len(singles) == 2 + 2
+
+
+def test_a_fit_group_compiles_once_per_settings_and_data_size(tmp_path, monkeypatch):
+    """Chunks of the same fit settings and data size in one group share one fitter (two data
+    regimes of 300 points here), and each writes the files it writes alone; classified in one
+    process, each chunk's table is the one it gets alone."""
+    import pandas as pd
+
+    import vimodes.fitters
+    from vimodes.canonical import output_sha256
+    from vimodes.config import build_study
+    from vimodes.pipeline import classify_chunk, classify_group, fit_chunk, fit_group
+    from vimodes.simulate import block_folder, files_in_blocks, simulate_block
+
+    study = build_study({
+        "study_name": "t", "seed_base": 11, "chunk_size": 2, "draws": 50,
+        "cells_per_fit_group": 4,
+        "data_regimes": {"default": {"n_obs": 300}, "noisy": {"n_obs": 300, "noise_sd": 0.5}},
+        "inits": {"jitter": {"kind": "jitter", "scale": 1.0}},
+        "grids": [{"name": "vec", "models": ["marginal"], "methods": ["advi"],
+                   "iterations": [200], "inits": ["jitter"], "engines": ["vectorised"],
+                   "seeds": 2, "data_regimes": ["default", "noisy"]}]})
+    (group,) = study.fit_groups()
+    built = []
+    make_fitter = vimodes.fitters.make_fitter
+    monkeypatch.setattr(vimodes.fitters, "make_fitter",
+                        lambda *args: built.append(args) or make_fitter(*args))
+    blocks = {}
+    for regime in ("default", "noisy"):
+        blocks[regime] = str(tmp_path / block_folder(regime, 0, study.config["data_block_size"]))
+        simulate_block(study, regime, blocks[regime])
+    group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
+    logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
+    fit_group(study, list(group.members), sorted(blocks.values()), group_dirs, logs)
+    assert len(group.members) == 2 and len(built) == 1
+    for (cell, chunk), group_dir in zip(group.members, group_dirs):
+        alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
+        own = blocks[study.cell_by_id[cell].data_regime]
+        fit_chunk(study, cell, chunk, files_in_blocks([own], study.chunk_seeds(cell, chunk)),
+                  alone)
+        names = sorted(p.name for p in alone.iterdir())
+        assert names and names == sorted(p.name for p in group_dir.iterdir())
+        for name in names:
+            assert output_sha256(group_dir / name) == output_sha256(alone / name), name
+    # the group's chunks classified in one process: each table is the one of the chunk alone
+    members = [{"cell": cell, "chunk": chunk, "seeds": list(study.chunk_seeds(cell, chunk)),
+                "reference": None} for cell, chunk in group.members]
+    tables = [tmp_path / "classified" / f"{cell}-{chunk}.parquet" for cell, chunk in group.members]
+    class_logs = [tmp_path / "logs" / f"classify-{cell}-{chunk}.log"
+                  for cell, chunk in group.members]
+    classify_group(study, members, group_dirs, tables, class_logs)
+    for member, group_dir, table, log_file in zip(members, group_dirs, tables, class_logs):
+        alone = classify_chunk(study, group_dir, member["seeds"], tmp_path / "alone.parquet")
+        assert len(alone) >= len(member["seeds"])
+        pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(
+            tmp_path / "alone.parquet"))
+        assert f"chunk {member['chunk']} of {member['cell']}" in log_file.read_text()
 
 
 def test_a_chunk_refuses_a_data_set_of_another_regime(tmp_path):

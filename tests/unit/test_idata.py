@@ -261,3 +261,46 @@ def test_fit_chunk_writes_the_loss_history_and_the_data_reference(tmp_path):
         np.testing.assert_array_equal(idata.loss["loss"].values, record["loss_trace"])
         np.testing.assert_array_equal(idata.loss["iteration"].values,
                                       np.arange(1, record["iterations_done"] + 1))
+
+
+def test_the_fit_file_is_the_one_arviz_writes_for_the_same_groups(tmp_path):
+    """write_posterior writes with netCDF4 directly; ArviZ reads back exactly what ArviZ's own
+    to_netcdf writes for the same arrays (values, dtypes, dims, coordinates, attributes), for
+    draws, NUTS statistics (booleans included) and a VI loss history."""
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    draws = {"sigma": rng.random((4, 50)), "slopes": rng.normal(size=(4, 50, 2)),
+             "weights": rng.random((4, 50, 2))}
+    stats = {"diverging": rng.random((4, 50)) < 0.2, "tree_depth": rng.integers(1, 6, (4, 50)),
+             "step_size": rng.random((4, 50))}
+    record = {"seed": 5, "method": "advi", "loss_trace": rng.normal(size=7),
+              "iterations_done": 650}
+    ours = tmp_path / "ours.nc"
+    write_posterior(ours, _Result(draws, stats), record)
+
+    def group(arrays):
+        dims = {"sigma": ("chain", "draw")}
+        variables = {name: (dims.get(name, ("chain", "draw", "component") if name in draws
+                                     else ("chain", "draw")), arrays[name]) for name in arrays}
+        dataset = xr.Dataset(variables)
+        return dataset.assign_coords({d: np.arange(n) for d, n in dataset.sizes.items()})
+
+    posterior = group(draws)
+    posterior.attrs["fit_record"] = json.dumps(
+        {"iterations_done": 650, "loss_trace": record["loss_trace"].tolist(), "method": "advi",
+         "seed": 5}, sort_keys=True)
+    loss = xr.Dataset({"loss": ("iteration", record["loss_trace"])},
+                      coords={"iteration": np.minimum(np.arange(1, 8) * 100, 650)})
+    theirs = tmp_path / "theirs.nc"
+    reference = az.InferenceData(posterior=posterior, sample_stats=group(stats), loss=loss)
+    reference.posterior.attrs = dict(posterior.attrs)
+    reference.sample_stats.attrs = {}
+    reference.loss.attrs = dict(az.from_netcdf(ours).loss.attrs)
+    reference.to_netcdf(str(theirs))
+    a, b = az.from_netcdf(ours), az.from_netcdf(theirs)
+    assert a.groups() == b.groups() == ["posterior", "sample_stats", "loss"]
+    for name in a.groups():
+        assert a[name].identical(b[name]), name
+    assert a.sample_stats["diverging"].dtype == bool
+    assert a.loss.attrs["iterations_per_value"] == 100

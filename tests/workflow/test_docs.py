@@ -33,7 +33,8 @@ def dry_run_summary(output: str) -> dict:
     return {
         "simulate": sum(j["rule"] == "simulate" for j in jobs),
         "fit_jobs": len(fits),
-        "classify_chunk": sum(j["rule"] == "classify_chunk" for j in jobs),
+        "classify_jobs": sum(j["rule"] == "classify_chunk" or j["rule"].startswith("classify_group_")
+                             for j in jobs),
         "cpu_hours": round(sum(j["runtime"] * j["threads"] for j in fits) / 60),
         "longest_minutes": longest["runtime"],
         "longest_cells": {j["cell"] for j in fits if j["runtime"] == longest["runtime"]},
@@ -49,7 +50,7 @@ def dry_runs(cluster_dry_runs):
 ROWS = {  # row label in the guide's table -> key of dry_run_summary
     "`simulate` jobs": "simulate",
     "fit jobs (SLURM: `fit_chunk`, `fit_group_*`)": "fit_jobs",
-    "`classify_chunk` jobs": "classify_chunk",
+    "classify jobs (`classify_chunk`, `classify_group_*`)": "classify_jobs",
     "CPU-hours of fit time limits": "cpu_hours",
     "longest fit time limit, minutes": "longest_minutes",
 }

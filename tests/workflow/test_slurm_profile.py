@@ -93,7 +93,10 @@ def test_slurm_dry_run_plans_every_job(slurm_dry_run):
     assert singles | {m for group in study.fit_groups() for m in group.members} == \
         set(study.fit_chunks())
     assert sum(j["rule"] == "simulate" for j in jobs) == len(study_blocks(study))
-    assert sum(j["rule"] == "classify_chunk" for j in jobs) == len(study.fit_chunks())
+    classified = [j for j in jobs if j["rule"] == "classify_chunk"]
+    assert {(j["wildcards"]["cell"], int(j["wildcards"]["chunk"])) for j in classified} == singles
+    assert sorted(j["rule"] for j in jobs if j["rule"].startswith("classify_group_")) == \
+        sorted(group.classify_rule for group in study.fit_groups())
     assert any(j["rule"] == "write_report" for j in jobs)
 
 
@@ -112,6 +115,13 @@ def test_only_fits_are_submitted_to_slurm(slurm_dry_run):
     planned = {j["rule"] for j in jobs}
     assert local <= planned  # no typo: every named rule exists and runs in the default study
     submitted = planned - local - {"all"}
+    # a fit group's classify rule is local by `localrule: True` in its definition (a dry run
+    # prints local jobs as `rule` too)
+    classify_groups = {rule for rule in submitted if rule.startswith("classify_group_")}
+    definition = re.search(r"name:\s+group\.classify_rule\n(.*?)\n\n",
+                           (work / "workflow" / "rules" / "fit.smk").read_text(), re.DOTALL)
+    assert classify_groups and definition and "localrule: True" in definition.group(1)
+    submitted -= classify_groups
     assert {rule for rule in submitted if not rule.startswith("fit_group_")} == SUBMITTED_RULES
     assert submitted != SUBMITTED_RULES  # the default study's fit groups are submitted too
 

@@ -149,6 +149,37 @@ def group_params(group):
     ]
 
 
+def group_references(group):
+    """The reference posterior sd files of the data regimes of a fit group's chunks."""
+    regimes = {STUDY.cell_by_id[cell].data_regime for cell, _ in group.members}
+    return sorted(
+        f"data/tables/reference/{regime}.json"
+        for regime in regimes
+        if STUDY.reference_cell(regime) is not None
+    )
+
+
+def classify_group_params(group):
+    """Per chunk of a fit group: its seeds and its regime's reference file (or None)."""
+    params = []
+    for cell, chunk in group.members:
+        regime = STUDY.cell_by_id[cell].data_regime
+        reference = (
+            f"data/tables/reference/{regime}.json"
+            if STUDY.reference_cell(regime) is not None
+            else None
+        )
+        params.append(
+            {
+                "cell": cell,
+                "chunk": chunk,
+                "seeds": list(STUDY.chunk_seeds(cell, chunk)),
+                "reference": reference,
+            }
+        )
+    return params
+
+
 def group_runtime_minutes(group):
     return sum(chunk_runtime_minutes(cell, chunk) for cell, chunk in group.members)
 

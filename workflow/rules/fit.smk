@@ -64,6 +64,35 @@ for group in STUDY.fit_groups():
             "../scripts/fit_group.py"
 
 
+# One classify rule per fit group: its chunks classified one after another in one process
+# (the imports paid once), each with its own table and log.
+for group in STUDY.fit_groups():
+
+    rule:
+        name:
+            group.classify_rule
+        input:
+            fits=group.chunk_dirs,
+            references=group_references(group),
+        output:
+            group.classified_paths,
+        log:
+            [f"logs/classify/{cell}/chunk-{chunk}.log" for cell, chunk in group.members],
+        benchmark:
+            f"logs/benchmarks/classify_group/{group.name}.tsv"
+        localrule: True
+        conda:
+            "../envs/vimodes.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=5 * len(group.members),
+        params:
+            classifier=STUDY.config["classifier"],
+            members=classify_group_params(group),
+        script:
+            "../scripts/classify_group.py"
+
+
 rule reference_sd:
     """The reference posterior sd of the slopes of one data regime, from its reference cell
     (single-chain NUTS on the marginal model): it sets the classifier's slope tolerances.
@@ -88,7 +117,8 @@ rule reference_sd:
 
 
 rule classify_chunk:
-    """Outcome class and metrics of every fit (and chain/path) of a chunk."""
+    """Outcome class and metrics of every fit (and chain/path) of a chunk; the chunks of a fit
+    group are classified by the group's classify rule (below)."""
     input:
         unpack(classify_inputs),
     output:
@@ -97,6 +127,8 @@ rule classify_chunk:
         "logs/classify/{cell}/chunk-{chunk}.log",
     benchmark:
         "logs/benchmarks/classify/{cell}/chunk-{chunk}.tsv"
+    wildcard_constraints:
+        cell=SINGLE_CELL_PATTERN,
     conda:
         "../envs/vimodes.yaml"
     resources:
