@@ -151,11 +151,8 @@ def group_params(group):
 
 def group_references(group):
     """The reference posterior sd files of the data regimes of a fit group's chunks."""
-    regimes = {STUDY.cell_by_id[cell].data_regime for cell, _ in group.members}
     return sorted(
-        f"data/tables/reference/{regime}.json"
-        for regime in regimes
-        if STUDY.reference_cell(regime) is not None
+        {m["reference"] for m in classify_group_params(group) if m["reference"] is not None}
     )
 
 
