@@ -152,7 +152,11 @@ def group_params(group):
 def group_references(group):
     """The reference posterior sd files of the data regimes of a fit group's chunks."""
     return sorted(
-        {m["reference"] for m in classify_group_params(group) if m["reference"] is not None}
+        {
+            m["reference"]
+            for m in classify_group_params(group)
+            if m["reference"] is not None
+        }
     )
 
 
