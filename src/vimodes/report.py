@@ -109,14 +109,59 @@ def cell_rate(row, label: str) -> str:
                      row[f"rate_{label}_high"])
 
 
+def other_outcomes_text(row) -> str:
+    """Where a cell's fits that are not on a single mode went: each such class with its count
+    ("collapsed (modes averaged) 100"), in the classifier's order."""
+    counts = [f"{OUTCOME_LABELS.get(c, c)} {integer(row[f'n_{c}'])}" for c in OUTCOME_CLASSES
+              if c not in SINGLE_MODE_CLASSES and f"n_{c}" in row and row[f"n_{c}"] > 0]
+    return ", ".join(counts) or "none"
+
+
 def setting_text(row) -> str:
     """The settings part of a cell (optimizer, iterations, init, batch, chains)."""
     parts = str(row["cell_id"]).split("__")[2:]
     return " ".join(parts) if parts else "-"
 
 
+def readable_setting(row, labels: dict) -> str:
+    """A cell's settings in words (optimiser with its algorithm and step, iterations, start,
+    batch, chains, engine), for sentences; tables use the compact ``setting_text``. ``labels``
+    names each optimiser level (``optimizer_labels``)."""
+    parts = []
+
+    def present(key):
+        value = row.get(key)
+        return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+    if present("optimizer"):
+        parts.append(f"optimiser {labels.get(row['optimizer'], row['optimizer'])}")
+    if present("iterations"):
+        parts.append(f"{integer(row['iterations'])} iterations")
+    if present("init"):
+        parts.append(f"{row['init']} start")
+    if present("batch_size"):
+        parts.append("full batch" if int(row["batch_size"]) == 0
+                     else f"minibatch {integer(row['batch_size'])}")
+    if present("chains"):
+        parts.append(f"{integer(row['chains'])} chain(s)")
+    if present("engine"):
+        parts.append(f"{row['engine']} engine")
+    return ", ".join(parts) or "-"
+
+
 def code(text) -> str:
     return f"`{text}`"
+
+
+@dataclass
+class Item:
+    """A bullet with sub-bullets: a finding and its contrasts, one per line."""
+
+    text: str
+    sub: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return " ".join([self.text, *self.sub])
 
 
 @dataclass
@@ -948,14 +993,15 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
                    contrasts: pd.DataFrame | None) -> Section:
     """The answer first, in a few sentences, each backed by its paired contrast."""
     section = Section("answer", "The answer")
-    items = []
+    items: list[str | Item] = []
+    labels = optimizer_labels(fits)
     asked = cells[(cells["model"] == "as_asked") & (cells["grid"] == "question")]
     for _, row in asked.iterrows():
         items.append(f"**The question's fit.** The question's model as written, with its "
-                     f"settings ({method_label(row['method'])}, {setting_text(row)}), landed "
-                     f"on a single mode in {cell_rate(row, 'single_mode')} of "
-                     f"{integer(row['n_fits'])} seeds; median posterior sigma "
-                     f"{num(row.get('median_sigma'))} (truth 0.1).")
+                     f"settings ({method_label(row['method'])}; "
+                     f"{readable_setting(row, labels)}), landed on a single mode in "
+                     f"{cell_rate(row, 'single_mode')} of {integer(row['n_fits'])} seeds; "
+                     f"median posterior sigma {num(row.get('median_sigma'))} (truth 0.1).")
     if contrasts is not None and not contrasts.empty:
         working = cells[cells["grid"] == "ablation_working"]
         fixes = []
@@ -963,26 +1009,29 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
         def compare(model: str, baseline: str, what: str) -> None:
             c = find_contrast(contrasts, working, "model", model, baseline)
             if c is not None:
-                fixes.append(f"{what}: " + contrast_text(c, code(model), code(baseline)))
+                fixes.append(f"{what}: " + contrast_text(c, code(model), code(baseline)) + ".")
 
         for error in (e for e in MODEL_ERRORS if e.model):
-            compare(error.model, "as_asked", f"fixing {error.id} ({error.title}) alone")
-        compare("as_asked_fix_all", "as_asked", "fixing E1-E4 together")
+            compare(error.model, "as_asked", f"Fixing {error.id} ({error.title}) alone")
+        compare("as_asked_fix_all", "as_asked", "Fixing E1-E4 together")
         for error in (e for e in MODEL_ERRORS if e.kept_model):
             compare(error.kept_model, "as_asked_fix_all",
-                    f"keeping {error.id} alone (every other error fixed)")
+                    f"Keeping {error.id} alone (every other error fixed)")
         if fixes:
-            items.append("**Which errors matter** (under a setting where the corrected model "
-                         "succeeds: adam 1e-2, jittered start): " + "; ".join(fixes) + ".")
+            setting = readable_setting(working.iloc[0], labels)
+            items.append(Item(f"**Which errors matter**, measured under a setting where the "
+                              f"corrected model succeeds ({method_label(working.iloc[0]['method'])}"
+                              f"; {setting}), each a paired contrast over the same seeds:",
+                              fixes))
     for method in ADVI_METHODS:
         asked_setting = _cell(cells, grid="main", model="marginal", method=method,
                               optimizer="default", init="default")
         if asked_setting is None:
             continue
-        text = (f"**The corrected model with {method_label(method)}.** With the question's "
-                f"settings (PyMC's default optimiser, default start, 10000 iterations) it "
-                f"landed on a single mode in {cell_rate(asked_setting, 'single_mode')}; "
-                f"collapsed in {integer(asked_setting['n_collapsed'])}.")
+        item = Item(f"**The corrected model with {method_label(method)}.** With the question's "
+                    f"settings ({readable_setting(asked_setting, labels)}) it landed on a "
+                    f"single mode in {cell_rate(asked_setting, 'single_mode')}; the others: "
+                    f"{other_outcomes_text(asked_setting)}.")
         opt = find_contrast(contrasts, cells[cells["grid"] == "main"], "optimizer",
                             "adam_1e-2", "default", method=method, model="marginal",
                             init="jitter")
@@ -990,11 +1039,12 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
                               "default", method=method, model="marginal",
                               optimizer="adam_1e-2")
         if opt is not None:
-            text += " Optimiser, from a jittered start: " + contrast_text(
-                opt, "adam 1e-2", "the default optimiser") + "."
+            item.sub.append("Optimiser, from a jittered start: " + contrast_text(
+                opt, "adam 1e-2", "the default optimiser") + ".")
         if start is not None:
-            text += " Start, with adam: " + contrast_text(start, "jittered", "symmetric") + "."
-        items.append(text)
+            item.sub.append("Start, with adam: " + contrast_text(start, "jittered", "symmetric")
+                            + ".")
+        items.append(item)
     budget = contrasts[(contrasts["axis"] == "iterations")
                        & (contrasts["cell_a"] == contrasts["cell_b"])] \
         if contrasts is not None and not contrasts.empty else pd.DataFrame()
@@ -1016,9 +1066,9 @@ def answer_section(cells: pd.DataFrame, fits: pd.DataFrame,
         if row is not None:
             references.append(f"NUTS on `{model}` with {chains} chain(s): single mode in "
                               f"{cell_rate(row, 'single_mode')}, spanning "
-                              f"{integer(row['n_spanning'])}/{integer(row['n_fits'])}")
+                              f"{integer(row['n_spanning'])}/{integer(row['n_fits'])}.")
     if references:
-        items.append("**What to do instead.** " + "; ".join(references) + ".")
+        items.append(Item("**What to do instead.** The references:", references))
     regimes = regime_changes(cells)
     if regimes is not None:
         n, changed = regimes

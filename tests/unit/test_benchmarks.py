@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -36,12 +35,18 @@ def test_every_printed_row_is_written_to_latest_json(bench, tmp_path, capsys):
     rows = [("VI chunked PyMC path (10 seeds per process)", "2.80 s/fit"),
             bench.target_row("VI ratio PyMC chunked / vectorised (chunk 100, all rows)", 4.6,
                              ">=", 20)]
-    bench.print_rows(rows, SimpleNamespace(out=str(tmp_path / "results")))
+    table = bench.Table(tmp_path / "results")
+    table.add(rows[:1])
+    saved = json.loads((tmp_path / "results" / "latest.json").read_text())
+    assert [tuple(row) for row in saved["rows"]] == rows[:1]  # kept if the run stops here
+    table.add(rows[1:])
+    table.finish()
     printed = capsys.readouterr().out.splitlines()
     saved = json.loads((tmp_path / "results" / "latest.json").read_text())
     assert saved["header"] == printed[0] and saved["header"].startswith("# benchmarks ")
     assert [tuple(row) for row in saved["rows"]] == rows
-    assert printed[2].endswith("4.60 (target not met)")
+    assert printed[1].endswith("2.80 s/fit")  # printed as soon as measured
+    assert printed[3] == saved["header"] and printed[5].endswith("4.60 (target not met)")
 
 
 def test_no_ratio_row_states_a_verdict_by_hand(bench):

@@ -61,7 +61,7 @@ def test_find_contrast_orients_the_difference(tables):
 def test_answer_quotes_each_contrast_with_interval_and_seeds(tables):
     fits, cells, contrasts = tables
     section = report.answer_section(cells, fits, contrasts)
-    text = " ".join(section.items)
+    text = " ".join(map(str, section.items))
     forward = report.find_contrast(contrasts, cells[cells["grid"] == "main"], "optimizer",
                                    "adam_1e-2", "default", init="jitter")
     assert "adam 1e-2 18/20 vs the default optimiser 4/20 seeds on a single mode" in text

@@ -13,7 +13,7 @@ def smoke(repo):
 
 
 @pytest.mark.parametrize("name", ["config/config.yaml", "config/full.yaml", SMOKE,
-                                  QUICK, TINY])
+                                  QUICK, TINY, "benchmarks/studies/default_2026-11-26.yaml"])
 def test_shipped_configs_are_valid(repo, name):
     study = load_study(repo / name)
     assert study.cells

@@ -292,7 +292,8 @@ def test_context_degrades_gracefully_without_vi_or_question(cells, fits, data_su
     nuts_fits = fits[fits["method"] == "nuts"]
     context = report.build_context(only_nuts, nuts_fits, data_summary.iloc[:0],
                                    report.default_provenance("t", "abc123", 1))
-    text = " ".join(" ".join(s.paragraphs + s.items + s.notes) for s in context["sections"])
+    text = " ".join(" ".join(map(str, s.paragraphs + s.items + s.notes))
+                    for s in context["sections"])
     assert "no meanfield or fullrank ADVI cells" in text
     assert "was not fitted in this study" in text
 
@@ -818,3 +819,20 @@ def test_a_deterministic_cell_is_reported_without_an_interval():
     assert report.cell_rate(cells.loc["cavi-d"], "single_mode") == text  # the per-cell tables
     assert "95% CI" in report.cell_rate(cells.loc["advi-d"], "single_mode")
     assert not summarise_cells(pd.DataFrame(rows))["deterministic"].any()  # no inits: unknown
+
+
+def test_a_bullet_with_sub_bullets_renders_as_a_nested_list_in_both_formats():
+    from markdown_it import MarkdownIt
+
+    section = report.Section("answer", "The answer", items=[
+        "plain", report.Item("**Finding.** the contrasts:", ["first `a`", "second"])])
+    context = {"title": "t", "subtitle": "s", "sections": [section], "figures": {},
+               "figure_info": {}}
+    md = report.render(context, TEMPLATES, "report.md.j2")
+    html = MarkdownIt("commonmark").render(md)
+    assert re.search(r"<li>plain</li>\s*<li><strong>Finding.</strong> the contrasts:\s*<ul>\s*"
+                     r"<li>first <code>a</code></li>\s*<li>second</li>\s*</ul>\s*</li>", html)
+    page = report.render(context, TEMPLATES, "report.html.j2")
+    assert re.search(r"<li><strong>Finding.</strong> the contrasts:<ul>\s*"
+                     r"<li>first <code>a</code></li>\s*<li>second</li>\s*</ul></li>", page)
+    assert str(section.items[1]) == "**Finding.** the contrasts: first `a` second"
