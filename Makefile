@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PYTENSOR_FLAGS ?= compile__timeout=1800
 
-.PHONY: bytecode run test test-slow test-slurm test-render bench lint format figures report readme conda-env clean-outputs
+.PHONY: bytecode run test test-slow test-slurm test-render bench bench-gpu lint format figures report readme conda-env clean-outputs
 
 $(BIN)/snakemake: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,15 @@ test-render: bytecode
 ## make bench: performance benchmarks (prints a table; see benchmarks/README.md)
 bench: bytecode
 	$(BIN)/python benchmarks/run_benchmarks.py
+
+## make bench-gpu: on a machine with an NVIDIA GPU, the GPU rows: installs the CUDA build of the
+## pinned jax, then 1000 seeds x 10000 meanfield ADVI steps in one call and vectorised numpyro
+## NUTS against nutpie; stops with an error when jax sees no GPU (benchmarks/README.md)
+JAX_CUDA ?= cuda12
+bench-gpu: bytecode
+	$(BIN)/pip install --quiet "jax[$(JAX_CUDA)]==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
+	$(BIN)/python benchmarks/run_benchmarks.py --require-gpu --vectorised-only --no-pymc-reference \
+		--vectorised-chunks 100,1000 --nuts-vectorised 25x4
 
 ## make figures: rebuild figures and the report from existing fits only (never refits: only
 ## the rules of vimodes.figure_specs.FIGURE_RULES -- figure, report and figure-table rules -- run)

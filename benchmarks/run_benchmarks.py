@@ -325,7 +325,15 @@ def main() -> None:
     parser.add_argument("--no-pymc-reference", action="store_true",
                         help="skip the chunked PyMC row (and so the ratios against it): on a "
                              "GPU machine its CPU timing is not this machine's reference")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="stop with an error unless jax's default device is a GPU")
     args = parser.parse_args()
+    if args.require_gpu:
+        import jax
+
+        if jax.default_backend() != "gpu":
+            parser.error(f"--require-gpu: jax's default backend is {jax.default_backend()!r} "
+                         f"({jax.devices()}); install the CUDA build of jax (make bench-gpu)")
     configure_compile_cache()
     args.chunk = args.chunk or default_study_config()["chunk_size"]
     table = Table(Path(args.out))

@@ -231,13 +231,16 @@ class VectorisedVIFitter:
         return {"params": params, "opt": opt}, value
 
     def loop_data(self, datasets: list[Dataset]) -> tuple:
-        """The chunk's data as the compiled loop reads it: minibatch VI gathers its batch from
-        x and y interleaved, (seeds, N, 2), so that a point's x and y share a cache line (the
-        random gather from 100 data sets of 1e5 points was most of a step's time: 0.60 against
-        0.43 ms per 100-seed step, benchmarks/README.md); full batch keeps (x, y)."""
+        """The chunk's data as the loop reads it. Minibatch VI: x and y interleaved on the host,
+        (seeds * N, 2), a point's x and y in one cache line, from which ``block_inputs`` gathers
+        each block's minibatches with numpy while the compiled loop runs the previous block
+        (XLA's gather from 100 data sets of 1e5 points was most of a step: 0.43 of ~0.5 ms
+        per 100-seed step, numpy's ``take`` 0.19 ms; benchmarks/README.md); the compiled
+        loop then reads nothing but its batch. Full batch: (x, y) on the device."""
         jnp = _jax().numpy
         if self.batch_size:
-            return (jnp.asarray(np.stack([np.stack([d.x, d.y], axis=-1) for d in datasets])),)
+            return (np.stack([np.stack([d.x, d.y], axis=-1) for d in datasets])
+                    .reshape(-1, 2),)
         return (jnp.asarray(np.stack([d.x for d in datasets])),
                 jnp.asarray(np.stack([d.y for d in datasets])))
 
@@ -264,10 +267,12 @@ class VectorisedVIFitter:
         lax = jax.lax
         tolerance = self.settings.convergence_tolerance
 
-        def one_step(carry, data, eps, index, iteration):
-            # iteration: 0-based index of this step; the loss is PyMC's score before the update
+        def one_step(carry, data, eps, rows, iteration):
+            # iteration: 0-based index of this step; the loss is PyMC's score before the update;
+            # rows: this step's minibatch (batch, 2), gathered on the host (full batch: data)
             state, alive, failed_at, stopped_at, prev = carry
-            new_state, value = self.step_on_batch(state, eps, *self._batch(data, index))
+            batch = (rows[:, 0], rows[:, 1]) if self.batch_size else data
+            new_state, value = self.step_on_batch(state, eps, *batch)
             finite = jnp.isfinite(value)
             fails = alive & ~finite
             failed_at = jnp.where(fails, iteration + 1, failed_at)
@@ -287,19 +292,20 @@ class VectorisedVIFitter:
             loss_seen = jnp.where(alive, value, jnp.nan)  # the failing loss is recorded too
             return (state, keep, failed_at, stopped_at, prev), loss_seen
 
-        def one_seed_block(carry, data, noise, indices, first_iteration):
+        def one_seed_block(carry, data, noise, rows, first_iteration):
             def body(c, step):
-                i, eps, index = step
-                return one_step(c, data, eps, index, first_iteration + i)
+                i, eps, step_rows = step
+                return one_step(c, data, eps, step_rows, first_iteration + i)
 
-            return lax.scan(body, carry, (jnp.arange(TRACE_EVERY), noise, indices))
+            return lax.scan(body, carry, (jnp.arange(TRACE_EVERY), noise, rows))
 
         many_block = jax.vmap(one_seed_block, in_axes=(0, 0, 0, 0, None))
 
         @jax.jit
-        def run(carry, data, noise, indices, first_iteration):
-            # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed
-            carry, losses = many_block(carry, data, noise, indices, first_iteration)
+        def run(carry, data, noise, rows, first_iteration):
+            # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed; data: the
+            # full-batch (x, y), or nothing (minibatch VI reads only its gathered rows)
+            carry, losses = many_block(carry, data, noise, rows, first_iteration)
             return carry, losses, carry[0]["params"][0]
 
         self._run = run
@@ -321,6 +327,16 @@ class VectorisedVIFitter:
             indices.append(index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
                                               dtype=np.int32))
         return np.stack(noise), np.stack(indices)
+
+    def block_inputs(self, streams, data: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The next block's noise and minibatches: ``block_draws``'s indices turned into the
+        points themselves, (seeds, TRACE_EVERY, batch, 2), gathered from ``loop_data``'s
+        interleaved host array (full batch: the indices, which are empty)."""
+        noise, indices = self.block_draws(streams)
+        if not self.batch_size:
+            return noise, indices
+        offsets = (np.arange(len(streams), dtype=np.int64) * self.n_obs)[:, None, None]
+        return noise, np.take(data[0], indices + offsets, axis=0)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
         if len(seeds) == 1:
@@ -344,6 +360,7 @@ class VectorisedVIFitter:
             rngs.append(rng)
         n = len(seeds)
         data = self.loop_data(datasets)
+        loop_args = () if self.batch_size else data  # minibatch: the loop reads its rows only
         states = [self.initial_state(start) for start in starts]
         state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
         width = self.ddim * 2 if not self.fullrank else self.ddim + len(self.tril[0])
@@ -360,7 +377,7 @@ class VectorisedVIFitter:
         for checkpoint in checkpoints:
             while done_blocks < checkpoint // TRACE_EVERY:
                 # dispatched without waiting: the next block's numbers are drawn meanwhile
-                carry, losses, means = run(carry, data, *self.block_draws(streams),
+                carry, losses, means = run(carry, loop_args, *self.block_inputs(streams, data),
                                            done_blocks * TRACE_EVERY)
                 loss_blocks.append(losses)
                 mean_blocks.append(means)

@@ -304,3 +304,21 @@ def test_the_fit_file_is_the_one_arviz_writes_for_the_same_groups(tmp_path):
         assert a[name].identical(b[name]), name
     assert a.sample_stats["diverging"].dtype == bool
     assert a.loss.attrs["iterations_per_value"] == 100
+
+
+def test_a_record_is_written_as_json_one_key_per_line_with_non_finite_values_as_null(tmp_path):
+    from vimodes.records import write_json
+
+    record = {"seed": np.int64(3), "trace": np.array([1.5, np.nan, np.inf]),
+              "flags": np.array([True, False]), "cov": np.eye(2), "nested": {"b": 1, "a": [2.0]},
+              "status": "ok"}
+    path = tmp_path / "seed-3.json"
+    write_json(record, path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and len(lines) == len(record) + 2
+    assert [line.split(":")[0] for line in lines[1:-1]] == [f'"{k}"' for k in sorted(record)]
+    assert json.loads(path.read_text()) == {
+        "seed": 3, "trace": [1.5, None, None], "flags": [True, False],
+        "cov": [[1.0, 0.0], [0.0, 1.0]], "nested": {"a": [2.0], "b": 1}, "status": "ok"}
+    write_json({}, tmp_path / "empty.json")
+    assert json.loads((tmp_path / "empty.json").read_text()) == {}
