@@ -171,6 +171,20 @@ def test_block_draws_cover_the_data_and_follow_each_seed():
     assert no_indices.shape == (2, TRACE_EVERY, 0)
 
 
+def test_block_inputs_are_each_seeds_own_points_at_its_drawn_indices(datasets):
+    """The minibatches gathered on the host are the drawn indices' (x, y) of each seed's own
+    data set, in the order drawn."""
+    fitter = VectorisedVIFitter(_settings(), N_OBS)
+    data = fitter.loop_data(datasets[:2])
+    noise, rows = fitter.block_inputs(_streams(1, 2), data)
+    same_noise, indices = fitter.block_draws(_streams(1, 2))
+    np.testing.assert_array_equal(noise, same_noise)
+    assert rows.shape == (2, TRACE_EVERY, BATCH, 2)
+    for seed, dataset in enumerate(datasets[:2]):
+        np.testing.assert_array_equal(rows[seed, ..., 0], dataset.x[indices[seed]])
+        np.testing.assert_array_equal(rows[seed, ..., 1], dataset.y[indices[seed]])
+
+
 def test_a_failing_seed_does_not_stop_the_others(datasets):
     fitter = VectorisedVIFitter(_settings(), N_OBS)
     broken = Dataset(seed=1, regime=REGIME, x=datasets[1].x.copy(), y=np.full(N_OBS, np.nan),
