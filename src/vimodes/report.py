@@ -130,8 +130,7 @@ def readable_setting(row, labels: dict) -> str:
     parts = []
 
     def present(key):
-        value = row.get(key)
-        return value is not None and not (isinstance(value, float) and math.isnan(value))
+        return not is_missing(row.get(key))
 
     if present("optimizer"):
         parts.append(f"optimiser {labels.get(row['optimizer'], row['optimizer'])}")
