@@ -406,6 +406,37 @@ def test_single_chain_nuts_chunks_are_grouped_and_multi_chain_ones_are_not():
     assert len(singles) == 2 + 2
 
 
+def _fit_group(study, group, regimes, tmp_path):
+    """Simulate the regimes' first data blocks and fit ``group`` in one process: (the blocks by
+    regime, each member's folder, each member's log)."""
+    from vimodes.pipeline import fit_group
+    from vimodes.simulate import block_folder, simulate_block
+
+    blocks = {}
+    for regime in regimes:
+        blocks[regime] = str(tmp_path / block_folder(regime, 0, study.config["data_block_size"]))
+        simulate_block(study, regime, blocks[regime])
+    group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
+    logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
+    fit_group(study, list(group.members), sorted(blocks.values()), group_dirs, logs)
+    return blocks, group_dirs, logs
+
+
+def _assert_chunk_alone_writes_the_same(study, blocks, cell, chunk, group_dir, tmp_path):
+    """Fit the chunk alone from its own regime's block: the same files, canonical hashes equal."""
+    from vimodes.canonical import output_sha256
+    from vimodes.pipeline import fit_chunk
+    from vimodes.simulate import files_in_blocks
+
+    alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
+    own = blocks[study.cell_by_id[cell].data_regime]
+    fit_chunk(study, cell, chunk, files_in_blocks([own], study.chunk_seeds(cell, chunk)), alone)
+    names = sorted(p.name for p in alone.iterdir())
+    assert names and names == sorted(p.name for p in group_dir.iterdir())
+    for name in names:
+        assert output_sha256(group_dir / name) == output_sha256(alone / name), name
+
+
 def test_a_fit_group_compiles_once_per_settings_and_data_size(tmp_path, monkeypatch):
     """Chunks of the same fit settings and data size in one group share one fitter (two data
     regimes of 300 points here), and each writes the files it writes alone; classified in one
@@ -413,10 +444,8 @@ def test_a_fit_group_compiles_once_per_settings_and_data_size(tmp_path, monkeypa
     import pandas as pd
 
     import vimodes.fitters
-    from vimodes.canonical import output_sha256
     from vimodes.config import build_study
-    from vimodes.pipeline import classify_chunk, classify_group, fit_chunk, fit_group
-    from vimodes.simulate import block_folder, files_in_blocks, simulate_block
+    from vimodes.pipeline import classify_chunk, classify_group
 
     study = build_study({
         "study_name": "t", "seed_base": 11, "chunk_size": 2, "draws": 50,
@@ -431,23 +460,10 @@ def test_a_fit_group_compiles_once_per_settings_and_data_size(tmp_path, monkeypa
     make_fitter = vimodes.fitters.make_fitter
     monkeypatch.setattr(vimodes.fitters, "make_fitter",
                         lambda *args: built.append(args) or make_fitter(*args))
-    blocks = {}
-    for regime in ("default", "noisy"):
-        blocks[regime] = str(tmp_path / block_folder(regime, 0, study.config["data_block_size"]))
-        simulate_block(study, regime, blocks[regime])
-    group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
-    logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
-    fit_group(study, list(group.members), sorted(blocks.values()), group_dirs, logs)
+    blocks, group_dirs, _ = _fit_group(study, group, ("default", "noisy"), tmp_path)
     assert len(group.members) == 2 and len(built) == 1
     for (cell, chunk), group_dir in zip(group.members, group_dirs):
-        alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
-        own = blocks[study.cell_by_id[cell].data_regime]
-        fit_chunk(study, cell, chunk, files_in_blocks([own], study.chunk_seeds(cell, chunk)),
-                  alone)
-        names = sorted(p.name for p in alone.iterdir())
-        assert names and names == sorted(p.name for p in group_dir.iterdir())
-        for name in names:
-            assert output_sha256(group_dir / name) == output_sha256(alone / name), name
+        _assert_chunk_alone_writes_the_same(study, blocks, cell, chunk, group_dir, tmp_path)
     # the group's chunks classified in one process: each table is the one of the chunk alone
     members = [{"cell": cell, "chunk": chunk, "seeds": list(study.chunk_seeds(cell, chunk)),
                 "reference": None} for cell, chunk in group.members]
@@ -479,30 +495,13 @@ def test_a_chunk_refuses_a_data_set_of_another_regime(tmp_path):
 def test_a_fit_group_writes_what_its_chunks_write_alone(tmp_path):
     """Fitting chunks one after another in one process (pipeline.fit_group) gives every file
     each chunk's own fit_chunk job gives (canonical hashes: timings left out)."""
-    from vimodes.canonical import output_sha256
-    from vimodes.pipeline import fit_chunk, fit_group
-    from vimodes.simulate import block_folder, files_in_blocks, simulate_block
-
     study = _grouping_study(4)
     # a group whose chunks fit two data regimes: each must read its own regime's data sets
     group = next(g for g in study.fit_groups()
                  if len({study.cell_by_id[cell].data_regime for cell, _ in g.members}) == 2)
-    blocks = {}
-    for regime in ("default", "small"):
-        blocks[regime] = str(tmp_path / block_folder(regime, 0, study.config["data_block_size"]))
-        simulate_block(study, regime, blocks[regime])
-    group_dirs = [tmp_path / "group" / cell / f"chunk-{chunk}" for cell, chunk in group.members]
-    logs = [tmp_path / "logs" / f"{cell}-{chunk}.log" for cell, chunk in group.members]
-    fit_group(study, list(group.members), sorted(blocks.values()), group_dirs, logs)
+    blocks, group_dirs, logs = _fit_group(study, group, ("default", "small"), tmp_path)
     for (cell, chunk), group_dir, log_file in zip(group.members, group_dirs, logs):
-        alone = tmp_path / "alone" / cell / f"chunk-{chunk}"
-        own = blocks[study.cell_by_id[cell].data_regime]
-        fit_chunk(study, cell, chunk, files_in_blocks([own], study.chunk_seeds(cell, chunk)),
-                  alone)
+        _assert_chunk_alone_writes_the_same(study, blocks, cell, chunk, group_dir, tmp_path)
         n_obs = study.config["data_regimes"][study.cell_by_id[cell].data_regime]["n_obs"]
         assert json.loads(next(group_dir.glob("seed-*.json")).read_text())["n_obs"] == n_obs
-        names = sorted(p.name for p in alone.iterdir())
-        assert names and names == sorted(p.name for p in group_dir.iterdir())
-        for name in names:
-            assert output_sha256(group_dir / name) == output_sha256(alone / name), name
         assert f"chunk {chunk} of {cell}" in log_file.read_text()
