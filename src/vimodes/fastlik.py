@@ -14,7 +14,9 @@ and its analytic gradient w.r.t. the weights (or log-weights), slopes and sigma 
 single pass with O(K) memory.  For K = 2 (all weights > 0) a branch-free
 two-component path is used (one exp and one division per observation); for any K the
 log of sum_k exp(.) (a value in [1, K]) is taken once per block of observations, as the
-log of a running product, instead of once per observation.
+log of a running product, instead of once per observation. The log-likelihood alone
+(no gradient, e.g. the full-data log density of many draws) has a SIMD loop for
+K = 2 to 4 (``_loglike_few``).
 
 Public API
 ----------
@@ -98,7 +100,7 @@ def _jit(fn):
         return numba.njit(cache=False, nogil=True, fastmath=False)(fn)
 
 
-# The K = 2 loop may reorder its sums (reassoc) and fuse multiply-adds (contract) so that
+# The SIMD loops may reorder their sums (reassoc) and fuse multiply-adds (contract) so that
 # LLVM turns it into SIMD code; numpy's error model drops the ZeroDivisionError branch of
 # every division, which otherwise keeps the loop scalar. The results differ from the strict
 # scalar loop by rounding only (~1e-14 relative, tested) and are deterministic on one machine.
@@ -338,42 +340,74 @@ def fused_loglike_and_grad(x, y, weights, slopes, sigma, log_weights=False):
 
 
 @_jit_simd
-def _loglike_k2(x, y, lw0, lw1, b0, b1, inv_s):
-    """The log-likelihood alone (no gradient) of ``_loop_k2``, without the normalising
-    constant: for the full-data log density of many draws (importance diagnostics)."""
+def _loglike_few(x, y, lw, b, inv_s):
+    """The log-likelihood alone (no gradient) for K >= 2 finite log-weights ``lw`` and slopes
+    ``b``, without the normalising constant: for the full-data log density of many draws
+    (importance diagnostics). ``lw`` and ``b`` are tuples so that K is part of the compiled type: LLVM
+    unrolls the loop over components and vectorises the loop over points. The logsumexp is
+    kept online (a running maximum m and s = sum_k exp(a_k - m) in [1, K]), one exp per
+    component after the first; a block's product of s takes one log. The first two components
+    start it without a multiplication (10% faster at K = 2, measured)."""
     n_obs = x.shape[0]
+    n_comp = len(lw)
+    log2k = 1
+    while (1 << log2k) < n_comp:
+        log2k += 1
+    block = 960 // log2k  # K**block stays below the float64 range
     acc = 0.0
-    for start in range(0, n_obs, _BLOCK):
+    for start in range(0, n_obs, block):
         prod = 1.0
-        for i in range(start, min(start + _BLOCK, n_obs)):
+        for i in range(start, min(start + block, n_obs)):
             xi = x[i]
             yi = y[i]
-            z0 = (yi - xi * b0) * inv_s
-            z1 = (yi - xi * b1) * inv_s
-            a0 = lw0 - 0.5 * z0 * z0
-            a1 = lw1 - 0.5 * z1 * z1
+            z = (yi - xi * b[0]) * inv_s
+            a0 = lw[0] - 0.5 * z * z
+            z = (yi - xi * b[1]) * inv_s
+            a1 = lw[1] - 0.5 * z * z
             d = a1 - a0
-            acc += a1 if d > 0.0 else a0
-            prod *= 1.0 + _exp_neg_inline(abs(d))
+            m = a1 if d > 0.0 else a0
+            s = 1.0 + _exp_neg_inline(abs(d))
+            for k in range(2, n_comp):
+                z = (yi - xi * b[k]) * inv_s
+                a = lw[k] - 0.5 * z * z
+                d = a - m
+                e = _exp_neg_inline(abs(d))
+                s = s * e + 1.0 if d > 0.0 else s + e
+                m = a if d > 0.0 else m
+            acc += m
+            prod *= s
         acc += math.log(prod)
     return acc
 
 
 @_jit
 def _loglike(x, y, w, slopes, sigma, log_weights):
-    """The total log-likelihood alone: K = 2 with finite log-weights and a finite positive
-    sigma by the SIMD loop, anything else (and every edge case) by ``_fused_kernel``."""
-    if slopes.shape[0] == 2 and w.shape[0] == 2 and x.shape[0] == y.shape[0] \
+    """The total log-likelihood alone: K = 2 to 4 with finite log-weights and a finite
+    positive sigma by the SIMD loop, anything else (and every edge case) by ``_fused_kernel``."""
+    n_comp = slopes.shape[0]
+    if 2 <= n_comp <= 4 and w.shape[0] == n_comp and x.shape[0] == y.shape[0] \
             and 0.0 < sigma < np.inf:
-        if log_weights:
-            lw0, lw1 = w[0], w[1]
-        elif w[0] > 0.0 and w[1] > 0.0:
-            lw0, lw1 = math.log(w[0]), math.log(w[1])
-        else:
-            lw0, lw1 = np.inf, np.inf
-        if abs(lw0) < np.inf and abs(lw1) < np.inf:
-            return (_loglike_k2(x, y, lw0, lw1, slopes[0], slopes[1], 1.0 / sigma)
-                    - x.shape[0] * (math.log(sigma) + _LOG_SQRT_2PI))
+        lw = np.empty(n_comp)
+        finite = True
+        for k in range(n_comp):
+            if log_weights:
+                lw[k] = w[k]
+            elif w[k] > 0.0:
+                lw[k] = math.log(w[k])
+            else:
+                lw[k] = np.inf
+            finite = finite and abs(lw[k]) < np.inf
+        if finite:
+            inv_s = 1.0 / sigma
+            b = slopes
+            if n_comp == 2:
+                acc = _loglike_few(x, y, (lw[0], lw[1]), (b[0], b[1]), inv_s)
+            elif n_comp == 3:
+                acc = _loglike_few(x, y, (lw[0], lw[1], lw[2]), (b[0], b[1], b[2]), inv_s)
+            else:
+                acc = _loglike_few(x, y, (lw[0], lw[1], lw[2], lw[3]),
+                                   (b[0], b[1], b[2], b[3]), inv_s)
+            return acc - x.shape[0] * (math.log(sigma) + _LOG_SQRT_2PI)
     return _fused_kernel(x, y, w, slopes, sigma, log_weights)[0]
 
 
@@ -388,7 +422,8 @@ def _loglike_many(x, y, weights, slopes, sigma):
 def mixture_loglike_many(x, y, weights, slopes, sigma) -> np.ndarray:
     """The total log-likelihood of the data under each of many parameter draws: ``weights``
     and ``slopes`` (draws, K), ``sigma`` (draws,). Same density and conventions as the fused
-    Op (K = 2 with positive weights by the SIMD loop, anything else by the general kernel)."""
+    Op (K = 2 to 4 with positive weights by the SIMD loop, anything else by the general
+    kernel)."""
     weights = np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float64)
     slopes = np.ascontiguousarray(np.atleast_2d(slopes), dtype=np.float64)
     sigma = np.ascontiguousarray(np.atleast_1d(sigma), dtype=np.float64)

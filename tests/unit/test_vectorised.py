@@ -111,14 +111,17 @@ def test_scaling_follows_pymc_normalising_constant():
     assert Scaling.for_model("as_asked_fix_total_size", 1000, 100) == Scaling(10.0, 1.0)
 
 
-@pytest.mark.parametrize("model_name", ["ordered", "marginal", "as_asked_fix_all"])
-def test_full_logp_equals_pymc_model(datasets, model_name):
+@pytest.mark.parametrize(("model_name", "n_components"),
+                         [("ordered", 2), ("marginal", 2), ("as_asked_fix_all", 2),
+                          ("marginal", 3), ("ordered", 3)])
+def test_full_logp_equals_pymc_model(datasets, model_name, n_components):
     """The full-data log density of many draws (importance diagnostics): XLA's prior terms plus
     the fused SIMD likelihood for the NormalMixture models, XLA alone for the question's."""
     data = datasets[1]
-    fitter = VectorisedVIFitter(_settings(model=model_name), N_OBS)
+    fitter = VectorisedVIFitter(_settings(model=model_name, n_components=n_components), N_OBS)
     assert (fitter._prior_logp_many is not None) == (model_name != "as_asked_fix_all")
-    model = build_model(model_name, pytensor.shared(data.x), pytensor.shared(data.y))
+    model = build_model(model_name, pytensor.shared(data.x), pytensor.shared(data.y),
+                        n_components=n_components)
     logp = model.compile_logp(jacobian=True)
     rng = np.random.default_rng(0)
     flat = fitter.default_start + rng.normal(0, 0.3, (4, fitter.ddim))
