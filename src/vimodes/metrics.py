@@ -283,28 +283,36 @@ def psis_khat(log_p, log_q) -> float:
     normalising constant, => -inf (bounded weights, no tail to fit). ArviZ returns +inf when
     there are too few draws for the tail fit (<= 4 tail draws).
     """
-    import arviz as az
-
     lp = np.asarray(log_p, dtype=float).ravel()
     lq = np.asarray(log_q, dtype=float).ravel()
     if lp.shape != lq.shape:
         raise ValueError(f"shape mismatch {lp.shape} vs {lq.shape}")
     if lp.size == 0:
         return float("nan")
+    return float(_psis_khat_rows(lp[None, :], lq[None, :])[0])
+
+
+def _psis_khat_rows(lp: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    """``psis_khat`` of every row of (rows, draws) arrays, in one call of ArviZ for the rows
+    that need a tail fit (a bootstrap's 200 resamples: one call instead of 200)."""
+    import arviz as az
+
     lw = lp - lq
-    if np.any(np.isnan(lw)) or np.any(lw == np.inf):
-        return float("nan")
-    finite = lw[np.isfinite(lw)]
-    if finite.size == 0:
-        return float("nan")
-    scale = max(1.0, float(np.max(np.abs(lp[np.isfinite(lp)]), initial=0.0)),
-                float(np.max(np.abs(lq[np.isfinite(lq)]), initial=0.0)))
-    if finite.size == lw.size and np.ptp(lw) <= 1e-10 * scale:
-        return float("-inf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, khat = az.psislw(lw, reff=1.0)
-    return float(np.asarray(khat))
+    khat = np.full(lw.shape[0], np.nan)
+    bad = np.any(np.isnan(lw) | (lw == np.inf), axis=1) | ~np.any(np.isfinite(lw), axis=1)
+    scale = np.maximum.reduce([np.ones(lw.shape[0]),
+                               np.max(np.abs(np.where(np.isfinite(lp), lp, 0.0)), axis=1),
+                               np.max(np.abs(np.where(np.isfinite(lq), lq, 0.0)), axis=1)])
+    with np.errstate(invalid="ignore"):
+        flat = np.all(np.isfinite(lw), axis=1) & (np.ptp(lw, axis=1) <= 1e-10 * scale)
+    khat[~bad & flat] = -np.inf
+    fit = ~bad & ~flat
+    if np.any(fit):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, tail = az.psislw(lw[fit], reff=1.0)
+        khat[fit] = np.asarray(tail, dtype=float)
+    return khat
 
 
 def psis_khat_mcse(log_p, log_q, n_boot: int = 200,
@@ -332,10 +340,9 @@ def psis_khat_mcse(log_p, log_q, n_boot: int = 200,
     if n_boot < 2:
         raise ValueError("n_boot must be >= 2")
     rng = np.random.default_rng(rng)
-    boot = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = rng.integers(0, lp.size, size=lp.size)
-        boot[i] = psis_khat(lp[idx], lq[idx])
+    # one resample per call of the generator, as drawn before the rows were batched
+    idx = np.stack([rng.integers(0, lp.size, size=lp.size) for _ in range(n_boot)])
+    boot = _psis_khat_rows(lp[idx], lq[idx])
     boot = boot[np.isfinite(boot)]
     mcse = float(np.std(boot, ddof=1)) if boot.size >= 2 else float("nan")
     return khat, mcse

@@ -288,6 +288,25 @@ def test_psis_khat_mcse_special_cases():
                                                                                     -x**2 / 2)
 
 
+def test_psis_khat_mcse_is_the_sd_of_the_khats_of_its_resamples():
+    # the bootstrap fits every resample in one batched call: each row must get the k-hat its
+    # own call would give, special cases included
+    from vimodes.metrics import _psis_khat_rows
+
+    x = np.random.default_rng(4).normal(size=400)
+    lp, lq = -x**2 / 8, -x**2 / 2
+    rows_p = np.stack([lp, np.full(400, 5.0), np.where(x > 2.5, -np.inf, lp),
+                       np.where(x > 2.5, np.nan, lp), -x**2 / 2 + 0.3 * x])
+    rows_q = np.stack([lq, np.zeros(400), lq, lq, lq])
+    expected = [psis_khat(p, q) for p, q in zip(rows_p, rows_q)]
+    assert expected[1] == -math.inf and math.isnan(expected[3]) and np.isfinite(expected[2])
+    np.testing.assert_array_equal(_psis_khat_rows(rows_p, rows_q), expected)
+    rng = np.random.default_rng(7)
+    boot = [psis_khat(lp[i], lq[i]) for i in (rng.integers(0, 400, 400) for _ in range(30))]
+    assert psis_khat_mcse(lp, lq, n_boot=30, rng=7)[1] == pytest.approx(np.std(boot, ddof=1),
+                                                                        rel=1e-12)
+
+
 # ---------------------------------------------------------------- K components
 
 
