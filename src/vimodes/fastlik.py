@@ -345,11 +345,11 @@ def fused_loglike_and_grad(x, y, weights, slopes, sigma, log_weights=False):
 def _loglike_few(x, y, lw, b, inv_s):
     """The log-likelihood alone (no gradient) for K >= 2 finite log-weights ``lw`` and slopes
     ``b``, without the normalising constant: for the full-data log density of many draws
-    (importance diagnostics). ``lw`` and ``b`` are tuples so that K is part of the compiled type: LLVM
-    unrolls the loop over components and vectorises the loop over points. The logsumexp is
-    kept online (a running maximum m and s = sum_k exp(a_k - m) in [1, K]), one exp per
-    component after the first; a block's product of s takes one log. The first two components
-    start it without a multiplication (10% faster at K = 2, measured)."""
+    (importance diagnostics). ``lw`` and ``b`` are tuples so that K is part of the compiled
+    type: LLVM unrolls the loop over components and vectorises the loop over points. The
+    log-sum-exp is kept online (a running maximum m and s = sum_k exp(a_k - m) in [1, K]),
+    one exp per component after the first; a block's product of s takes one log. The first
+    two components start it without a multiplication (10% faster at K = 2, measured)."""
     n_obs = x.shape[0]
     n_comp = len(lw)
     log2k = 1
