@@ -49,6 +49,21 @@ def test_every_printed_row_is_written_to_latest_json(bench, tmp_path, capsys):
     assert printed[3] == saved["header"] and printed[5].endswith("4.60 (target not met)")
 
 
+def test_a_child_process_cpu_time_is_counted_with_all_its_threads(bench):
+    # the per-CPU-second ratio reads the PyMC chunk's CPU time from its finished child
+    import subprocess
+    import sys
+
+    before = bench._children_cpu_s()
+    burn = ("import threading, time\n"
+            "def spin():\n    end = time.process_time() + 0.3\n"
+            "    while time.process_time() < end: pass\n"
+            "threads = [threading.Thread(target=spin) for _ in range(2)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n")
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert bench._children_cpu_s() - before >= 0.3
+
+
 def test_no_ratio_row_states_a_verdict_by_hand(bench):
     """Every 'target' row of the script is built by target_row."""
     source = (REPO / "benchmarks" / "run_benchmarks.py").read_text()
