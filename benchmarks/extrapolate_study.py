@@ -1,28 +1,31 @@
-"""Extrapolate a study's CPU time from a measured run of another study (e.g. `config/full.yaml`
+"""Extrapolate a study's wall time from a measured run of another study (e.g. `config/full.yaml`
 from a run of the default study), for when the study itself is too long to time here.
 
     python benchmarks/extrapolate_study.py RUN_DIR TARGET_CONFIG [--cores 2]
-        [--snakemake-cpu SECONDS]
 
 RUN_DIR is the working directory of a finished `snakemake` run (its `config/config.yaml` and
-the `logs/benchmarks/` files its rules wrote). The method (printed with the numbers):
+the `logs/benchmarks/` files its rules wrote). The unit is the core-second a job holds: its
+wall time (`s` of its `benchmark:` file) on the core it was given, or its CPU time where it
+kept more cores busy (NUTS chains in parallel), i.e. max(s, cpu_time). Summed over the jobs of
+a run and divided by its cores, that gave the run's measured wall time to within 2.4% on three
+runs of the default study (2026-12-04: 1614 / 1314 / 1106 s against 1652 / 1335 / 1126 s),
+while the benchmark files' `cpu_time` (sampled by Snakemake) summed to 20-26% less than the
+CPU time `/usr/bin/time` measured for the same runs. The method (printed with the numbers):
 
-* Every fit job's CPU time (`cpu_time` of its `benchmark:` file; a fit group's shared among its
-  chunks by their units of work) is divided by its units of
-  work, seeds x chains x (iterations / 10000 where the method has iterations); a rate is kept
-  per kind of job: method, engine, minibatch or full batch, and the data size N. A target cell
-  takes the rate of its kind at the measured N nearest to its own (on a log scale). Rates are
-  per unit, so a job's fixed cost (imports, compiling) is spread over its units: a target with
-  larger chunks is overestimated, one with smaller chunks underestimated.
-* Classify jobs: CPU per classified fit (times 1 + its number of checkpoints), per method (a
-  fit group's classify job shared among its chunks likewise).
-* Data sets: CPU per data set drawn, per N (a `simulate` job draws a block of
+* Every fit job's core-seconds (a fit group's shared among its chunks by their units of work)
+  are divided by its units of work, seeds x chains x (iterations / 10000 where the method has
+  iterations); a rate is kept per kind of job: method, engine, minibatch or full batch, and the
+  data size N. A target cell takes the rate of its kind at the measured N nearest to its own
+  (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling) is spread
+  over its units: a target with larger chunks is overestimated, one with smaller chunks
+  underestimated.
+* Classify jobs: core-seconds per classified fit (times 1 + its number of checkpoints), per
+  method (a fit group's classify job shared among its chunks likewise).
+* Data sets: core-seconds per data set drawn, per N (a `simulate` job draws a block of
   `data_block_size`; the target pays for whole blocks).
 * Everything else (references, tables, figures, report) is taken as measured.
-* Snakemake's own process (not in any benchmark file; pass what was measured with
-  `--snakemake-cpu`) is scaled by the number of jobs.
-* Wall time = CPU time / cores, i.e. the cores kept busy all the time (the default study's
-  measured run kept 2 cores ~97% busy).
+* Wall time = core-seconds / cores, i.e. the cores kept busy all the time (the default
+  study's runs kept 2 cores busy but for the 2% above).
 * Not modelled: draws, tuning length, model and K within a kind of job (a rate is the mean
   over the measured jobs of that kind).
 """
@@ -45,9 +48,10 @@ from vimodes.config import load_study  # noqa: E402
 from vimodes.methods import method_spec  # noqa: E402
 from vimodes.simulate import folder_seeds, study_blocks  # noqa: E402
 
-METHOD = ("rates per unit of work (seeds x chains x iterations/10000) per kind of fit job "
-          "(method, engine, full batch, nearest measured N); classify per fit; simulate per data "
-          "set, whole blocks; the rest as measured; wall = CPU / cores")
+METHOD = ("core-seconds a job holds, max(wall, CPU); rates per unit of work (seeds x chains x "
+          "iterations/10000) per kind of fit job (method, engine, full batch, nearest measured "
+          "N); classify per fit; simulate per data set, whole blocks; the rest as measured; "
+          "wall = core-seconds / cores")
 
 
 def fit_kind(cell, n_obs: int) -> tuple:
@@ -65,8 +69,10 @@ def classify_units(cell, n_seeds: int) -> float:
     return n_seeds * (cell.chains or 1) * (1 + len(cell.checkpoints))
 
 
-def _cpu(path: Path) -> float:
-    return float(pd.read_csv(path, sep="\t")["cpu_time"].iloc[-1])
+def _core_seconds(path: Path) -> float:
+    """The core-seconds the job of a `benchmark:` file held: max(wall, CPU time)."""
+    row = pd.read_csv(path, sep="\t").iloc[-1]
+    return float(max(row["s"], row["cpu_time"]))
 
 
 def _nearest(rates: dict, kind: tuple) -> tuple[float, int] | None:
@@ -83,8 +89,8 @@ def measure(run_dir: Path):
     study = load_study(run_dir / "config" / "config.yaml")
     regimes = study.config["data_regimes"]
     bench = run_dir / "logs" / "benchmarks"
-    fit_cpu, fit_work = defaultdict(float), defaultdict(float)
-    cls_cpu, cls_work = defaultdict(float), defaultdict(float)
+    fit_core, fit_work = defaultdict(float), defaultdict(float)
+    cls_core, cls_work = defaultdict(float), defaultdict(float)
     counted, stale = set(), set()
     groups = {group.name: group for group in study.fit_groups()}
     for path in sorted(bench.glob("fit/*/chunk-*.tsv")):
@@ -94,20 +100,20 @@ def measure(run_dir: Path):
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
         kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
-        fit_cpu[kind] += _cpu(path)
+        fit_core[kind] += _core_seconds(path)
         fit_work[kind] += fit_units(cell, len(seeds))
         counted.add(path)
     for path in sorted(bench.glob("fit_group/*.tsv")):
         if path.stem not in groups:
             stale.add(path)  # another grouping's (cells_per_fit_group changed since)
             continue
-        # a fit group's CPU time, shared among its chunks by their units of work
+        # a fit group's core-seconds, shared among its chunks by their units of work
         members = [(study.cell_by_id[cell], study.chunk_seeds(cell, chunk))
                    for cell, chunk in groups[path.stem].members]
         units = [fit_units(cell, len(seeds)) for cell, seeds in members]
         for (cell, _), unit in zip(members, units):
             kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
-            fit_cpu[kind] += _cpu(path) * unit / sum(units)
+            fit_core[kind] += _core_seconds(path) * unit / sum(units)
             fit_work[kind] += unit
         counted.add(path)
     for path in sorted(bench.glob("classify/*/chunk-*.tsv")):
@@ -116,7 +122,7 @@ def measure(run_dir: Path):
             continue
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
-        cls_cpu[cell.method] += _cpu(path)
+        cls_core[cell.method] += _core_seconds(path)
         cls_work[cell.method] += classify_units(cell, len(seeds))
         counted.add(path)
     for path in sorted(bench.glob("classify_group/*.tsv")):
@@ -127,16 +133,16 @@ def measure(run_dir: Path):
                    for cell, chunk in groups[path.stem].members]
         units = [classify_units(cell, len(seeds)) for cell, seeds in members]
         for (cell, _), unit in zip(members, units):
-            cls_cpu[cell.method] += _cpu(path) * unit / sum(units)
+            cls_core[cell.method] += _core_seconds(path) * unit / sum(units)
             cls_work[cell.method] += unit
         counted.add(path)
-    sim_cpu, sim_sets = defaultdict(float), defaultdict(int)
+    sim_core, sim_sets = defaultdict(float), defaultdict(int)
     # a job draws a block of data sets (named by its seed range; the first block layout had
     # block-<b> of data_block_size, and runs before blocks one job per data set, seed-<s>)
     for pattern in ("seeds-*.tsv", "block-*.tsv", "seed-*.tsv"):
         for path in sorted(bench.glob(f"simulate/*/{pattern}")):
             n_obs = regimes[path.parent.name]["n_obs"]
-            sim_cpu[n_obs] += _cpu(path)
+            sim_core[n_obs] += _core_seconds(path)
             sim_sets[n_obs] += (len(folder_seeds(path.stem)) if pattern == "seeds-*.tsv" else
                                 study.config.get("data_block_size", 1)
                                 if pattern == "block-*.tsv" else 1)
@@ -144,17 +150,16 @@ def measure(run_dir: Path):
     rest = [p for p in bench.rglob("*.tsv") if p not in counted and p not in stale]
     return {
         "study": study,
-        "fit": {k: fit_cpu[k] / fit_work[k] for k in fit_cpu},
-        "classify": {k: cls_cpu[k] / cls_work[k] for k in cls_cpu},
-        "simulate": {n: sim_cpu[n] / sim_sets[n] for n in sim_cpu},
-        "rest_cpu": sum(_cpu(p) for p in rest),
+        "fit": {k: fit_core[k] / fit_work[k] for k in fit_core},
+        "classify": {k: cls_core[k] / cls_work[k] for k in cls_core},
+        "simulate": {n: sim_core[n] / sim_sets[n] for n in sim_core},
+        "rest_core_s": sum(_core_seconds(p) for p in rest),
         "jobs": len(counted) + len(rest),
-        "grid_jobs": len(counted),
     }
 
 
 def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list[str], int]:
-    """The target study's CPU seconds per kind of job, the kinds without a measured rate and
+    """The target study's core-seconds per kind of job, the kinds without a measured rate and
     the number of jobs."""
     study = load_study(target_config)
     regimes = study.config["data_regimes"]
@@ -193,11 +198,11 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
         jobs += 1
     table = pd.DataFrame([{"jobs of": k, "jobs": v[2], "units": round(v[1], 1),
                            "rate at N": ",".join(f"{n:g}" for n in sorted(v[3])),
-                           "cpu_s": round(v[0], 1)} for k, v in rows.items()])
+                           "core_s": round(v[0], 1)} for k, v in rows.items()])
     table.loc[len(table)] = {"jobs of": "references, tables, figures, report (as measured)",
                              "jobs": 0, "units": 0, "rate at N": "",
-                             "cpu_s": round(measured["rest_cpu"], 1)}
-    return table.sort_values("cpu_s", ascending=False), sorted(set(missing)), jobs
+                             "core_s": round(measured["rest_core_s"], 1)}
+    return table.sort_values("core_s", ascending=False), sorted(set(missing)), jobs
 
 
 def main() -> None:
@@ -205,21 +210,16 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("target_config", type=Path)
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--snakemake-cpu", type=float, default=0.0,
-                        help="CPU seconds of Snakemake's own process in the measured run")
     args = parser.parse_args()
     measured = measure(args.run_dir)
     table, missing, jobs = extrapolate(measured, args.target_config)
-    # both job counts leave out the jobs that do not grow with the grid (references, report)
-    snakemake_cpu = args.snakemake_cpu * jobs / measured["grid_jobs"]
-    total = table["cpu_s"].sum() + snakemake_cpu
+    total = table["core_s"].sum()
     print(f"measured run: {args.run_dir} ({measured['jobs']} jobs); target: "
           f"{args.target_config} ({jobs} jobs without the references and the report)")
     print(f"method: {METHOD}")
     print(table.to_string(index=False))
-    print(f"Snakemake's own process, scaled by the job count: {snakemake_cpu:.0f} CPU-s")
-    print(f"total {total:.0f} CPU-s = {total / 3600:.2f} CPU-h; on {args.cores} cores kept "
-          f"busy: {total / args.cores / 3600:.2f} h")
+    print(f"total {total:.0f} core-s; on {args.cores} cores kept busy: "
+          f"{total / args.cores / 3600:.2f} h")
     if missing:
         print("not extrapolated, no job of their kind was measured:", ", ".join(missing))
 

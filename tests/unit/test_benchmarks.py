@@ -71,9 +71,12 @@ def test_no_ratio_row_states_a_verdict_by_hand(bench):
     assert "(target >=" not in source and "(target <=" not in source
 
 
-def _benchmark_file(path, cpu_seconds):
+def _benchmark_file(path, core_seconds, cores_busy=2 / 3):
+    """A `benchmark:` file of a job that held ``core_seconds``: a one-core job waits part of
+    its wall time (cpu_time < s), a job of parallel chains keeps more cores busy (> s)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"s\tcpu_time\n{cpu_seconds * 1.5}\t{cpu_seconds}\n")
+    wall = core_seconds if cores_busy <= 1 else core_seconds / cores_busy
+    path.write_text(f"s\tcpu_time\n{wall}\t{wall * cores_busy}\n")
 
 
 def _measured_run(tmp_path, name):
@@ -89,9 +92,10 @@ def _measured_run(tmp_path, name):
     return module, config, module.load_study(config)
 
 
-def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
-    """The extrapolation divides every job's CPU time by its units of work: applied to the
-    study that was measured, it must return each kind's measured total."""
+def test_a_study_extrapolated_onto_itself_gives_its_measured_core_seconds(tmp_path):
+    """The extrapolation divides every job's core-seconds (its wall time, or its CPU time
+    where it kept more than one core busy) by its units of work: applied to the study that was
+    measured, it must return each kind's measured total."""
     module, config, study = _measured_run(tmp_path, "tiny")
     bench = tmp_path / "logs" / "benchmarks"
     expected = {}
@@ -99,7 +103,9 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         cell = study.cell_by_id[cell_id]
         label = f"fit {cell.method} ({cell.engine}{', full batch' if cell.batch_size == 0 else ''})"
         expected[label] = expected.get(label, 0) + 10 + number
-        _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", 10 + number)
+        # every other job ran parallel chains: 1.8 cores busy, its CPU time counts
+        _benchmark_file(bench / "fit" / cell_id / f"chunk-{chunk}.tsv", 10 + number,
+                        cores_busy=1.8 if number % 2 else 0.7)
         _benchmark_file(bench / "classify" / cell_id / f"chunk-{chunk}.tsv", 2)
     block_size = study.config["data_block_size"]
     blocks = module.study_blocks(study)
@@ -109,7 +115,7 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         _benchmark_file(bench / "simulate" / regime / name, 0.5)
     _benchmark_file(bench / "aggregate.tsv", 7)
     table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
-    cpu = dict(zip(table["jobs of"], table["cpu_s"]))
+    cpu = dict(zip(table["jobs of"], table["core_s"]))
     assert missing == []
     assert len(expected) == 2  # full-batch ADVI and CAVI: rates per kind, not pooled
     for label, seconds in expected.items():
@@ -124,7 +130,7 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
     target = tmp_path / "doubled.yaml"
     target.write_text(yaml.safe_dump(doubled))
     table2, _, _ = module.extrapolate(module.measure(tmp_path), target)
-    cpu2 = dict(zip(table2["jobs of"], table2["cpu_s"]))
+    cpu2 = dict(zip(table2["jobs of"], table2["core_s"]))
     for label in (*expected, "classify advi", "classify cavi"):
         assert cpu2[label] == pytest.approx(2 * cpu[label], rel=1e-3)
     # the data sets come in whole blocks: twice the seeds of a study within its first block
@@ -137,16 +143,16 @@ def test_a_study_extrapolated_onto_itself_gives_its_measured_cpu(tmp_path):
         grid["iterations"] = [2 * n for n in grid["iterations"]]
     target.write_text(yaml.safe_dump(longer))
     table3, _, _ = module.extrapolate(module.measure(tmp_path), target)
-    cpu3 = dict(zip(table3["jobs of"], table3["cpu_s"]))
+    cpu3 = dict(zip(table3["jobs of"], table3["core_s"]))
     for label in expected:
         assert cpu3[label] == pytest.approx(2 * cpu[label], rel=1e-3)
     for label in ("simulate", "classify advi", "classify cavi"):
         assert cpu3[label] == pytest.approx(cpu[label], rel=1e-3)
 
 
-def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
-    """A fit group's benchmark file (logs/benchmarks/fit_group/<name>.tsv) holds the CPU time
-    of several chunks: it is shared by their units of work, so the study extrapolated onto
+def test_a_fit_groups_core_seconds_are_shared_among_its_chunks(tmp_path):
+    """A fit group's benchmark file (logs/benchmarks/fit_group/<name>.tsv) holds the
+    core-seconds of several chunks: it is shared by their units of work, so the study extrapolated onto
     itself gives each kind's measured total, and the plan counts one fit job and one classify
     job per group."""
     module, config, study = _measured_run(tmp_path, "quick")
@@ -170,13 +176,13 @@ def test_a_fit_groups_cpu_is_shared_among_its_chunks(tmp_path):
     table, missing, jobs = module.extrapolate(module.measure(tmp_path), config)
     fits = table[table["jobs of"].str.startswith("fit ")]
     assert missing == []
-    assert fits["cpu_s"].sum() == pytest.approx(total, rel=1e-3)
+    assert fits["core_s"].sum() == pytest.approx(total, rel=1e-3)
     assert jobs == 2 * len(study.fit_jobs()) + len(module.study_blocks(study))
 
 
 def test_files_of_another_grouping_are_not_counted(tmp_path):
     """A run directory may hold benchmark files of an earlier layout (one job per chunk, or
-    other groups): they are neither a fit's CPU nor 'the rest'."""
+    other groups): they are neither a fit's core-seconds nor 'the rest'."""
     module, config, study = _measured_run(tmp_path, "quick")
     bench = tmp_path / "logs" / "benchmarks"
     for job in study.fit_jobs():
@@ -190,4 +196,4 @@ def test_files_of_another_grouping_are_not_counted(tmp_path):
     _benchmark_file(bench / "fit_group" / "gone_c0_0.tsv", 1000)
     after = module.measure(tmp_path)
     assert after["fit"] == before["fit"]
-    assert after["rest_cpu"] == before["rest_cpu"] and after["jobs"] == before["jobs"]
+    assert after["rest_core_s"] == before["rest_core_s"] and after["jobs"] == before["jobs"]
