@@ -43,12 +43,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 
+from vimodes.fastlik import _jit as njit_cached
 from vimodes.fitting import (
     NUMERICAL_ERRORS,
     TRACE_EVERY,
@@ -86,7 +86,7 @@ def _jax():
     return jax
 
 
-@numba.njit(nogil=True, cache=True)
+@njit_cached  # numba, cached on disk where a cache folder is writable
 def _gather_rows(table, indices, n_obs):
     """``table[seed * n_obs + indices[seed, ...]]`` for every seed: each seed's minibatch
     points, (seeds, steps, batch, 2), from the interleaved (x, y) host array of ``loop_data``.
