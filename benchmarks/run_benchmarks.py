@@ -105,17 +105,14 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_chunk_process(study, chunk: int, paths: list[str], out: Path,
-                      cpu: list | None = None) -> float:
-    """Wall time of a fresh Python process that fits one chunk, as a Snakemake job would
-    (its CPU seconds, all threads, appended to ``cpu`` when given)."""
+def run_chunk_process(study, chunk: int, paths: list[str], out: Path) -> tuple[float, float]:
+    """Wall time and CPU seconds (all threads) of a fresh Python process that fits one chunk,
+    as a Snakemake job would."""
     code = CHILD.format(src=str(REPO / "src"), config=json.dumps(study.config), chunk=chunk,
                         paths=paths, out=str(out))
     started, cpu_started = time.perf_counter(), _children_cpu_s()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    if cpu is not None:
-        cpu.append(_children_cpu_s() - cpu_started)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu_s() - cpu_started
 
 
 def bench_vi(chunk: int, folder: Path) -> dict:
@@ -125,10 +122,9 @@ def bench_vi(chunk: int, folder: Path) -> dict:
     paths = _write_data(study, folder)
     # warm the compile cache once, so that every path below measures warm-cache costs
     run_chunk_process(_study(100_000, 1), 0, paths[:1], folder / "warm")
-    naive = [run_chunk_process(_study(100_000, [i]), 0, [p], folder / f"naive-{i}")
+    naive = [run_chunk_process(_study(100_000, [i]), 0, [p], folder / f"naive-{i}")[0]
              for i, p in enumerate(paths[:3])]
-    chunked_cpu = []
-    chunked = run_chunk_process(study, 0, paths, folder / "chunked", chunked_cpu)
+    chunked, chunked_cpu = run_chunk_process(study, 0, paths, folder / "chunked")
 
     settings = FitSettings.from_cell(study.cells[0], study.config)
     fitter = VIFitter(settings, 100_000)
@@ -140,7 +136,7 @@ def bench_vi(chunk: int, folder: Path) -> dict:
         fitter.step()
     floor = time.perf_counter() - started
     return {"naive_s_per_fit": float(np.median(naive)), "chunked_s_per_fit": chunked / chunk,
-            "chunked_cpu_s_per_fit": chunked_cpu[0] / chunk,
+            "chunked_cpu_s_per_fit": chunked_cpu / chunk,
             "floor_s_per_fit": floor, "chunk_size": chunk}
 
 

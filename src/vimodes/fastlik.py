@@ -212,6 +212,16 @@ def _loop_k2(x, y, lw0, lw1, b0, b1, inv_s):
 
 
 @_jit
+def _log_block(n_comp):
+    """How many per-observation sums, each in [1, K], one log may take as their product:
+    K**block stays far below the float64 range."""
+    log2k = 1
+    while (1 << log2k) < n_comp:
+        log2k += 1
+    return max(1, 960 // log2k)
+
+
+@_jit
 def _fused_kernel(x, y, w, slopes, sigma, log_weights):
     """One pass over n: total log-likelihood and its gradient.
 
@@ -263,11 +273,8 @@ def _fused_kernel(x, y, w, slopes, sigma, log_weights):
         )
     else:
         # general K: sum_k exp(lp_k - max) lies in [1, K]; multiply a block of them and
-        # take one log per block (K**block stays far below the float64 range).
-        log2k = 1
-        while (1 << log2k) < k_comp:
-            log2k += 1
-        block = max(1, 960 // log2k)
+        # take one log per block
+        block = _log_block(k_comp)
         z = np.empty(k_comp)
         e = np.empty(k_comp)
         prod = 1.0
@@ -352,10 +359,7 @@ def _loglike_few(x, y, lw, b, inv_s):
     two components start it without a multiplication (10% faster at K = 2, measured)."""
     n_obs = x.shape[0]
     n_comp = len(lw)
-    log2k = 1
-    while (1 << log2k) < n_comp:
-        log2k += 1
-    block = 960 // log2k  # K**block stays below the float64 range
+    block = _log_block(n_comp)
     acc = 0.0
     for start in range(0, n_obs, block):
         prod = 1.0

@@ -252,10 +252,10 @@ class VectorisedVIFitter:
     def loop_data(self, datasets: list[Dataset]) -> tuple:
         """The chunk's data as the loop reads it. Minibatch VI: x and y interleaved on the host,
         (seeds * N, 2), a point's x and y in one cache line, from which ``block_inputs`` gathers
-        each block's minibatches with numpy while the compiled loop runs the previous block
+        each block's minibatches on the host while the compiled loop runs the previous block
         (XLA's gather from 100 data sets of 1e5 points was most of a step: 0.43 of ~0.5 ms
-        per 100-seed step, numpy's ``take`` 0.19 ms; benchmarks/README.md); the compiled
-        loop then reads nothing but its batch. Full batch: (x, y) on the device."""
+        per 100-seed step, numpy's ``take`` 0.19 ms, ``_gather_rows`` less;
+        benchmarks/README.md); the compiled loop then reads nothing but its batch. Full batch: (x, y) on the device."""
         jnp = _jax().numpy
         if self.batch_size:
             return (np.stack([np.stack([d.x, d.y], axis=-1) for d in datasets])
