@@ -70,15 +70,18 @@ def question_loglike(x, y, weights, slopes, sigma, *, per_observation: bool,
     """The question's mixture log-likelihood on one batch, with E1/E2 switchable.
 
     Works on numpy arrays and on PyTensor tensors alike (it only uses the ``pm.math`` API).
+    Components along the first axis, as the question stacks them: XLA vectorises a sum over
+    the K rows of a (K, n) array, while a (n, K) array's trailing axis of length 2 made the
+    vectorised engine's step 5x slower (benchmarks/README.md); the values are the same.
     """
-    delta = y[:, None] - x[:, None] * slopes[None, :]  # (n, K)
+    delta = y[None, :] - slopes[:, None] * x[None, :]  # (K, n)
     log_norm = 2.0 * pm.math.log(sigma) if correct_normaliser else pm.math.log(sigma)
     if per_observation:
         per_obs = -0.5 * (np.log(2 * np.pi) + log_norm + delta**2 / sigma**2)
-        return pm.math.logsumexp(pm.math.log(weights)[None, :] + per_obs, axis=1).sum()
-    n = delta.shape[0]
+        return pm.math.logsumexp(pm.math.log(weights)[:, None] + per_obs, axis=0).sum()
+    n = delta.shape[1]
     batch_norm = n * log_norm if correct_normaliser else log_norm
-    per_component = -0.5 * (n * np.log(2 * np.pi) + batch_norm + (delta**2).sum(axis=0) / sigma**2)
+    per_component = -0.5 * (n * np.log(2 * np.pi) + batch_norm + (delta**2).sum(axis=1) / sigma**2)
     return pm.math.logsumexp(pm.math.log(weights) + per_component)
 
 

@@ -51,6 +51,39 @@ def configure_compile_cache() -> None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(JAX_CACHE_MAX_BYTES))
 
 
+def limit_xla_cpu_threads(n_threads: int) -> None:
+    """Create JAX's CPU client with a compute pool of ``n_threads`` threads.
+
+    XLA sizes that pool from the CPUs the creating thread may run on (the JAX maintainers'
+    way of limiting it, jax#1539), so the calling thread is narrowed to ``n_threads`` CPUs
+    while the client is created; the pool's threads, which inherit that narrow set, then get
+    every CPU back, so the scheduler still moves them freely. The vectorised engine's steps are
+    small kernels that a second XLA thread does not make faster: with two it spent 25-30% more
+    CPU time for the same wall time (benchmarks/README.md), while a study runs a job per core.
+    Nothing changes where the client already exists or the system has no CPU affinity (macOS).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    import jax
+
+    allowed = os.sched_getaffinity(0)
+    before = _thread_ids()
+    os.sched_setaffinity(0, sorted(allowed)[:max(1, n_threads)])
+    try:
+        jax.devices("cpu")
+    finally:
+        os.sched_setaffinity(0, allowed)
+    for thread_id in _thread_ids() - before:
+        with contextlib.suppress(OSError):  # a thread that has ended meanwhile
+            os.sched_setaffinity(thread_id, allowed)
+
+
+def _thread_ids() -> set[int]:
+    with contextlib.suppress(OSError):
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    return set()
+
+
 def _jax_cache_dir(compiledir: str | None) -> Path:
     if compiledir:
         return Path(compiledir) / "jax"

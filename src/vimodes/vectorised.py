@@ -68,6 +68,7 @@ from vimodes.fitting import (
 from vimodes.methods import methods_on_engine
 from vimodes.model_specs import MODEL_SPECS
 from vimodes.models import build_model
+from vimodes.runtime import limit_xla_cpu_threads
 from vimodes.simulate import Dataset
 
 VECTORISED_METHODS = methods_on_engine("vectorised")
@@ -86,14 +87,25 @@ def _jax():
     return jax
 
 
+def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float64 array whose data start on a 64-byte boundary. XLA's CPU client
+    reads such an argument of a compiled call in place; any other numpy array it copies first
+    (5 ms for the 20 MB of minibatch points of a block of 100 seeds, ~12% of the loop's CPU
+    time; benchmarks/README.md). The array must not change while a call may still read it:
+    every block gets a new one."""
+    size = int(np.prod(shape))
+    buffer = np.empty(size + 8)
+    start = (-buffer.ctypes.data % 64) // 8
+    return buffer[start:start + size].reshape(shape)
+
+
 @njit_cached  # numba, cached on disk where a cache folder is writable
-def _gather_rows(table, indices, n_obs):
-    """``table[seed * n_obs + indices[seed, ...]]`` for every seed: each seed's minibatch
-    points, (seeds, steps, batch, 2), from the interleaved (x, y) host array of ``loop_data``.
-    A loop rather than ``np.take``: the rows are random reads from ~1.6 MB per seed, and
-    numpy's per-row overhead made the gather slower (benchmarks/README.md)."""
+def _gather_rows(table, indices, n_obs, out):
+    """Fill ``out`` with ``table[seed * n_obs + indices[seed, ...]]`` for every seed: each
+    seed's minibatch points, (seeds, steps, batch, 2), from the interleaved (x, y) host array
+    of ``loop_data``. A loop rather than ``np.take``: the rows are random reads from ~1.6 MB
+    per seed, and numpy's per-row overhead made the gather slower (benchmarks/README.md)."""
     n_seeds, n_steps, n_batch = indices.shape
-    out = np.empty((n_seeds, n_steps, n_batch, 2))
     for seed in range(n_seeds):
         base = seed * n_obs
         for step in range(n_steps):
@@ -101,7 +113,6 @@ def _gather_rows(table, indices, n_obs):
                 row = base + indices[seed, step, j]
                 out[seed, step, j, 0] = table[row, 0]
                 out[seed, step, j, 1] = table[row, 1]
-    return out
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ class VectorisedVIFitter:
         self.ddim = group.ddim
         self.default_start = np.asarray(group.shared_params["mu"].get_value(), dtype=float)
         self.fullrank = s.method == "fullrank_advi"
+        limit_xla_cpu_threads(s.threads)
         self._compile_readers()
         self._compile_jax()
 
@@ -345,7 +357,8 @@ class VectorisedVIFitter:
             noise.append(noise_rng.standard_normal((TRACE_EVERY, self.ddim)))
             indices.append(index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
                                               dtype=np.int32))
-        return np.stack(noise), np.stack(indices)
+        return (np.stack(noise, out=_aligned_empty((len(noise), TRACE_EVERY, self.ddim))),
+                np.stack(indices))
 
     def block_inputs(self, streams, data: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The next block's noise and minibatches: ``block_draws``'s indices turned into the
@@ -354,7 +367,9 @@ class VectorisedVIFitter:
         noise, indices = self.block_draws(streams)
         if not self.batch_size:
             return noise, indices
-        return noise, _gather_rows(data[0], indices, self.n_obs)
+        rows = _aligned_empty((*indices.shape, 2))
+        _gather_rows(data[0], indices, self.n_obs, rows)
+        return noise, rows
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
         if len(seeds) == 1:

@@ -276,7 +276,7 @@ def test_an_infrastructure_error_fails_the_job_instead_of_becoming_a_record(tmp_
     """REL 1: only numerical errors become `failed` records; memory, I/O and interrupts
     propagate out of fit_chunk (the job fails and Snakemake's `retries: 1` reruns it), and the
     seed that hit one leaves no record that would pass for a result."""
-    import vimodes.fitting
+    import vimodes.cavi
     from vimodes.pipeline import fit_chunk
 
     study, paths = _simulated_study(tmp_path, {
