@@ -14,8 +14,10 @@ CPU time `/usr/bin/time` measured for the same runs. The method (printed with th
 
 * Every fit job's core-seconds (a fit group's shared among its chunks by their units of work)
   are divided by its units of work, seeds x chains x (iterations / 10000 where the method has
-  iterations); a rate is kept per kind of job: method, engine, minibatch or full batch, and the
-  data size N. A target cell takes the rate of its kind at the measured N nearest to its own
+  iterations); a rate is kept per kind of job: method, engine, minibatch or full batch, the
+  likelihood the model evaluates (the question's hand-written graph or the mixture's fused
+  form: the vectorised engine's step costs about twice as much with the first), the model's K
+  and the data size N. A target cell takes the rate of its kind at the measured N nearest to its own
   (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling) is spread
   over its units: a target with larger chunks is overestimated, one with smaller chunks
   underestimated.
@@ -26,8 +28,8 @@ CPU time `/usr/bin/time` measured for the same runs. The method (printed with th
 * Everything else (references, tables, figures, report) is taken as measured.
 * Wall time = core-seconds / cores, i.e. the cores kept busy all the time (the default
   study's runs kept 2 cores busy but for the 2% above).
-* Not modelled: draws, tuning length, model and K within a kind of job (a rate is the mean
-  over the measured jobs of that kind).
+* Not modelled: draws, tuning length and the model variant within a kind of job (a rate is
+  the mean over the measured jobs of that kind).
 """
 
 
@@ -44,18 +46,31 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vimodes.config import load_study  # noqa: E402
+from vimodes.config import load_study, model_components  # noqa: E402
 from vimodes.methods import method_spec  # noqa: E402
+from vimodes.model_specs import MODEL_SPECS  # noqa: E402
 from vimodes.simulate import folder_seeds, study_blocks  # noqa: E402
 
 METHOD = ("core-seconds a job holds, max(wall, CPU); rates per unit of work (seeds x chains x "
-          "iterations/10000) per kind of fit job (method, engine, full batch, nearest measured "
-          "N); classify per fit; simulate per data set, whole blocks; the rest as measured; "
+          "iterations/10000) per kind of fit job (method, engine, full batch, likelihood, K, "
+          "nearest measured N); classify per fit; simulate per data set, whole blocks; the rest as measured; "
           "wall = core-seconds / cores")
 
 
-def fit_kind(cell, n_obs: int) -> tuple:
-    return (cell.method, cell.engine, cell.batch_size == 0, n_obs)
+def fit_kind(cell, regimes: dict) -> tuple:
+    """(method, engine, full batch, likelihood, K, N): what a fit job's cost per unit depends
+    on; N last (``_nearest`` matches it on a log scale)."""
+    regime = regimes[cell.data_regime]
+    likelihood = "question" if MODEL_SPECS[cell.model].question_likelihood else "mixture"
+    k_model = model_components({"data_regimes": regimes}, cell.components, cell.data_regime)
+    return (cell.method, cell.engine, cell.batch_size == 0, likelihood, k_model, regime["n_obs"])
+
+
+def kind_label(kind: tuple) -> str:
+    method, engine, full_batch, likelihood, k_model, _ = kind
+    details = [engine] + ["full batch"] * full_batch + [f"{likelihood} likelihood"] * (
+        likelihood == "question") + [f"K = {k_model}"] * (k_model != 2)
+    return f"{method} ({', '.join(details)})"
 
 
 def fit_units(cell, n_seeds: int) -> float:
@@ -99,7 +114,7 @@ def measure(run_dir: Path):
             continue
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
-        kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
+        kind = fit_kind(cell, regimes)
         fit_core[kind] += _core_seconds(path)
         fit_work[kind] += fit_units(cell, len(seeds))
         counted.add(path)
@@ -112,7 +127,7 @@ def measure(run_dir: Path):
                    for cell, chunk in groups[path.stem].members]
         units = [fit_units(cell, len(seeds)) for cell, seeds in members]
         for (cell, _), unit in zip(members, units):
-            kind = fit_kind(cell, regimes[cell.data_regime]["n_obs"])
+            kind = fit_kind(cell, regimes)
             fit_core[kind] += _core_seconds(path) * unit / sum(units)
             fit_work[kind] += unit
         counted.add(path)
@@ -166,17 +181,15 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
     rows, missing = defaultdict(lambda: [0.0, 0.0, 0, set()]), []
     jobs = 2 * len(study.fit_jobs())  # a classify job per fit job (a group's: one)
     for cell in study.cells:
-        n_obs = regimes[cell.data_regime]["n_obs"]
-        kind = fit_kind(cell, n_obs)
+        kind = fit_kind(cell, regimes)
         found = _nearest(measured["fit"], kind)
         cls_rate = measured["classify"].get(cell.method)
         for chunk in study.chunks(cell):
             if found is None or cls_rate is None:
-                missing.append(f"{cell.method} ({cell.engine}"
-                               f"{', full batch' if kind[2] else ''})")
+                missing.append(kind_label(kind))
                 continue
             rate, n_used = found
-            label = f"fit {cell.method} ({cell.engine}{', full batch' if kind[2] else ''})"
+            label = f"fit {kind_label(kind)}"
             row = rows[label]
             row[0] += rate * fit_units(cell, len(chunk))
             row[1] += fit_units(cell, len(chunk))
