@@ -16,9 +16,9 @@ CPU time `/usr/bin/time` measured for the same runs. The method (printed with th
   are divided by its units of work, seeds x chains x (iterations / 10000 where the method has
   iterations); a rate is kept per kind of job: method, engine, minibatch or full batch, the
   likelihood the model evaluates (the question's hand-written graph or the mixture's fused
-  form: the vectorised engine's step costs about twice as much with the first), the model's K
-  and the data size N. A target cell takes the rate of its kind at the measured N nearest to its own
-  (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling) is spread
+  form: the vectorised engine's step costs about twice as much with the first), the model's
+  K and the data size N. A target cell takes the rate of its kind at the measured N nearest
+  to its own (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling) is spread
   over its units: a target with larger chunks is overestimated, one with smaller chunks
   underestimated.
 * Classify jobs: core-seconds per classified fit (times 1 + its number of checkpoints), per
@@ -53,8 +53,8 @@ from vimodes.simulate import folder_seeds, study_blocks  # noqa: E402
 
 METHOD = ("core-seconds a job holds, max(wall, CPU); rates per unit of work (seeds x chains x "
           "iterations/10000) per kind of fit job (method, engine, full batch, likelihood, K, "
-          "nearest measured N); classify per fit; simulate per data set, whole blocks; the rest as measured; "
-          "wall = core-seconds / cores")
+          "nearest measured N); classify per fit; simulate per data set, whole blocks; the "
+          "rest as measured; wall = core-seconds / cores")
 
 
 def fit_kind(cell, regimes: dict) -> tuple:

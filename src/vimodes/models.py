@@ -72,7 +72,8 @@ def question_loglike(x, y, weights, slopes, sigma, *, per_observation: bool,
     Works on numpy arrays and on PyTensor tensors alike (it only uses the ``pm.math`` API).
     Components along the first axis, as the question stacks them: XLA vectorises a sum over
     the K rows of a (K, n) array, while a (n, K) array's trailing axis of length 2 made the
-    vectorised engine's step 5x slower (benchmarks/README.md); the values are the same.
+    vectorised engine's step of the per-observation variants twice as slow
+    (benchmarks/README.md); the values agree to rounding (~1e-14 relative).
     """
     delta = y[None, :] - slopes[:, None] * x[None, :]  # (K, n)
     log_norm = 2.0 * pm.math.log(sigma) if correct_normaliser else pm.math.log(sigma)
