@@ -22,6 +22,13 @@ class ModelSpec:
     ordered: bool = False
 
     @property
+    def mixture_form(self) -> bool:
+        """The full-data log-likelihood is the normal mixture's, up to a term in sigma
+        (``models.mixture_form_offset``): the NormalMixture models and the question's
+        per-observation variants; the batch-level mixture (E1) is not."""
+        return not self.question_likelihood or self.per_observation
+
+    @property
     def correctly_specified(self) -> bool:
         """All four of the question's errors fixed: the model's density is the posterior the
         data imply, so importance diagnostics (PSIS k-hat) measure approximation quality. For

@@ -86,6 +86,19 @@ def question_loglike(x, y, weights, slopes, sigma, *, per_observation: bool,
     return pm.math.logsumexp(pm.math.log(weights) + per_component)
 
 
+def mixture_form_offset(spec: ModelSpec, n_obs: int, sigma: np.ndarray) -> np.ndarray:
+    """The model's log-likelihood of ``n_obs`` points minus the normal mixture's, per draw of
+    ``sigma``, for a model of ``spec.mixture_form``. The question writes log sigma where the
+    normal density's normaliser has log sigma**2 (E2): every point's density is then
+    sqrt(sigma) times the normal's, whatever its component."""
+    if not spec.mixture_form:
+        raise ValueError(f"model '{spec.name}' is not a normal mixture up to a term in sigma")
+    sigma = np.asarray(sigma, dtype=float)
+    if spec.question_likelihood and not spec.correct_normaliser:
+        return 0.5 * n_obs * np.log(sigma)
+    return np.zeros_like(sigma)
+
+
 def _priors(spec: ModelSpec, n_components: int):
     weights = pm.Dirichlet("weights", a=np.ones(n_components))
     if spec.ordered:

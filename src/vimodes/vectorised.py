@@ -67,7 +67,7 @@ from vimodes.fitting import (
 )
 from vimodes.methods import methods_on_engine
 from vimodes.model_specs import MODEL_SPECS
-from vimodes.models import build_model
+from vimodes.models import build_model, mixture_form_offset
 from vimodes.runtime import limit_xla_cpu_threads
 from vimodes.simulate import Dataset
 
@@ -235,12 +235,16 @@ class VectorisedVIFitter:
         # (draws x N) temporaries and was 2x slower at N = 100000
         self._full_logp_many = jax.jit(lambda flat, x_all, y_all: jax.lax.map(
             lambda z: full_logp(z, x_all, y_all), flat))
-        # the NormalMixture models: the prior terms (with Jacobians) from XLA, the likelihood
-        # of the full data from the fused SIMD loop, ~2.5x faster than XLA's (k-hat evaluates
-        # it at 1000 draws of 1e5 points per fit; benchmarks/README.md)
+        # the models whose likelihood is the normal mixture's up to a term in sigma (the
+        # NormalMixture models, the question's per-observation variants): the prior terms (with
+        # Jacobians) from XLA, the likelihood of the full data from the fused SIMD loop, ~2.5x
+        # (the question's graph ~8x) faster than XLA's (k-hat evaluates it at 1000 draws of 1e5
+        # points per fit; benchmarks/README.md)
         no_data = jnp.zeros(0)
+        self.spec = MODEL_SPECS[self.settings.model]
         self._prior_logp_many = (jax.jit(jax.vmap(
-            lambda z: self.logp_terms(z, no_data, no_data)[0])) if self.fused else None)
+            lambda z: self.logp_terms(z, no_data, no_data)[0])) if self.spec.mixture_form
+            else None)
 
     def initial_scale_params(self) -> np.ndarray:
         if self.fullrank:
@@ -515,9 +519,11 @@ class VectorisedVIFitter:
             from vimodes.fastlik import mixture_loglike_many
 
             values = self.to_variables(flat)
+            sigma = values["sigma"].reshape(len(flat))
             return (np.asarray(self._prior_logp_many(jnp.asarray(flat)))
                     + mixture_loglike_many(data.x, data.y, values["weights"], values["slopes"],
-                                           values["sigma"].reshape(len(flat))))
+                                           sigma)
+                    + mixture_form_offset(self.spec, len(data.x), sigma))
         x, y = jnp.asarray(data.x), jnp.asarray(data.y)
         return np.asarray(self._full_logp_many(jnp.asarray(flat), x, y))
 

@@ -13,6 +13,7 @@ from pymc.data import MinibatchOp
 from pytensor.tensor.random.op import RandomVariable
 
 from vimodes.fitting import TRACE_EVERY, FitSettings
+from vimodes.model_specs import MODEL_SPECS
 from vimodes.models import build_model
 from vimodes.simulate import DataRegime, Dataset, simulate
 from vimodes.vectorised import Scaling, VectorisedVIFitter
@@ -113,13 +114,18 @@ def test_scaling_follows_pymc_normalising_constant():
 
 @pytest.mark.parametrize(("model_name", "n_components"),
                          [("ordered", 2), ("marginal", 2), ("as_asked_fix_all", 2),
+                          ("as_asked_fix_mixture", 2), ("as_asked_keep_normaliser", 2),
+                          ("as_asked", 2), ("as_asked_fix_normaliser", 2),
                           ("marginal", 3), ("ordered", 3)])
 def test_full_logp_equals_pymc_model(datasets, model_name, n_components):
     """The full-data log density of many draws (importance diagnostics): XLA's prior terms plus
-    the fused SIMD likelihood for the NormalMixture models, XLA alone for the question's."""
+    the fused SIMD likelihood (and the question's term in sigma) for the models of mixture
+    form, XLA alone for the question's batch-level mixture."""
     data = datasets[1]
     fitter = VectorisedVIFitter(_settings(model=model_name, n_components=n_components), N_OBS)
-    assert (fitter._prior_logp_many is not None) == (model_name != "as_asked_fix_all")
+    assert (fitter._prior_logp_many is not None) == MODEL_SPECS[model_name].mixture_form
+    assert MODEL_SPECS[model_name].mixture_form == (model_name not in ("as_asked",
+                                                                      "as_asked_fix_normaliser"))
     model = build_model(model_name, pytensor.shared(data.x), pytensor.shared(data.y),
                         n_components=n_components)
     logp = model.compile_logp(jacobian=True)
