@@ -18,9 +18,9 @@ CPU time `/usr/bin/time` measured for the same runs. The method (printed with th
   likelihood the model evaluates (the question's hand-written graph or the mixture's fused
   form: the vectorised engine's step costs about twice as much with the first), the model's
   K and the data size N. A target cell takes the rate of its kind at the measured N nearest
-  to its own (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling) is spread
-  over its units: a target with larger chunks is overestimated, one with smaller chunks
-  underestimated.
+  to its own (on a log scale). Rates are per unit, so a job's fixed cost (imports, compiling)
+  is spread over its units: a target with larger chunks is overestimated, one with smaller
+  chunks underestimated.
 * Classify jobs: core-seconds per classified fit (times 1 + its number of checkpoints), per
   method (a fit group's classify job shared among its chunks likewise).
 * Data sets: core-seconds per data set drawn, per N (a `simulate` job draws a block of
@@ -57,19 +57,24 @@ METHOD = ("core-seconds a job holds, max(wall, CPU); rates per unit of work (see
           "rest as measured; wall = core-seconds / cores")
 
 
-def fit_kind(cell, regimes: dict) -> tuple:
+def fit_kind(cell, config: dict) -> tuple:
     """(method, engine, full batch, likelihood, K, N): what a fit job's cost per unit depends
     on; N last (``_nearest`` matches it on a log scale)."""
-    regime = regimes[cell.data_regime]
     likelihood = "question" if MODEL_SPECS[cell.model].question_likelihood else "mixture"
-    k_model = model_components({"data_regimes": regimes}, cell.components, cell.data_regime)
-    return (cell.method, cell.engine, cell.batch_size == 0, likelihood, k_model, regime["n_obs"])
+    k_model = model_components(config, cell.components, cell.data_regime)
+    n_obs = config["data_regimes"][cell.data_regime]["n_obs"]
+    return (cell.method, cell.engine, cell.batch_size == 0, likelihood, k_model, n_obs)
 
 
 def kind_label(kind: tuple) -> str:
     method, engine, full_batch, likelihood, k_model, _ = kind
-    details = [engine] + ["full batch"] * full_batch + [f"{likelihood} likelihood"] * (
-        likelihood == "question") + [f"K = {k_model}"] * (k_model != 2)
+    details = [engine]
+    if full_batch:
+        details.append("full batch")
+    if likelihood == "question":
+        details.append("question likelihood")
+    if k_model != 2:
+        details.append(f"K = {k_model}")
     return f"{method} ({', '.join(details)})"
 
 
@@ -114,7 +119,7 @@ def measure(run_dir: Path):
             continue
         cell = study.cell_by_id[path.parent.name]
         seeds = study.chunk_seeds(cell.cell_id, int(path.stem.split("-")[1]))
-        kind = fit_kind(cell, regimes)
+        kind = fit_kind(cell, study.config)
         fit_core[kind] += _core_seconds(path)
         fit_work[kind] += fit_units(cell, len(seeds))
         counted.add(path)
@@ -127,7 +132,7 @@ def measure(run_dir: Path):
                    for cell, chunk in groups[path.stem].members]
         units = [fit_units(cell, len(seeds)) for cell, seeds in members]
         for (cell, _), unit in zip(members, units):
-            kind = fit_kind(cell, regimes)
+            kind = fit_kind(cell, study.config)
             fit_core[kind] += _core_seconds(path) * unit / sum(units)
             fit_work[kind] += unit
         counted.add(path)
@@ -181,7 +186,7 @@ def extrapolate(measured: dict, target_config: Path) -> tuple[pd.DataFrame, list
     rows, missing = defaultdict(lambda: [0.0, 0.0, 0, set()]), []
     jobs = 2 * len(study.fit_jobs())  # a classify job per fit job (a group's: one)
     for cell in study.cells:
-        kind = fit_kind(cell, regimes)
+        kind = fit_kind(cell, study.config)
         found = _nearest(measured["fit"], kind)
         cls_rate = measured["classify"].get(cell.method)
         for chunk in study.chunks(cell):

@@ -153,7 +153,8 @@ class VectorisedVIFitter:
         self.y_data = pytensor.shared(np.zeros(n_obs), name="y_data")
         # the NormalMixture models use the fused likelihood's JAX form (tested equal to the
         # pm.NormalMixture model, step by step): XLA runs it ~4x faster than the generic graph
-        fused = not MODEL_SPECS[s.model].question_likelihood
+        self.spec = MODEL_SPECS[s.model]
+        fused = not self.spec.question_likelihood
         self.model = build_model(s.model, self.x_data, self.y_data, batch_size=0,
                                  likelihood="fused" if fused else "pymc",
                                  n_components=s.n_components)
@@ -243,7 +244,6 @@ class VectorisedVIFitter:
         # (the question's graph ~8x) faster than XLA's (k-hat evaluates it at 1000 draws of 1e5
         # points per fit; benchmarks/README.md)
         no_data = jnp.zeros(0)
-        self.spec = MODEL_SPECS[self.settings.model]
         self._prior_logp_many = (jax.jit(jax.vmap(
             lambda z: self.logp_terms(z, no_data, no_data)[0])) if self.spec.mixture_form
             else None)
