@@ -222,6 +222,37 @@ def _log_block(n_comp):
 
 
 @_jit
+def _k2_loglike_grad(x, y, w0, w1, b0, b1, sigma, log_weights):
+    """K = 2 with finite log-weights (all weights > 0) and ``sigma > 0``: ``(logp, d/dw0,
+    d/dw1, d/db0, d/db1, d/dsigma)`` as scalars, so that a caller looping over many seeds
+    (the XLA custom call of ``vimodes.fastlik_ffi``) allocates nothing."""
+    lw0, lw1 = (w0, w1) if log_weights else (math.log(w0), math.log(w1))
+    inv_s = 1.0 / sigma
+    acc_ll, r0, r1, gb0, gb1, acc_s = _loop_k2(x, y, lw0, lw1, b0, b1, inv_s)
+    logp = acc_ll - x.shape[0] * (math.log(sigma) + _LOG_SQRT_2PI)
+    if log_weights:
+        gw0, gw1 = r0, r1
+    else:
+        gw0, gw1 = r0 * (1.0 / w0), r1 * (1.0 / w1)
+    return logp, gw0, gw1, gb0 * inv_s, gb1 * inv_s, acc_s * inv_s
+
+
+@_jit
+def _fused_kernel_into(x, y, w, slopes, sigma, log_weights, g_w, g_b):
+    """``_fused_kernel`` writing the weights' and slopes' gradients into ``g_w`` and ``g_b``;
+    returns ``(logp, d/dsigma)``. K = 2 on valid inputs takes the scalar path."""
+    if (slopes.shape[0] == 2 and sigma > 0.0 and abs(w[0]) < np.inf and abs(w[1]) < np.inf
+            and (log_weights or (w[0] > 0.0 and w[1] > 0.0))):
+        logp, g_w[0], g_w[1], g_b[0], g_b[1], g_s = _k2_loglike_grad(
+            x, y, w[0], w[1], slopes[0], slopes[1], sigma, log_weights)
+        return logp, g_s
+    logp, gw, gb, g_s = _fused_kernel(x, y, w, slopes, sigma, log_weights)
+    g_w[:] = gw
+    g_b[:] = gb
+    return logp, g_s
+
+
+@_jit
 def _fused_kernel(x, y, w, slopes, sigma, log_weights):
     """One pass over n: total log-likelihood and its gradient.
 
@@ -261,67 +292,67 @@ def _fused_kernel(x, y, w, slopes, sigma, log_weights):
         if not (abs(lw[k]) < np.inf):
             all_finite = False
 
+    if k_comp == 2 and all_finite:
+        logp, g_w[0], g_w[1], g_b[0], g_b[1], g_s = _k2_loglike_grad(
+            x, y, w[0], w[1], slopes[0], slopes[1], sigma, log_weights)
+        return logp, g_w, g_b, g_s
+
     inv_s = 1.0 / sigma
     r_sum = np.zeros(k_comp)  # sum_n responsibilities
     g_zero = np.zeros(k_comp)  # sum_n N_nk / p_n, used for weights that are exactly 0
     acc_ll = 0.0  # sum_n logsumexp_k(log w_k - z_nk^2 / 2)
     acc_s = 0.0  # sum_n (sum_k r_nk z_nk^2 - 1)
 
-    if k_comp == 2 and all_finite:
-        acc_ll, r_sum[0], r_sum[1], g_b[0], g_b[1], acc_s = _loop_k2(
-            x, y, lw[0], lw[1], slopes[0], slopes[1], inv_s
-        )
-    else:
-        # general K: sum_k exp(lp_k - max) lies in [1, K]; multiply a block of them and
-        # take one log per block
-        block = _log_block(k_comp)
-        z = np.empty(k_comp)
-        e = np.empty(k_comp)
-        prod = 1.0
-        n_in_block = 0
-        for i in range(n_obs):
-            xi = x[i]
-            yi = y[i]
-            m = -np.inf
-            for k in range(k_comp):
-                zk = (yi - xi * slopes[k]) * inv_s
-                z[k] = zk
-                lp = lw[k] - 0.5 * zk * zk
-                e[k] = lp
-                if lp > m or not (lp == lp):
-                    m = lp
-            if not (m > -np.inf):
-                # every component has zero density (or NaN)
-                acc_ll += m
-                continue
-            s = 0.0
-            for k in range(k_comp):
-                ek = math.exp(e[k] - m)
-                e[k] = ek
-                s += ek
+    # general K: sum_k exp(lp_k - max) lies in [1, K]; multiply a block of them and
+    # take one log per block
+    block = _log_block(k_comp)
+    z = np.empty(k_comp)
+    e = np.empty(k_comp)
+    prod = 1.0
+    n_in_block = 0
+    for i in range(n_obs):
+        xi = x[i]
+        yi = y[i]
+        m = -np.inf
+        for k in range(k_comp):
+            zk = (yi - xi * slopes[k]) * inv_s
+            z[k] = zk
+            lp = lw[k] - 0.5 * zk * zk
+            e[k] = lp
+            if lp > m or not (lp == lp):
+                m = lp
+        if not (m > -np.inf):
+            # every component has zero density (or NaN)
             acc_ll += m
-            prod *= s
-            n_in_block += 1
-            if n_in_block == block:
-                acc_ll += math.log(prod)
-                prod = 1.0
-                n_in_block = 0
-            inv_sum = 1.0 / s
-            t = 0.0
+            continue
+        s = 0.0
+        for k in range(k_comp):
+            ek = math.exp(e[k] - m)
+            e[k] = ek
+            s += ek
+        acc_ll += m
+        prod *= s
+        n_in_block += 1
+        if n_in_block == block:
+            acc_ll += math.log(prod)
+            prod = 1.0
+            n_in_block = 0
+        inv_sum = 1.0 / s
+        t = 0.0
+        for k in range(k_comp):
+            r = e[k] * inv_sum
+            zk = z[k]
+            rz = r * zk
+            r_sum[k] += r
+            g_b[k] += rz * xi
+            t += rz * zk
+        acc_s += t - 1.0
+        if any_zero_w and not log_weights:
+            lse = m + math.log(s)
             for k in range(k_comp):
-                r = e[k] * inv_sum
-                zk = z[k]
-                rz = r * zk
-                r_sum[k] += r
-                g_b[k] += rz * xi
-                t += rz * zk
-            acc_s += t - 1.0
-            if any_zero_w and not log_weights:
-                lse = m + math.log(s)
-                for k in range(k_comp):
-                    if w[k] == 0.0:
-                        g_zero[k] += math.exp(-0.5 * z[k] * z[k] - lse)
-        acc_ll += math.log(prod)
+                if w[k] == 0.0:
+                    g_zero[k] += math.exp(-0.5 * z[k] * z[k] - lse)
+    acc_ll += math.log(prod)
 
     logp = acc_ll - n_obs * (math.log(sigma) + _LOG_SQRT_2PI)
     for k in range(k_comp):
