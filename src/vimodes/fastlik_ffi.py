@@ -38,6 +38,8 @@ _METADATA_EXTENSION = 1  # XLA_FFI_Extension_Metadata
 _EXECUTE = 3  # XLA_FFI_ExecutionStage_EXECUTE
 _F64 = 12  # XLA_FFI_DataType_F64
 _API_VERSION_SIZE = 24  # XLA_FFI_Api_Version_STRUCT_SIZE
+_METADATA_EXTENSION_SIZE = 32  # XLA_FFI_Metadata_Extension: extension base, metadata*
+_METADATA_SIZE = 36  # XLA_FFI_Metadata_STRUCT_SIZE: struct_size, api_version, traits
 _API_MAJOR, _API_MINOR = 0, 3
 _LOW32 = 0xFFFFFFFF
 
@@ -70,8 +72,12 @@ def _buffer(address):
 @numba.njit(inline="always")
 def _answer_metadata(extension):
     """Fill the metadata XLA asks for when the handler is registered: the FFI API version of
-    the header this module follows, no traits."""
-    metadata = _words(_words(extension, 4)[3], 5)
+    the header this module follows, no traits. Structs smaller than that header's are left
+    alone: XLA then refuses the registration, and :func:`available` says so."""
+    base = _words(extension, 4)  # struct_size, type, next, metadata*
+    if base[0] < _METADATA_EXTENSION_SIZE or _words(base[3], 1)[0] < _METADATA_SIZE:
+        return
+    metadata = _words(base[3], 5)
     metadata[1] = _API_VERSION_SIZE
     metadata[2] = 0
     metadata[3] = _API_MAJOR | (_API_MINOR << 32)

@@ -143,3 +143,18 @@ def test_a_vectorised_fit_is_the_same_with_either_form_of_the_likelihood(monkeyp
                                    rtol=1e-8)
         np.testing.assert_allclose(on_kernel.info["loss_trace"], on_xla.info["loss_trace"],
                                    rtol=1e-8)
+
+
+def test_where_the_check_fails_xlas_own_form_runs_with_a_warning(monkeypatch):
+    import pytensor.tensor as pt
+
+    from vimodes.fastlik import mixture_regression_loglike
+
+    monkeypatch.setattr(fastlik_ffi, "_STATE", {})
+    monkeypatch.setattr(fastlik_ffi, "_register", lambda: None)
+    monkeypatch.setattr(fastlik_ffi, "_self_check", lambda: "values differ")
+    with pytest.warns(UserWarning, match="values differ"):
+        assert not fastlik_ffi.available()
+    x, y, w, b = (pt.dvector(name) for name in "xywb")
+    outputs = [mixture_regression_loglike(x, y, w, b, pt.dscalar("s"))]
+    assert fastlik_ffi.on_cpu_kernel(outputs) is outputs
