@@ -101,16 +101,25 @@ def _handle(call_frame, log_weights):
     args, rets = _words(frame[9], 5), _words(frame[14], 4)
     x_at, x_dims, x_rank = _buffer(args[0])
     w_at, w_dims, w_rank = _buffer(args[2])
-    others = (_buffer(args[1])[0], _buffer(args[3])[0], _buffer(args[4])[0],
-              _buffer(rets[0])[0], _buffer(rets[1])[0], _buffer(rets[2])[0],
-              _buffer(rets[3])[0])
-    if x_rank < 1 or w_rank < 1 or x_at == 0 or w_at == 0 or min(others) == 0:
+    if x_rank < 1 or w_rank < 1 or x_at == 0 or w_at == 0:
         return 0
-    y_at, b_at, s_at, value_at, gw_at, gb_at, gs_at = others
+    n_points, n_comp = x_dims[x_rank - 1], w_dims[w_rank - 1]
     n_batch = 1
     for axis in range(x_rank - 1):
         n_batch *= x_dims[axis]
-    n_points, n_comp = x_dims[x_rank - 1], w_dims[w_rank - 1]
+    # every buffer float64 and of the size its role asks (y, slopes, sigma, the outputs)
+    at = np.empty(7, np.int64)
+    wanted = (n_batch * n_points, n_batch * n_comp, n_batch, n_batch, n_batch * n_comp,
+              n_batch * n_comp, n_batch)
+    for i in range(7):
+        address = args[(1, 3, 4)[i]] if i < 3 else rets[i - 3]
+        at[i], dims, rank = _buffer(address)
+        size = 1
+        for axis in range(rank):
+            size *= dims[axis]
+        if at[i] == 0 or size != wanted[i]:
+            return 0
+    y_at, b_at, s_at, value_at, gw_at, gb_at, gs_at = at
     x = carray(_pointer(x_at), (n_batch, n_points), np.float64)
     y = carray(_pointer(y_at), (n_batch, n_points), np.float64)
     w = carray(_pointer(w_at), (n_batch, n_comp), np.float64)
