@@ -158,3 +158,12 @@ def test_where_the_check_fails_xlas_own_form_runs_with_a_warning(monkeypatch):
     x, y, w, b = (pt.dvector(name) for name in "xywb")
     outputs = [mixture_regression_loglike(x, y, w, b, pt.dscalar("s"))]
     assert fastlik_ffi.on_cpu_kernel(outputs) is outputs
+
+
+def test_on_another_backend_xlas_form_runs_without_a_warning(monkeypatch, recwarn):
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(fastlik_ffi, "_STATE", {})
+    assert not fastlik_ffi.available()
+    assert not [w for w in recwarn if "numba likelihood kernel" in str(w.message)]
