@@ -27,7 +27,7 @@ from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from vimodes.fastlik import MixtureRegressionLogLike, _fused_kernel, _fused_kernel_into
+from vimodes.fastlik import MixtureRegressionLogLike, _fused_kernel, _fused_kernel_into, _jit
 
 TARGETS = {False: "vimodes_mixture_loglike_grad", True: "vimodes_mixture_loglike_grad_logw"}
 
@@ -85,7 +85,7 @@ def _answer_metadata(extension):
     metadata[4] = (metadata[4] >> 32) << 32  # traits (uint32) = 0, padding kept
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _handle(call_frame, log_weights):
     """x, y (..., M), weights, slopes (..., K), sigma (...) -> logp, d/dweights, d/dslopes,
     d/dsigma over the leading (batch) axes. Returns NULL (no error) in every case: a frame it
@@ -136,15 +136,22 @@ def _handle(call_frame, log_weights):
     return 0
 
 
-_HANDLER_SIGNATURE = types.int64(types.voidptr)  # XLA_FFI_Error* (NULL) XLA_FFI_Handler(frame*)
+def _cfunc(fn):
+    """A C callback of XLA's handler type, ``XLA_FFI_Error* (XLA_FFI_CallFrame*)`` (NULL as
+    int64), cached on disk where a cache location is writable (as ``fastlik._jit``)."""
+    signature = types.int64(types.voidptr)
+    try:
+        return numba.cfunc(signature, nopython=True, cache=True)(fn)
+    except RuntimeError:
+        return numba.cfunc(signature, nopython=True, cache=False)(fn)
 
 
-@numba.cfunc(_HANDLER_SIGNATURE, nopython=True, cache=True)
+@_cfunc
 def _handler_weights(call_frame):
     return _handle(call_frame, False)
 
 
-@numba.cfunc(_HANDLER_SIGNATURE, nopython=True, cache=True)
+@_cfunc
 def _handler_log_weights(call_frame):
     return _handle(call_frame, True)
 
@@ -262,8 +269,8 @@ def _register_jax_dispatch() -> None:
 def on_cpu_kernel(outputs: list):
     """``outputs`` (PyTensor graphs) with every fused mixture likelihood computed by the numba
     kernel under JAX, where :func:`available`; else ``outputs`` unchanged."""
-    from pytensor.graph.traversal import ancestors
     from pytensor.graph.replace import graph_replace
+    from pytensor.graph.traversal import ancestors
 
     if not available():
         return outputs
