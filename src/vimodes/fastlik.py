@@ -238,11 +238,18 @@ def _k2_loglike_grad(x, y, w0, w1, b0, b1, sigma, log_weights):
 
 
 @_jit
+def _k2_scalar_path(w, slopes, sigma, log_weights):
+    """Whether ``_k2_loglike_grad`` serves: K = 2, finite log-weights (weights > 0), sigma > 0;
+    anything else goes through the general loop of ``_fused_kernel``."""
+    return (slopes.shape[0] == 2 and w.shape[0] == 2 and sigma > 0.0 and abs(w[0]) < np.inf
+            and abs(w[1]) < np.inf and (log_weights or (w[0] > 0.0 and w[1] > 0.0)))
+
+
+@_jit
 def _fused_kernel_into(x, y, w, slopes, sigma, log_weights, g_w, g_b):
     """``_fused_kernel`` writing the weights' and slopes' gradients into ``g_w`` and ``g_b``;
     returns ``(logp, d/dsigma)``. K = 2 on valid inputs takes the scalar path."""
-    if (slopes.shape[0] == 2 and sigma > 0.0 and abs(w[0]) < np.inf and abs(w[1]) < np.inf
-            and (log_weights or (w[0] > 0.0 and w[1] > 0.0))):
+    if _k2_scalar_path(w, slopes, sigma, log_weights):
         logp, g_w[0], g_w[1], g_b[0], g_b[1], g_s = _k2_loglike_grad(
             x, y, w[0], w[1], slopes[0], slopes[1], sigma, log_weights)
         return logp, g_s
@@ -270,11 +277,14 @@ def _fused_kernel(x, y, w, slopes, sigma, log_weights):
     g_b = np.zeros(k_comp)
     if k_comp == 0 or not (sigma > 0.0):
         return -np.inf, g_w, g_b, 0.0
+    if _k2_scalar_path(w, slopes, sigma, log_weights):
+        logp, g_w[0], g_w[1], g_b[0], g_b[1], g_s = _k2_loglike_grad(
+            x, y, w[0], w[1], slopes[0], slopes[1], sigma, log_weights)
+        return logp, g_w, g_b, g_s
 
     lw = np.empty(k_comp)
     inv_w = np.empty(k_comp)
     any_zero_w = False
-    all_finite = True
     for k in range(k_comp):
         if log_weights:
             lw[k] = w[k]
@@ -289,13 +299,6 @@ def _fused_kernel(x, y, w, slopes, sigma, log_weights):
             else:
                 inv_w[k] = 1.0 / wk
                 lw[k] = math.log(wk)
-        if not (abs(lw[k]) < np.inf):
-            all_finite = False
-
-    if k_comp == 2 and all_finite:
-        logp, g_w[0], g_w[1], g_b[0], g_b[1], g_s = _k2_loglike_grad(
-            x, y, w[0], w[1], slopes[0], slopes[1], sigma, log_weights)
-        return logp, g_w, g_b, g_s
 
     inv_s = 1.0 / sigma
     r_sum = np.zeros(k_comp)  # sum_n responsibilities

@@ -268,7 +268,7 @@ def _register_jax_dispatch() -> None:
 
 def on_cpu_kernel(outputs: list):
     """``outputs`` (PyTensor graphs) with every fused mixture likelihood computed by the numba
-    kernel under JAX, where :func:`available`; else ``outputs`` unchanged."""
+    kernel under JAX, where :func:`available`; else ``outputs`` itself (the same list)."""
     from pytensor.graph.replace import graph_replace
     from pytensor.graph.traversal import ancestors
 

@@ -202,9 +202,12 @@ class VectorisedVIFitter:
         # XLA's own form, differentiable to any order (the mechanism analysis takes second
         # derivatives); the loss's fused likelihood is the numba kernel inside XLA where it can
         # (first derivatives only; on the CPU ~2x faster for the same sum)
-        logp_terms = _jaxify([flat, x, y], [prior, data])
+        terms = [prior, data]
+        logp_terms = _jaxify([flat, x, y], terms)
         self.logp_terms = lambda z, xb, yb: tuple(logp_terms(z, xb, yb))
-        loss_terms = _jaxify([flat, x, y], on_cpu_kernel([prior, data]))
+        kernel_terms = on_cpu_kernel(terms)
+        loss_terms = (logp_terms if kernel_terms is terms  # nothing swapped: no second compile
+                      else _jaxify([flat, x, y], kernel_terms))
         d = self.ddim
         tril = np.tril_indices(d)
         diag_positions = np.flatnonzero(tril[0] == tril[1])
