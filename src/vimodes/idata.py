@@ -40,14 +40,19 @@ would make ArviZ functions that look for that group fail in confusing ways.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from vimodes.records import NETCDF_ENGINE, _jsonable, atomic_path, file_sha256, is_volatile
+from vimodes.records import (
+    NETCDF_ENGINE,
+    EncodedRecord,
+    atomic_path,
+    file_sha256,
+    is_volatile,
+)
 
 # the custom group of the VI loss history, and the posterior attributes of the data reference
 LOSS_GROUP = "loss"
@@ -155,13 +160,15 @@ def _data_reference(path: Path, data_path: str | Path,
 
 
 def write_posterior(path: str | Path, result, record: dict,
-                    data_path: str | Path | None = None, data_sha256: str | None = None) -> None:
-    """Write the draws, the fit record (as an attribute of the posterior group), the loss
-    history (group ``loss``, from ``record["loss_trace"]``, when the fit has one) and, given
-    ``data_path``, the reference to the data set fitted (see the module docstring; pass its
-    ``data_sha256`` when already known, so that a data set is hashed once per fit)."""
-    attrs = {key: value for key, value in record.items() if not is_volatile(key)}
-    posterior_attrs = {"fit_record": json.dumps(_jsonable(attrs), sort_keys=True)}
+                    data_path: str | Path | None = None, data_sha256: str | None = None,
+                    encoded: EncodedRecord | None = None) -> None:
+    """Write the draws, the fit record (as an attribute of the posterior group, without its
+    timings), the loss history (group ``loss``, from ``record["loss_trace"]``, when the fit has
+    one) and, given ``data_path``, the reference to the data set fitted (see the module
+    docstring; pass its ``data_sha256`` when already known, so that a data set is hashed once
+    per fit, and ``encoded``, the record's ``EncodedRecord``, when it is written as JSON too)."""
+    encoded = encoded or EncodedRecord(record)
+    posterior_attrs = {"fit_record": encoded.document(drop=is_volatile)}
     if data_path is not None:
         posterior_attrs.update(_data_reference(Path(path), data_path, data_sha256))
     variables, coords, _ = _draws_group(result.draws)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from vimodes.classify import OUTCOME_CLASSES, SINGLE_MODE_CLASSES
 from vimodes.config import Study
-from vimodes.records import file_sha256, read_json, write_json
+from vimodes.records import EncodedRecord, file_sha256, read_json, write_json
 from vimodes.regimes import regime_descriptors, regime_map
 from vimodes.simulate import DataRegime, read_dataset
 
@@ -157,9 +157,10 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
         # the data set by reference (path + sha256, hashed once): attach_observed_data loads it
         data_sha256 = (file_sha256(data_path) if result.draws or result.checkpoint_draws
                        else None)
+        encoded = EncodedRecord(record)
         if result.draws:  # a failed fit has a record but no draws
             write_posterior(fit_record_path(out_dir, seed, "nc"), result, record,
-                            data_path=data_path, data_sha256=data_sha256)
+                            data_path=data_path, data_sha256=data_sha256, encoded=encoded)
         if result.checkpoint_draws:
             # the checkpoints take the place of chains: read back with read_posterior
             write_posterior(fit_record_path(out_dir, seed, "checkpoints.nc"),
@@ -169,7 +170,7 @@ def fit_chunk(study: Study, cell_id: str, chunk: int, data_paths: list[str], out
                             data_path=data_path, data_sha256=data_sha256)
         for name, arrays in result.artifacts.items():
             write_arrays(arrays, fit_record_path(out_dir, seed, f"{name}.npz"))
-        write_json(record, fit_record_path(out_dir, seed, "json"))
+        write_json(encoded, fit_record_path(out_dir, seed, "json"))
         log.info("seed %s: %s %s (%.1f s)", seed, result.status, result.error or "",
                  record["wall_seconds"])
         records.append(record)

@@ -322,3 +322,21 @@ def test_a_record_is_written_as_json_one_key_per_line_with_non_finite_values_as_
         "cov": [[1.0, 0.0], [0.0, 1.0]], "nested": {"a": [2.0], "b": 1}, "status": "ok"}
     write_json({}, tmp_path / "empty.json")
     assert json.loads((tmp_path / "empty.json").read_text()) == {}
+
+
+def test_a_record_encoded_once_gives_both_files_the_bytes_json_dumps_gives(tmp_path):
+    """The netCDF copy of the record (timings dropped) is ``json.dumps(..., sort_keys=True)``
+    of the record byte for byte, from the values encoded once for the JSON file too."""
+    from vimodes.records import EncodedRecord, _jsonable, is_volatile, write_json
+
+    record = {"seed": np.int64(3), "trace": np.array([1.5, np.nan]), "fit_seconds": 2.5,
+              "nested": {"b": 1, "a": [2.0, "é"]}, "status": "ok", "wall_seconds": 1.0,
+              "approx_cov": np.eye(2)}
+    encoded = EncodedRecord(record)
+    kept = {key: value for key, value in record.items() if not is_volatile(key)}
+    assert encoded.document(drop=is_volatile) == json.dumps(_jsonable(kept), sort_keys=True)
+    assert encoded.document() == json.dumps(_jsonable(record), sort_keys=True)
+    write_json(encoded, tmp_path / "encoded.json")
+    write_json(record, tmp_path / "record.json")
+    assert (tmp_path / "encoded.json").read_bytes() == (tmp_path / "record.json").read_bytes()
+    assert json.loads((tmp_path / "encoded.json").read_text())["fit_seconds"] == 2.5
