@@ -127,8 +127,8 @@ def _write_group(root, name: str, group: Group) -> None:
     variables then coordinate variables, NaN as the fill value of floats, booleans as int8
     that xarray decodes back to bool. Stored contiguous and uncompressed, not zlib-compressed
     in one chunk per variable as ArviZ does: draws and loss values are random doubles that zlib
-    does not shrink, so the compressed file came out 7% larger (its chunk index) and took
-    ~1.5 ms more per fit to write (benchmarks/README.md)."""
+    does not shrink, so the compressed file came out 7% larger (its chunk index) and no
+    faster to write (0-1.7 ms slower per fit in three comparisons, benchmarks/README.md)."""
     variables, coords, attrs = group
     nc = root.createGroup(name)
     for dims, values in variables.values():

@@ -106,24 +106,22 @@ def is_volatile(name: str) -> bool:
 class EncodedRecord:
     """A record's top-level values, each encoded as JSON once (keys sorted): a fit's record is
     written twice, as its JSON file and inside its netCDF file, and encoding its ~1000 floats
-    was ~1 ms of writing a fit each time (benchmarks/README.md)."""
+    took ~0.8 ms of writing a fit each time (profiled; benchmarks/README.md)."""
 
     def __init__(self, record: dict):
         payload = _jsonable(record)
-        self.values = {json.dumps(key): json.dumps(payload[key], sort_keys=True)
-                       for key in sorted(payload)}
-        self._keys = dict(zip(self.values, sorted(payload)))
+        self._items = [(key, f"{json.dumps(key)}: {json.dumps(payload[key], sort_keys=True)}")
+                       for key in sorted(payload)]
 
     def lines(self) -> str:
         """One top-level key per line: the keys stay easy to read and diff."""
-        lines = [f"{key}: {value}" for key, value in self.values.items()]
-        return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
+        return ("{\n" + ",\n".join(item for _, item in self._items) + "\n}" if self._items
+                else "{}")
 
     def document(self, drop=lambda key: False) -> str:
         """``json.dumps`` of the record without the keys ``drop`` names, ``sort_keys=True``,
         byte for byte (tested)."""
-        return "{" + ", ".join(f"{key}: {value}" for key, value in self.values.items()
-                               if not drop(self._keys[key])) + "}"
+        return "{" + ", ".join(item for key, item in self._items if not drop(key)) + "}"
 
 
 def write_json(payload: dict | EncodedRecord, path: str | Path) -> None:

@@ -197,3 +197,16 @@ def test_files_of_another_grouping_are_not_counted(tmp_path):
     after = module.measure(tmp_path)
     assert after["fit"] == before["fit"]
     assert after["rest_core_s"] == before["rest_core_s"] and after["jobs"] == before["jobs"]
+
+
+def test_the_bracketed_ratio_cancels_a_linear_drift_of_the_machines_speed(bench):
+    # the machine slows by 10% per measurement; PyMC measured at times 0 and 3, the
+    # vectorised engine at 1 and 2 (A B B A): the ratio of the means is the true 20, the
+    # first pair alone reads 18.2
+    speed = [1 + 0.1 * t for t in range(4)]
+    pymc = [1.0 * speed[0], 1.0 * speed[3]]
+    vectorised = [0.05 * speed[1], 0.05 * speed[2]]
+    assert bench.bracketed_ratio(pymc, vectorised) == pytest.approx(20.0)
+    assert pymc[0] / vectorised[0] == pytest.approx(18.18, abs=0.01)
+    with pytest.raises(ValueError, match="two measurements of each engine"):
+        bench.bracketed_ratio(pymc, vectorised[:1])
