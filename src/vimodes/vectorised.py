@@ -46,6 +46,7 @@ GPU gives no bitwise guarantee).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,9 @@ VECTORISED_METHODS = methods_on_engine("vectorised")
 ADAGRAD_WINDOW = {"epsilon": 0.1, "n_win": 10}  # pm.adagrad_window's defaults
 ADAM = {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}  # pm.adam's defaults
 CONVERGENCE_EVERY = 100  # CheckParametersConvergence's default `every`
+# blocks whose minibatches are gathered together, seed by seed, as far as their points take
+# at most GATHER_BYTES (a chunk of 100 seeds: 10 blocks of 20 MB; of 1000 seeds: one block)
+GATHER_BLOCKS, GATHER_BYTES = 10, 256 * 2**20
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
 
@@ -106,19 +110,23 @@ def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
 
 
 @njit_cached  # numba, cached on disk where a cache folder is writable
-def _gather_rows(table, indices, n_obs, out):
-    """Fill ``out`` with ``table[seed * n_obs + indices[seed, ...]]`` for every seed: each
-    seed's minibatch points, (seeds, steps, batch, 2), from the interleaved (x, y) host array
-    of ``loop_data``. A loop rather than ``np.take``: the rows are random reads from ~1.6 MB
-    per seed, and numpy's per-row overhead made the gather slower (benchmarks/README.md)."""
-    n_seeds, n_steps, n_batch = indices.shape
+def _gather_rows(table, indices, n_obs, outs):
+    """Fill ``outs[block]`` with ``table[seed * n_obs + indices[block, seed, ...]]`` for every
+    block and seed: each seed's minibatch points, one (seeds, steps, batch, 2) array per block,
+    from the interleaved (x, y) host array of ``loop_data``. Seed by seed across the group of
+    blocks, so that a seed's ~1.6 MB of points are read from the CPU's caches after their first
+    block (block by block, the 100 seeds' 160 MB came from memory on every read; benchmarks/
+    README.md). A loop rather than ``np.take``: numpy's per-row overhead made it slower."""
+    n_blocks, n_seeds, n_steps, n_batch = indices.shape
     for seed in range(n_seeds):
         base = seed * n_obs
-        for step in range(n_steps):
-            for j in range(n_batch):
-                row = base + indices[seed, step, j]
-                out[seed, step, j, 0] = table[row, 0]
-                out[seed, step, j, 1] = table[row, 1]
+        for block in range(n_blocks):
+            out = outs[block]
+            for step in range(n_steps):
+                for j in range(n_batch):
+                    row = base + indices[block, seed, step, j]
+                    out[seed, step, j, 0] = table[row, 0]
+                    out[seed, step, j, 1] = table[row, 1]
 
 
 @dataclass(frozen=True)
@@ -377,16 +385,24 @@ class VectorisedVIFitter:
         return (np.stack(noise, out=_aligned_empty((len(noise), TRACE_EVERY, self.ddim))),
                 np.stack(indices))
 
-    def block_inputs(self, streams, data: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """The next block's noise and minibatches: ``block_draws``'s indices turned into the
-        points themselves, (seeds, TRACE_EVERY, batch, 2), gathered from ``loop_data``'s
-        interleaved host array (full batch: the indices, which are empty)."""
-        noise, indices = self.block_draws(streams)
-        if not self.batch_size:
-            return noise, indices
-        rows = _aligned_empty((*indices.shape, 2))
-        _gather_rows(data[0], indices, self.n_obs, rows)
-        return noise, rows
+    def block_inputs(self, streams, data: tuple, n_blocks: int
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The noise and minibatches of the next ``n_blocks`` blocks, one block at a time:
+        ``block_draws``'s indices turned into the points themselves, (seeds, TRACE_EVERY,
+        batch, 2), gathered from ``loop_data``'s interleaved host array a group of blocks at a
+        time (full batch: the indices, which are empty). Each block's draws are
+        ``block_draws``'s, whatever the group: a seed's numbers never depend on the grouping."""
+        block_bytes = len(streams) * TRACE_EVERY * max(self.batch_size, 1) * 16
+        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // block_bytes))
+        for first in range(0, n_blocks, per_group):
+            draws = [self.block_draws(streams) for _ in range(min(per_group, n_blocks - first))]
+            if not self.batch_size:
+                yield from draws
+                continue
+            indices = np.stack([block_indices for _, block_indices in draws])
+            rows = tuple(_aligned_empty((*indices.shape[1:], 2)) for _ in draws)
+            _gather_rows(data[0], indices, self.n_obs, rows)
+            yield from ((noise, block_rows) for (noise, _), block_rows in zip(draws, rows))
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
         if len(seeds) == 1:
@@ -424,10 +440,11 @@ class VectorisedVIFitter:
         checkpoints = sorted({c for c in s.checkpoints if c < s.iterations} | {s.iterations})
         loss_blocks, mean_blocks, saved = [], [], {}
         done_blocks = 0
+        inputs = self.block_inputs(streams, data, s.iterations // TRACE_EVERY)
         for checkpoint in checkpoints:
             while done_blocks < checkpoint // TRACE_EVERY:
-                # dispatched without waiting: the next block's numbers are drawn meanwhile
-                carry, losses, means = run(carry, loop_args, *self.block_inputs(streams, data),
+                # dispatched without waiting: the next blocks' numbers are drawn meanwhile
+                carry, losses, means = run(carry, loop_args, *next(inputs),
                                            done_blocks * TRACE_EVERY)
                 loss_blocks.append(losses)
                 mean_blocks.append(means)

@@ -185,13 +185,30 @@ def test_block_inputs_are_each_seeds_own_points_at_its_drawn_indices(datasets):
     data set, in the order drawn."""
     fitter = VectorisedVIFitter(_settings(), N_OBS)
     data = fitter.loop_data(datasets[:2])
-    noise, rows = fitter.block_inputs(_streams(1, 2), data)
-    same_noise, indices = fitter.block_draws(_streams(1, 2))
-    np.testing.assert_array_equal(noise, same_noise)
-    assert rows.shape == (2, TRACE_EVERY, BATCH, 2)
-    for seed, dataset in enumerate(datasets[:2]):
-        np.testing.assert_array_equal(rows[seed, ..., 0], dataset.x[indices[seed]])
-        np.testing.assert_array_equal(rows[seed, ..., 1], dataset.y[indices[seed]])
+    drawn_streams = _streams(1, 2)
+    for noise, rows in fitter.block_inputs(_streams(1, 2), data, 3):
+        same_noise, indices = fitter.block_draws(drawn_streams)
+        np.testing.assert_array_equal(noise, same_noise)
+        assert rows.shape == (2, TRACE_EVERY, BATCH, 2)
+        for seed, dataset in enumerate(datasets[:2]):
+            np.testing.assert_array_equal(rows[seed, ..., 0], dataset.x[indices[seed]])
+            np.testing.assert_array_equal(rows[seed, ..., 1], dataset.y[indices[seed]])
+
+
+@pytest.mark.parametrize("group", [1, 2, 10])
+def test_a_fit_does_not_depend_on_how_its_minibatches_are_grouped(datasets, group, monkeypatch):
+    """The host gathers several blocks' minibatches at once, seed by seed (its caches hold one
+    seed's points): the grouping, and a last group shorter than the others (5 blocks in groups
+    of 2), change no number of any fit."""
+    import vimodes.vectorised as engine
+
+    fitter = VectorisedVIFitter(_settings(iterations=500), N_OBS)
+    monkeypatch.setattr(engine, "GATHER_BLOCKS", 1)
+    one_by_one = fitter.fit_many(datasets, 7, [0, 1, 2])
+    monkeypatch.setattr(engine, "GATHER_BLOCKS", group)
+    grouped = fitter.fit_many(datasets, 7, [0, 1, 2])
+    for alone, together in zip(one_by_one, grouped):
+        _same_result(alone, together)
 
 
 def test_block_inputs_are_read_in_place_by_the_compiled_loop(datasets):
@@ -203,7 +220,7 @@ def test_block_inputs_are_read_in_place_by_the_compiled_loop(datasets):
     data, streams = fitter.loop_data(datasets[:3]), _streams(1, 3)
     # several blocks kept alive at once: numpy's own allocations land on a 64-byte boundary
     # only now and then (when freed memory is reused), never every time
-    blocks = [block for _ in range(6) for block in fitter.block_inputs(streams, data)]
+    blocks = [array for block in fitter.block_inputs(streams, data, 6) for array in block]
     for block in blocks:
         assert block.ctypes.data % 64 == 0 and block.flags.c_contiguous
         assert jax.device_put(block).unsafe_buffer_pointer() == block.ctypes.data
