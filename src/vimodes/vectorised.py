@@ -45,8 +45,10 @@ GPU gives no bitwise guarantee).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,11 +104,34 @@ def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
     reads such an argument of a compiled call in place; any other numpy array it copies first
     (the 20 MB of minibatch points of a block of 100 seeds: 5 ms alone, ~3 ms of CPU per block
     in the running loop; benchmarks/README.md). The array must not change while a call may
-    still read it: every block gets a new one."""
+    still read it (``block_inputs`` refills one only after its call has run)."""
     size = int(np.prod(shape))
     buffer = np.empty(size + 8)
     start = (-buffer.ctypes.data % 64) // 8
     return buffer[start:start + size].reshape(shape)
+
+
+_MINIBATCH_ARRAYS: dict = {}  # this process's reusable minibatch arrays: shape, count, arrays
+_MINIBATCH_ARRAYS_FREE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _minibatch_arrays(shape: tuple[int, ...], count: int) -> Iterator[list[np.ndarray]]:
+    """``count`` aligned arrays of ``shape`` for a chunk's minibatch points: the memory the
+    previous chunk of the same shape used, kept while the process lives (one set at a time: a
+    chunk of another shape replaces it). A chunk fitted at the same time in another thread
+    gets arrays of its own."""
+    if not _MINIBATCH_ARRAYS_FREE.acquire(blocking=False):
+        yield [_aligned_empty(shape) for _ in range(count)]
+        return
+    try:
+        if (_MINIBATCH_ARRAYS.get("shape"), _MINIBATCH_ARRAYS.get("count")) != (shape, count):
+            _MINIBATCH_ARRAYS.clear()  # the old set freed before the new one is allocated
+            _MINIBATCH_ARRAYS.update(shape=shape, count=count,
+                                     arrays=[_aligned_empty(shape) for _ in range(count)])
+        yield _MINIBATCH_ARRAYS["arrays"]
+    finally:
+        _MINIBATCH_ARRAYS_FREE.release()
 
 
 @njit_cached  # numba, cached on disk where a cache folder is writable
@@ -367,42 +392,59 @@ class VectorisedVIFitter:
         self._run = run
         return run
 
-    def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]],
+                    indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The random numbers of the next TRACE_EVERY steps of every seed, from the seed's own
         (noise, minibatch) pair of numpy streams: the standard-normal draws (seeds, TRACE_EVERY,
-        d) and the minibatch indices (seeds, TRACE_EVERY, batch; batch 0 draws none), uniform
-        with replacement as ``pm.Minibatch`` draws them. Two streams, so that a seed's noise is
-        the same whatever its cell's batch size (common random numbers across cells). Drawn
-        here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a loop of small
-        kernels, which made the random numbers cost more than the gradient (benchmarks/README.md);
-        numpy draws the next block while the compiled loop runs the current one."""
-        noise, indices = [], []
-        for noise_rng, index_rng in streams:
-            noise.append(noise_rng.standard_normal((TRACE_EVERY, self.ddim)))
-            indices.append(index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
-                                              dtype=np.int32))
-        return (np.stack(noise, out=_aligned_empty((len(noise), TRACE_EVERY, self.ddim))),
-                np.stack(indices))
+        d) and the minibatch indices (seeds, TRACE_EVERY, batch; batch 0 draws none; written
+        into ``indices`` when given), uniform with replacement as ``pm.Minibatch`` draws them.
+        Two streams, so that a seed's noise is the same whatever its cell's batch size (common
+        random numbers across cells). Drawn here, not in the compiled step: on the CPU, XLA
+        runs JAX's threefry as a loop of small kernels, which made the random numbers cost more
+        than the gradient (benchmarks/README.md); numpy draws the next blocks while the
+        compiled loop runs the current one."""
+        noise = _aligned_empty((len(streams), TRACE_EVERY, self.ddim))
+        if indices is None:
+            indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
+        for seed, (noise_rng, index_rng) in enumerate(streams):
+            noise_rng.standard_normal((TRACE_EVERY, self.ddim), out=noise[seed])
+            indices[seed] = index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
+                                               dtype=np.int32)
+        return noise, indices
 
-    def block_inputs(self, streams, data: tuple, n_blocks: int
+    def block_inputs(self, streams, data: tuple, n_blocks: int,
+                     finished: Callable[[int], None] = lambda block: None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The noise and minibatches of the next ``n_blocks`` blocks, one block at a time:
         ``block_draws``'s indices turned into the points themselves, (seeds, TRACE_EVERY,
         batch, 2), gathered from ``loop_data``'s interleaved host array a group of blocks at a
         time (full batch: the indices, which are empty). Each block's draws are
-        ``block_draws``'s, whatever the group: a seed's numbers never depend on the grouping."""
-        block_bytes = len(streams) * TRACE_EVERY * max(self.batch_size, 1) * 16
-        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // block_bytes))
-        for first in range(0, n_blocks, per_group):
-            draws = [self.block_draws(streams) for _ in range(min(per_group, n_blocks - first))]
-            if not self.batch_size:
-                yield from draws
-                continue
-            indices = np.stack([block_indices for _, block_indices in draws])
-            rows = tuple(_aligned_empty((*indices.shape[1:], 2)) for _ in draws)
-            _gather_rows(data[0], indices, self.n_obs, rows)
-            yield from ((noise, block_rows) for (noise, _), block_rows in zip(draws, rows))
+        ``block_draws``'s, whatever the group: a seed's numbers never depend on the grouping.
+
+        The minibatch arrays are two groups' worth, refilled in turn and kept for the next
+        chunk of the same shape (``_minibatch_arrays``): freshly allocated 20 MB blocks cost
+        the kernel's page faults and zeroing, ~5 ms of system time per fit at a chunk of 100
+        (benchmarks/README.md). ``finished(block)`` must return only once the compiled call
+        that reads block ``block`` has run; it is called before that block's array is refilled,
+        and the caller closes the generator only once every call it dispatched has run."""
+        block_shape = (len(streams), TRACE_EVERY, self.batch_size)
+        block_bytes = int(np.prod(block_shape)) * 16
+        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // max(block_bytes, 1)))
+        if not self.batch_size:
+            for _ in range(n_blocks):
+                yield self.block_draws(streams)
+            return
+        indices = np.empty((min(per_group, n_blocks), *block_shape), dtype=np.int32)
+        with _minibatch_arrays((*block_shape, 2), min(2 * per_group, n_blocks)) as ring:
+            for first in range(0, n_blocks, per_group):
+                blocks = range(first, min(first + per_group, n_blocks))
+                noise = [self.block_draws(streams, indices[k])[0] for k in range(len(blocks))]
+                for block in blocks:
+                    if block >= len(ring):
+                        finished(block - len(ring))  # the block that last read this array
+                rows = tuple(ring[block % len(ring)] for block in blocks)
+                _gather_rows(data[0], indices[:len(blocks)], self.n_obs, rows)
+                yield from zip(noise, rows)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
         if len(seeds) == 1:
@@ -440,16 +482,25 @@ class VectorisedVIFitter:
         checkpoints = sorted({c for c in s.checkpoints if c < s.iterations} | {s.iterations})
         loss_blocks, mean_blocks, saved = [], [], {}
         done_blocks = 0
-        inputs = self.block_inputs(streams, data, s.iterations // TRACE_EVERY)
-        for checkpoint in checkpoints:
-            while done_blocks < checkpoint // TRACE_EVERY:
-                # dispatched without waiting: the next blocks' numbers are drawn meanwhile
-                carry, losses, means = run(carry, loop_args, *next(inputs),
-                                           done_blocks * TRACE_EVERY)
-                loss_blocks.append(losses)
-                mean_blocks.append(means)
-                done_blocks += 1
-            saved[checkpoint] = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
+        inputs = self.block_inputs(streams, data, s.iterations // TRACE_EVERY,
+                                   finished=lambda block: loss_blocks[block].block_until_ready())
+        try:
+            for checkpoint in checkpoints:
+                while done_blocks < checkpoint // TRACE_EVERY:
+                    # dispatched without waiting: the next blocks' numbers are drawn meanwhile
+                    carry, losses, means = run(carry, loop_args, *next(inputs),
+                                               done_blocks * TRACE_EVERY)
+                    loss_blocks.append(losses)
+                    mean_blocks.append(means)
+                    done_blocks += 1
+                saved[checkpoint] = jax.tree_util.tree_map(np.asarray, carry[0]["params"])
+        finally:
+            # the blocks run in order: once the last one has run, no call reads the minibatch
+            # arrays, which the next chunk may then refill
+            with contextlib.suppress(Exception):
+                if loss_blocks:
+                    loss_blocks[-1].block_until_ready()
+            inputs.close()
         losses = np.stack([np.asarray(block) for block in loss_blocks])  # (blocks, seeds, T)
         means = np.stack([np.asarray(block) for block in mean_blocks])  # (blocks, seeds, d)
         loop_done = time.perf_counter()

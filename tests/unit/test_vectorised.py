@@ -211,6 +211,34 @@ def test_a_fit_does_not_depend_on_how_its_minibatches_are_grouped(datasets, grou
         _same_result(alone, together)
 
 
+def test_a_minibatch_array_is_refilled_only_after_the_call_that_read_it_has_run(
+        datasets, monkeypatch):
+    """The minibatch arrays are two groups' worth, refilled in turn: before the host refills an
+    earlier block's array it waits for that block's compiled call (``finished``). The next
+    chunk of the same shape reuses them; a chunk gathering while they are held gets its own."""
+    import vimodes.vectorised as engine
+
+    monkeypatch.setattr(engine, "GATHER_BLOCKS", 2)
+    fitter = VectorisedVIFitter(_settings(), N_OBS)
+    data, drawn_streams = fitter.loop_data(datasets[:2]), _streams(1, 2)
+    waited, last_block_of = [], {}
+    inputs = fitter.block_inputs(_streams(1, 2), data, 9, finished=waited.append)
+    for block, (_, rows) in enumerate(inputs):
+        address = rows.ctypes.data
+        if address in last_block_of:
+            assert last_block_of[address] in waited, f"block {block} refilled a busy array"
+        last_block_of[address] = block
+        indices = fitter.block_draws(drawn_streams)[1]
+        np.testing.assert_array_equal(rows[1, ..., 0], datasets[1].x[indices[1]])
+        if block == 4:  # the arrays are held: another chunk at the same time gets its own
+            other = next(fitter.block_inputs(_streams(3, 4), data, 9))[1]
+            assert other.ctypes.data not in last_block_of
+    assert len(last_block_of) == 4 and waited == [0, 1, 2, 3, 4]
+    inputs.close()
+    again = {rows.ctypes.data for _, rows in fitter.block_inputs(_streams(1, 2), data, 9)}
+    assert again == set(last_block_of)
+
+
 def test_block_inputs_are_read_in_place_by_the_compiled_loop(datasets):
     """XLA's CPU client takes a 64-byte-aligned numpy array as it is and copies any other (20 MB
     per block of 100 seeds): the block's noise and minibatch points are handed over aligned."""
