@@ -111,34 +111,36 @@ def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
     return buffer[start:start + size].reshape(shape)
 
 
-_MINIBATCH_ARRAYS: dict = {}  # this process's reusable minibatch arrays: shape, count, arrays
-_MINIBATCH_ARRAYS_FREE = threading.Lock()
+_HOST_ARRAYS: dict = {}  # this process's reusable host arrays: their shapes, the arrays
+_HOST_ARRAYS_FREE = threading.Lock()
 
 
 @contextlib.contextmanager
-def _minibatch_arrays(shape: tuple[int, ...], count: int) -> Iterator[list[np.ndarray]]:
-    """``count`` aligned arrays of ``shape`` for a chunk's minibatch points: the memory the
-    previous chunk of the same shape used, kept while the process lives (one set at a time: a
-    chunk of another shape replaces it). A chunk fitted at the same time in another thread
-    gets arrays of its own."""
-    if not _MINIBATCH_ARRAYS_FREE.acquire(blocking=False):
-        yield [_aligned_empty(shape) for _ in range(count)]
+def _host_arrays(shapes: list[tuple[int, ...]]) -> Iterator[list[np.ndarray]]:
+    """Aligned float64 arrays of ``shapes`` for a chunk's host data and minibatch points: the
+    memory the previous chunk of the same shapes used, kept while the process lives (one set
+    at a time: a chunk of other shapes replaces it). Fresh arrays of this size cost the
+    kernel's page faults and zeroing: ~5 ms of system time per fit at a chunk of 100
+    (benchmarks/README.md). A chunk fitted at the same time in another thread gets arrays of
+    its own."""
+    if not _HOST_ARRAYS_FREE.acquire(blocking=False):
+        yield [_aligned_empty(shape) for shape in shapes]
         return
     try:
-        if (_MINIBATCH_ARRAYS.get("shape"), _MINIBATCH_ARRAYS.get("count")) != (shape, count):
-            _MINIBATCH_ARRAYS.clear()  # the old set freed before the new one is allocated
-            _MINIBATCH_ARRAYS.update(shape=shape, count=count,
-                                     arrays=[_aligned_empty(shape) for _ in range(count)])
-        yield _MINIBATCH_ARRAYS["arrays"]
+        if _HOST_ARRAYS.get("shapes") != shapes:
+            _HOST_ARRAYS.clear()  # the old set freed before the new one is allocated
+            _HOST_ARRAYS.update(shapes=shapes,
+                                arrays=[_aligned_empty(shape) for shape in shapes])
+        yield _HOST_ARRAYS["arrays"]
     finally:
-        _MINIBATCH_ARRAYS_FREE.release()
+        _HOST_ARRAYS_FREE.release()
 
 
 @njit_cached  # numba, cached on disk where a cache folder is writable
 def _gather_rows(table, indices, n_obs, outs):
     """Fill ``outs[block]`` with ``table[seed * n_obs + indices[block, seed, ...]]`` for every
     block and seed: each seed's minibatch points, one (seeds, steps, batch, 2) array per block,
-    from the interleaved (x, y) host array of ``loop_data``. Seed by seed across the group of
+    from the chunk's interleaved (x, y) host array (``block_inputs``). Seed by seed across the group of
     blocks, so that a seed's ~1.6 MB of points are read from the CPU's caches after their first
     block (block by block, the 100 seeds' 160 MB came from memory on every read; benchmarks/
     README.md). A loop rather than ``np.take``: numpy's per-row overhead made it slower."""
@@ -300,7 +302,7 @@ class VectorisedVIFitter:
     def step(self, state: dict, eps, batch_index, x, y) -> tuple[dict, float]:
         """One optimiser step of one seed, with the noise and minibatch given (pure; tested
         against PyMC's compiled step). The batch is taken as the compiled loop takes it, from
-        ``loop_data``'s layout."""
+        x and y interleaved (``block_inputs``)."""
         jnp = _jax().numpy
         data = ((jnp.stack([jnp.asarray(x), jnp.asarray(y)], axis=-1),) if self.batch_size
                 else (x, y))
@@ -312,16 +314,12 @@ class VectorisedVIFitter:
         return {"params": params, "opt": opt}, value
 
     def loop_data(self, datasets: list[Dataset]) -> tuple:
-        """The chunk's data as the loop reads it. Minibatch VI: x and y interleaved on the host,
-        (seeds * N, 2), a point's x and y in one cache line, from which ``block_inputs`` gathers
-        each block's minibatches on the host while the compiled loop runs the previous block
-        (XLA's gather from 100 data sets of 1e5 points was most of a step: 0.43 of ~0.5 ms
-        per 100-seed step, numpy's ``take`` 0.19 ms, ``_gather_rows`` less;
-        benchmarks/README.md); the compiled loop then reads nothing but its batch. Full batch: (x, y) on the device."""
+        """The chunk's data as the compiled loop reads them: full batch, (x, y) on the device;
+        minibatch VI, nothing (the loop reads only the minibatches ``block_inputs`` gathers
+        on the host)."""
         jnp = _jax().numpy
         if self.batch_size:
-            return (np.stack([np.stack([d.x, d.y], axis=-1) for d in datasets])
-                    .reshape(-1, 2),)
+            return ()
         return (jnp.asarray(np.stack([d.x for d in datasets])),
                 jnp.asarray(np.stack([d.y for d in datasets])))
 
@@ -412,30 +410,36 @@ class VectorisedVIFitter:
                                                dtype=np.int32)
         return noise, indices
 
-    def block_inputs(self, streams, data: tuple, n_blocks: int,
+    def block_inputs(self, streams, datasets: list[Dataset], n_blocks: int,
                      finished: Callable[[int], None] = lambda block: None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The noise and minibatches of the next ``n_blocks`` blocks, one block at a time:
         ``block_draws``'s indices turned into the points themselves, (seeds, TRACE_EVERY,
-        batch, 2), gathered from ``loop_data``'s interleaved host array a group of blocks at a
-        time (full batch: the indices, which are empty). Each block's draws are
-        ``block_draws``'s, whatever the group: a seed's numbers never depend on the grouping.
+        batch, 2) (full batch: the indices, which are empty). Each block's draws are
+        ``block_draws``'s, whatever the grouping below: a seed's numbers never depend on it.
 
-        The minibatch arrays are two groups' worth, refilled in turn and kept for the next
-        chunk of the same shape (``_minibatch_arrays``): freshly allocated 20 MB blocks cost
-        the kernel's page faults and zeroing, ~5 ms of system time per fit at a chunk of 100
-        (benchmarks/README.md). ``finished(block)`` must return only once the compiled call
-        that reads block ``block`` has run; it is called before that block's array is refilled,
-        and the caller closes the generator only once every call it dispatched has run."""
-        block_shape = (len(streams), TRACE_EVERY, self.batch_size)
-        block_bytes = int(np.prod(block_shape)) * 16
-        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // max(block_bytes, 1)))
+        The points are gathered on the host, while the compiled loop runs the blocks before
+        (XLA's gather from 100 data sets of 1e5 points was most of a step; benchmarks/README.md),
+        from the chunk's x and y interleaved, (seeds * N, 2), a point's x and y in one cache
+        line, a group of blocks at a time, seed by seed (``_gather_rows``). The minibatch
+        arrays are two groups' worth, refilled in turn, and with the interleaved data kept for
+        the next chunk of the same shapes (``_host_arrays``). ``finished(block)`` must return
+        only once the compiled call that reads block ``block`` has run; it is called before
+        that block's array is refilled, and the caller closes the generator only once every
+        call it dispatched has run."""
         if not self.batch_size:
             for _ in range(n_blocks):
                 yield self.block_draws(streams)
             return
+        block_shape = (len(streams), TRACE_EVERY, self.batch_size)
+        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // (int(np.prod(block_shape)) * 16)))
         indices = np.empty((min(per_group, n_blocks), *block_shape), dtype=np.int32)
-        with _minibatch_arrays((*block_shape, 2), min(2 * per_group, n_blocks)) as ring:
+        shapes = [(len(datasets), self.n_obs, 2)] + [(*block_shape, 2)] * min(2 * per_group,
+                                                                               n_blocks)
+        with _host_arrays(shapes) as (table, *ring):
+            for seed, data in enumerate(datasets):
+                table[seed, :, 0], table[seed, :, 1] = data.x, data.y
+            table = table.reshape(-1, 2)
             for first in range(0, n_blocks, per_group):
                 blocks = range(first, min(first + per_group, n_blocks))
                 noise = [self.block_draws(streams, indices[k])[0] for k in range(len(blocks))]
@@ -443,7 +447,7 @@ class VectorisedVIFitter:
                     if block >= len(ring):
                         finished(block - len(ring))  # the block that last read this array
                 rows = tuple(ring[block % len(ring)] for block in blocks)
-                _gather_rows(data[0], indices[:len(blocks)], self.n_obs, rows)
+                _gather_rows(table, indices[:len(blocks)], self.n_obs, rows)
                 yield from zip(noise, rows)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
@@ -467,8 +471,7 @@ class VectorisedVIFitter:
             starts.append(vi_start(s, self.model, self.ordering, self.default_start, rng))
             rngs.append(rng)
         n = len(seeds)
-        data = self.loop_data(datasets)
-        loop_args = () if self.batch_size else data  # minibatch: the loop reads its rows only
+        loop_args = self.loop_data(datasets)
         states = [self.initial_state(start) for start in starts]
         state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
         width = self.ddim * 2 if not self.fullrank else self.ddim + len(self.tril[0])
@@ -482,7 +485,7 @@ class VectorisedVIFitter:
         checkpoints = sorted({c for c in s.checkpoints if c < s.iterations} | {s.iterations})
         loss_blocks, mean_blocks, saved = [], [], {}
         done_blocks = 0
-        inputs = self.block_inputs(streams, data, s.iterations // TRACE_EVERY,
+        inputs = self.block_inputs(streams, datasets, s.iterations // TRACE_EVERY,
                                    finished=lambda block: loss_blocks[block].block_until_ready())
         try:
             for checkpoint in checkpoints:

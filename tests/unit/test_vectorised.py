@@ -184,9 +184,8 @@ def test_block_inputs_are_each_seeds_own_points_at_its_drawn_indices(datasets):
     """The minibatches gathered on the host are the drawn indices' (x, y) of each seed's own
     data set, in the order drawn."""
     fitter = VectorisedVIFitter(_settings(), N_OBS)
-    data = fitter.loop_data(datasets[:2])
     drawn_streams = _streams(1, 2)
-    for noise, rows in fitter.block_inputs(_streams(1, 2), data, 3):
+    for noise, rows in fitter.block_inputs(_streams(1, 2), datasets[:2], 3):
         same_noise, indices = fitter.block_draws(drawn_streams)
         np.testing.assert_array_equal(noise, same_noise)
         assert rows.shape == (2, TRACE_EVERY, BATCH, 2)
@@ -220,7 +219,7 @@ def test_a_minibatch_array_is_refilled_only_after_the_call_that_read_it_has_run(
 
     monkeypatch.setattr(engine, "GATHER_BLOCKS", 2)
     fitter = VectorisedVIFitter(_settings(), N_OBS)
-    data, drawn_streams = fitter.loop_data(datasets[:2]), _streams(1, 2)
+    data, drawn_streams = datasets[:2], _streams(1, 2)
     waited, last_block_of = [], {}
     inputs = fitter.block_inputs(_streams(1, 2), data, 9, finished=waited.append)
     for block, (_, rows) in enumerate(inputs):
@@ -245,7 +244,7 @@ def test_block_inputs_are_read_in_place_by_the_compiled_loop(datasets):
     import jax
 
     fitter = VectorisedVIFitter(_settings(), N_OBS)
-    data, streams = fitter.loop_data(datasets[:3]), _streams(1, 3)
+    data, streams = datasets[:3], _streams(1, 3)
     # several blocks kept alive at once: numpy's own allocations land on a 64-byte boundary
     # only now and then (when freed memory is reused), never every time
     blocks = [array for block in fitter.block_inputs(streams, data, 6) for array in block]
