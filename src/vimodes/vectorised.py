@@ -138,9 +138,10 @@ def _host_arrays(shapes: list[tuple[int, ...]]) -> Iterator[list[np.ndarray]]:
 
 @njit_cached  # numba, cached on disk where a cache folder is writable
 def _gather_rows(table, indices, n_obs, outs):
-    """Fill ``outs[block]`` with ``table[seed * n_obs + indices[block, seed, ...]]`` for every
-    block and seed: each seed's minibatch points, one (seeds, steps, batch, 2) array per block,
-    from the chunk's interleaved (x, y) host array (``block_inputs``). Seed by seed across the group of
+    """Fill ``outs[block][step, seed]`` with ``table[seed * n_obs + indices[block, seed,
+    step]]`` for every block, seed and step: each seed's minibatch points, one step-major
+    (steps, seeds, batch, 2) array per block, from the chunk's interleaved (x, y) host array
+    (``block_inputs``). Seed by seed across the group of
     blocks, so that a seed's ~1.6 MB of points are read from the CPU's caches after their first
     block (block by block, the 100 seeds' 160 MB came from memory on every read; benchmarks/
     README.md). A loop rather than ``np.take``: numpy's per-row overhead made it slower."""
@@ -152,8 +153,8 @@ def _gather_rows(table, indices, n_obs, outs):
             for step in range(n_steps):
                 for j in range(n_batch):
                     row = base + indices[block, seed, step, j]
-                    out[seed, step, j, 0] = table[row, 0]
-                    out[seed, step, j, 1] = table[row, 1]
+                    out[step, seed, j, 0] = table[row, 0]
+                    out[step, seed, j, 1] = table[row, 1]
 
 
 @dataclass(frozen=True)
@@ -371,20 +372,20 @@ class VectorisedVIFitter:
             loss_seen = jnp.where(alive, value, jnp.nan)  # the failing loss is recorded too
             return (state, keep, failed_at, stopped_at, prev), loss_seen
 
-        def one_seed_block(carry, data, noise, rows, first_iteration):
-            def body(c, step):
-                i, eps, step_rows = step
-                return one_step(c, data, eps, step_rows, first_iteration + i)
-
-            return lax.scan(body, carry, (jnp.arange(TRACE_EVERY), noise, rows))
-
-        many_block = jax.vmap(one_seed_block, in_axes=(0, 0, 0, 0, None))
+        all_seeds_step = jax.vmap(one_step, in_axes=(0, 0, 0, 0, None))
 
         @jax.jit
         def run(carry, data, noise, rows, first_iteration):
-            # losses: (seeds, TRACE_EVERY), NaN where a seed had stopped or failed; data: the
+            # noise (TRACE_EVERY, seeds, d) and rows (TRACE_EVERY, seeds, batch, 2) step-major:
+            # a scan over their leading axis reads each step's slice in place (a vmap over a
+            # per-seed scan made XLA transpose the block's 20 MB of rows first); losses:
+            # (TRACE_EVERY, seeds), NaN where a seed had stopped or failed; data: the
             # full-batch (x, y), or nothing (minibatch VI reads only its gathered rows)
-            carry, losses = many_block(carry, data, noise, rows, first_iteration)
+            def body(c, step):
+                i, eps, step_rows = step
+                return all_seeds_step(c, data, eps, step_rows, first_iteration + i)
+
+            carry, losses = lax.scan(body, carry, (jnp.arange(TRACE_EVERY), noise, rows))
             return carry, losses, carry[0]["params"][0]
 
         self._run = run
@@ -393,19 +394,20 @@ class VectorisedVIFitter:
     def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]],
                     indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The random numbers of the next TRACE_EVERY steps of every seed, from the seed's own
-        (noise, minibatch) pair of numpy streams: the standard-normal draws (seeds, TRACE_EVERY,
-        d) and the minibatch indices (seeds, TRACE_EVERY, batch; batch 0 draws none; written
-        into ``indices`` when given), uniform with replacement as ``pm.Minibatch`` draws them.
+        (noise, minibatch) pair of numpy streams: the standard-normal draws (TRACE_EVERY,
+        seeds, d), step-major as the compiled loop reads them, and the minibatch indices (seeds,
+        TRACE_EVERY, batch; batch 0 draws none; written into ``indices`` when given), uniform
+        with replacement as ``pm.Minibatch`` draws them.
         Two streams, so that a seed's noise is the same whatever its cell's batch size (common
         random numbers across cells). Drawn here, not in the compiled step: on the CPU, XLA
         runs JAX's threefry as a loop of small kernels, which made the random numbers cost more
         than the gradient (benchmarks/README.md); numpy draws the next blocks while the
         compiled loop runs the current one."""
-        noise = _aligned_empty((len(streams), TRACE_EVERY, self.ddim))
+        noise = _aligned_empty((TRACE_EVERY, len(streams), self.ddim))
         if indices is None:
             indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
         for seed, (noise_rng, index_rng) in enumerate(streams):
-            noise_rng.standard_normal((TRACE_EVERY, self.ddim), out=noise[seed])
+            noise[:, seed] = noise_rng.standard_normal((TRACE_EVERY, self.ddim))
             indices[seed] = index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
                                                dtype=np.int32)
         return noise, indices
@@ -414,8 +416,8 @@ class VectorisedVIFitter:
                      finished: Callable[[int], None] = lambda block: None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The noise and minibatches of the next ``n_blocks`` blocks, one block at a time:
-        ``block_draws``'s indices turned into the points themselves, (seeds, TRACE_EVERY,
-        batch, 2) (full batch: the indices, which are empty). Each block's draws are
+        ``block_draws``'s indices turned into the points themselves, (TRACE_EVERY, seeds,
+        batch, 2) (full batch: none, an empty array). Each block's draws are
         ``block_draws``'s, whatever the grouping below: a seed's numbers never depend on it.
 
         The points are gathered on the host, while the compiled loop runs the blocks before
@@ -428,14 +430,15 @@ class VectorisedVIFitter:
         that block's array is refilled, and the caller closes the generator only once every
         call it dispatched has run."""
         if not self.batch_size:
+            no_rows = np.empty((TRACE_EVERY, len(streams), 0, 2))
             for _ in range(n_blocks):
-                yield self.block_draws(streams)
+                yield self.block_draws(streams)[0], no_rows
             return
         block_shape = (len(streams), TRACE_EVERY, self.batch_size)
         per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // (int(np.prod(block_shape)) * 16)))
         indices = np.empty((min(per_group, n_blocks), *block_shape), dtype=np.int32)
-        shapes = [(len(datasets), self.n_obs, 2)] + [(*block_shape, 2)] * min(2 * per_group,
-                                                                               n_blocks)
+        rows_shape = (TRACE_EVERY, len(streams), self.batch_size, 2)
+        shapes = [(len(datasets), self.n_obs, 2)] + [rows_shape] * min(2 * per_group, n_blocks)
         with _host_arrays(shapes) as (table, *ring):
             for seed, data in enumerate(datasets):
                 table[seed, :, 0], table[seed, :, 1] = data.x, data.y
@@ -504,11 +507,11 @@ class VectorisedVIFitter:
                 if loss_blocks:
                     loss_blocks[-1].block_until_ready()
             inputs.close()
-        losses = np.stack([np.asarray(block) for block in loss_blocks])  # (blocks, seeds, T)
+        losses = np.stack([np.asarray(block) for block in loss_blocks])  # (blocks, T, seeds)
         means = np.stack([np.asarray(block) for block in mean_blocks])  # (blocks, seeds, d)
         loop_done = time.perf_counter()
         fit_seconds = (loop_done - started) / n
-        losses = losses.transpose(1, 0, 2).reshape(n, -1)
+        losses = losses.transpose(2, 0, 1).reshape(n, -1)
         means = means.transpose(1, 0, 2)
         _, alive, failed_at, stopped_at, _ = (np.asarray(v) if i else v
                                               for i, v in enumerate(carry))

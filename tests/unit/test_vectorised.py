@@ -92,7 +92,7 @@ def test_steps_equal_pymc(datasets, method, optimizer, learning_rate, model_name
     params[0].set_value(start)
     state = fitter.initial_state(start)
     np.testing.assert_allclose(params[1].get_value(), np.asarray(state["params"][1]))
-    for _ in range(12):  # several steps: the optimisers' accumulators must agree too
+    for step in range(12):  # several steps: the optimisers' accumulators must agree too
         eps = rng.normal(size=fitter.ddim)
         index = rng.integers(0, N_OBS, size=BATCH)
         pymc_eps = eps.reshape(eps_type.shape) if eps_type.ndim == 2 else eps
@@ -100,6 +100,13 @@ def test_steps_equal_pymc(datasets, method, optimizer, learning_rate, model_name
         pymc_loss = fn(*args)
         state, loss = fitter.step(state, eps, index if batch_size else None, data.x, data.y)
         np.testing.assert_allclose(float(loss), float(pymc_loss), rtol=1e-6, atol=1e-8)
+        if not all(np.all(np.isfinite(p.get_value())) for p in params):
+            # PyMC's full-rank step on the question's likelihood returns NaN parameters from a
+            # finite loss (here at the 8th step, loss 1331.57 in both engines; its NaN
+            # gradients under full rank, README "Two VI engines"): the comparison ends there,
+            # only in that case and only after several equal steps
+            assert (model_name, method) == ("as_asked", "fullrank_advi") and step >= 5
+            break
         for ours, theirs in zip(state["params"], params):
             np.testing.assert_allclose(np.asarray(ours), theirs.get_value(), rtol=1e-6,
                                        atol=1e-8)
@@ -161,10 +168,10 @@ def _streams(*seeds):
 def test_block_draws_cover_the_data_and_follow_each_seed():
     fitter = VectorisedVIFitter(_settings(), N_OBS)
     noise, indices = fitter.block_draws(_streams(1, 2))
-    assert noise.shape == (2, TRACE_EVERY, fitter.ddim)
+    assert noise.shape == (TRACE_EVERY, 2, fitter.ddim)  # step-major, as the loop reads it
     assert indices.shape == (2, TRACE_EVERY, BATCH)
     alone_noise, alone_indices = fitter.block_draws(_streams(2))
-    np.testing.assert_array_equal(noise[1], alone_noise[0])
+    np.testing.assert_array_equal(noise[:, 1], alone_noise[:, 0])
     np.testing.assert_array_equal(indices[1], alone_indices[0])
     # uniformly over every point (the first and the last included): 5 blocks draw 8000
     # indices of 400 points, each point missed with probability ~exp(-20) ...
@@ -188,10 +195,10 @@ def test_block_inputs_are_each_seeds_own_points_at_its_drawn_indices(datasets):
     for noise, rows in fitter.block_inputs(_streams(1, 2), datasets[:2], 3):
         same_noise, indices = fitter.block_draws(drawn_streams)
         np.testing.assert_array_equal(noise, same_noise)
-        assert rows.shape == (2, TRACE_EVERY, BATCH, 2)
+        assert rows.shape == (TRACE_EVERY, 2, BATCH, 2)  # step-major
         for seed, dataset in enumerate(datasets[:2]):
-            np.testing.assert_array_equal(rows[seed, ..., 0], dataset.x[indices[seed]])
-            np.testing.assert_array_equal(rows[seed, ..., 1], dataset.y[indices[seed]])
+            np.testing.assert_array_equal(rows[:, seed, :, 0], dataset.x[indices[seed]])
+            np.testing.assert_array_equal(rows[:, seed, :, 1], dataset.y[indices[seed]])
 
 
 @pytest.mark.parametrize("group", [1, 2, 10])
@@ -228,7 +235,7 @@ def test_a_minibatch_array_is_refilled_only_after_the_call_that_read_it_has_run(
             assert last_block_of[address] in waited, f"block {block} refilled a busy array"
         last_block_of[address] = block
         indices = fitter.block_draws(drawn_streams)[1]
-        np.testing.assert_array_equal(rows[1, ..., 0], datasets[1].x[indices[1]])
+        np.testing.assert_array_equal(rows[:, 1, :, 0], datasets[1].x[indices[1]])
         if block == 4:  # the arrays are held: another chunk at the same time gets its own
             other = next(fitter.block_inputs(_streams(3, 4), data, 9))[1]
             assert other.ctypes.data not in last_block_of
