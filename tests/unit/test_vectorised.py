@@ -102,8 +102,8 @@ def test_steps_equal_pymc(datasets, method, optimizer, learning_rate, model_name
         np.testing.assert_allclose(float(loss), float(pymc_loss), rtol=1e-6, atol=1e-8)
         if not all(np.all(np.isfinite(p.get_value())) for p in params):
             # PyMC's full-rank step on the question's likelihood returns NaN parameters from a
-            # finite loss (here at the 8th step, loss 1331.57 in both engines; its NaN
-            # gradients under full rank, README "Two VI engines"): the comparison ends there,
+            # finite loss (here at the 8th step, loss 1331.57 in both engines; the NaN gradient
+            # of PyMC's full-rank objective, README "Two VI engines"): the comparison ends there,
             # only in that case and only after several equal steps
             assert (model_name, method) == ("as_asked", "fullrank_advi") and step >= 5
             break
