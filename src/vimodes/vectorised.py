@@ -141,10 +141,10 @@ def _gather_rows(table, indices, n_obs, outs):
     """Fill ``outs[block][step, seed]`` with ``table[seed * n_obs + indices[block, seed,
     step]]`` for every block, seed and step: each seed's minibatch points, one step-major
     (steps, seeds, batch, 2) array per block, from the chunk's interleaved (x, y) host array
-    (``block_inputs``). Seed by seed across the group of
-    blocks, so that a seed's ~1.6 MB of points are read from the CPU's caches after their first
-    block (block by block, the 100 seeds' 160 MB came from memory on every read; benchmarks/
-    README.md). A loop rather than ``np.take``: numpy's per-row overhead made it slower."""
+    (``block_inputs``). Seed by seed across the group of blocks, so that a seed's ~1.6 MB of
+    points are read from the CPU's caches after their first block (block by block, the 100
+    seeds' 160 MB came from memory on every read; benchmarks/README.md). A loop rather than
+    ``np.take``: numpy's per-row overhead made it slower."""
     n_blocks, n_seeds, n_steps, n_batch = indices.shape
     for seed in range(n_seeds):
         base = seed * n_obs
@@ -397,12 +397,12 @@ class VectorisedVIFitter:
         (noise, minibatch) pair of numpy streams: the standard-normal draws (TRACE_EVERY,
         seeds, d), step-major as the compiled loop reads them, and the minibatch indices (seeds,
         TRACE_EVERY, batch; batch 0 draws none; written into ``indices`` when given), uniform
-        with replacement as ``pm.Minibatch`` draws them.
-        Two streams, so that a seed's noise is the same whatever its cell's batch size (common
-        random numbers across cells). Drawn here, not in the compiled step: on the CPU, XLA
-        runs JAX's threefry as a loop of small kernels, which made the random numbers cost more
-        than the gradient (benchmarks/README.md); numpy draws the next blocks while the
-        compiled loop runs the current one."""
+        with replacement as ``pm.Minibatch`` draws them. Two streams, so that a seed's noise is
+        the same whatever its cell's batch size (common random numbers across cells). Drawn
+        here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a loop of small
+        kernels, which made the random numbers cost more than the gradient
+        (benchmarks/README.md); numpy draws the next blocks while the compiled loop runs the
+        current one."""
         noise = _aligned_empty((TRACE_EVERY, len(streams), self.ddim))
         if indices is None:
             indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
