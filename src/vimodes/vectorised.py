@@ -318,9 +318,9 @@ class VectorisedVIFitter:
         """The chunk's data as the compiled loop reads them: full batch, (x, y) on the device;
         minibatch VI, nothing (the loop reads only the minibatches ``block_inputs`` gathers
         on the host)."""
-        jnp = _jax().numpy
         if self.batch_size:
             return ()
+        jnp = _jax().numpy
         return (jnp.asarray(np.stack([d.x for d in datasets])),
                 jnp.asarray(np.stack([d.y for d in datasets])))
 
