@@ -56,6 +56,7 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 
+from vimodes.bounded_integers import draw_indices
 from vimodes.fastlik import _jit as njit_cached
 from vimodes.fastlik_ffi import on_cpu_kernel
 from vimodes.fitting import (
@@ -138,21 +139,21 @@ def _host_arrays(shapes: list[tuple[int, ...]]) -> Iterator[list[np.ndarray]]:
 
 @njit_cached  # numba, cached on disk where a cache folder is writable
 def _gather_rows(table, indices, n_obs, outs):
-    """Fill ``outs[block][step, seed]`` with ``table[seed * n_obs + indices[block, seed,
+    """Fill ``outs[block][step, seed]`` with ``table[seed * n_obs + indices[seed, block,
     step]]`` for every block, seed and step: each seed's minibatch points, one step-major
     (steps, seeds, batch, 2) array per block, from the chunk's interleaved (x, y) host array
     (``block_inputs``). Seed by seed across the group of blocks, so that a seed's ~1.6 MB of
     points are read from the CPU's caches after their first block (block by block, the 100
     seeds' 160 MB came from memory on every read; benchmarks/README.md). A loop rather than
     ``np.take``: numpy's per-row overhead made it slower."""
-    n_blocks, n_seeds, n_steps, n_batch = indices.shape
+    n_seeds, n_blocks, n_steps, n_batch = indices.shape
     for seed in range(n_seeds):
         base = seed * n_obs
         for block in range(n_blocks):
             out = outs[block]
             for step in range(n_steps):
                 for j in range(n_batch):
-                    row = base + indices[block, seed, step, j]
+                    row = base + indices[seed, block, step, j]
                     out[step, seed, j, 0] = table[row, 0]
                     out[step, seed, j, 1] = table[row, 1]
 
@@ -397,20 +398,24 @@ class VectorisedVIFitter:
         (noise, minibatch) pair of numpy streams: the standard-normal draws (TRACE_EVERY,
         seeds, d), step-major as the compiled loop reads them, and the minibatch indices (seeds,
         TRACE_EVERY, batch; batch 0 draws none; written into ``indices`` when given), uniform
-        with replacement as ``pm.Minibatch`` draws them. Two streams, so that a seed's noise is
+        with replacement as ``pm.Minibatch`` draws them (numpy's ``integers``, by
+        ``draw_indices``). Two streams, so that a seed's noise is
         the same whatever its cell's batch size (common random numbers across cells). Drawn
         here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a loop of small
         kernels, which made the random numbers cost more than the gradient
         (benchmarks/README.md); numpy draws the next blocks while the compiled loop runs the
         current one."""
-        noise = _aligned_empty((TRACE_EVERY, len(streams), self.ddim))
         if indices is None:
             indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
-        for seed, (noise_rng, index_rng) in enumerate(streams):
+        for seed, (_, index_rng) in enumerate(streams):
+            draw_indices(index_rng, self.n_obs, indices[seed])
+        return self._block_noise(streams), indices
+
+    def _block_noise(self, streams) -> np.ndarray:
+        noise = _aligned_empty((TRACE_EVERY, len(streams), self.ddim))
+        for seed, (noise_rng, _) in enumerate(streams):
             noise[:, seed] = noise_rng.standard_normal((TRACE_EVERY, self.ddim))
-            indices[seed] = index_rng.integers(0, self.n_obs, size=(TRACE_EVERY, self.batch_size),
-                                               dtype=np.int32)
-        return noise, indices
+        return noise
 
     def block_inputs(self, streams, datasets: list[Dataset], n_blocks: int,
                      finished: Callable[[int], None] = lambda block: None
@@ -432,11 +437,12 @@ class VectorisedVIFitter:
         if not self.batch_size:
             no_rows = np.empty((TRACE_EVERY, len(streams), 0, 2))
             for _ in range(n_blocks):
-                yield self.block_draws(streams)[0], no_rows
+                yield self._block_noise(streams), no_rows
             return
-        block_shape = (len(streams), TRACE_EVERY, self.batch_size)
-        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // (int(np.prod(block_shape)) * 16)))
-        indices = np.empty((min(per_group, n_blocks), *block_shape), dtype=np.int32)
+        block_size = len(streams) * TRACE_EVERY * self.batch_size
+        per_group = max(1, min(GATHER_BLOCKS, GATHER_BYTES // (block_size * 16)))
+        indices = np.empty((len(streams), min(per_group, n_blocks), TRACE_EVERY,
+                            self.batch_size), dtype=np.int32)
         rows_shape = (TRACE_EVERY, len(streams), self.batch_size, 2)
         shapes = [(len(datasets), self.n_obs, 2)] + [rows_shape] * min(2 * per_group, n_blocks)
         with _host_arrays(shapes) as (table, *ring):
@@ -445,12 +451,15 @@ class VectorisedVIFitter:
             table = table.reshape(-1, 2)
             for first in range(0, n_blocks, per_group):
                 blocks = range(first, min(first + per_group, n_blocks))
-                noise = [self.block_draws(streams, indices[k])[0] for k in range(len(blocks))]
+                noise = [self._block_noise(streams) for _ in blocks]
+                for seed, (_, index_rng) in enumerate(streams):
+                    # a seed's blocks in one call: its stream's next draws, in block order
+                    draw_indices(index_rng, self.n_obs, indices[seed, :len(blocks)])
                 for block in blocks:
                     if block >= len(ring):
                         finished(block - len(ring))  # the block that last read this array
                 rows = tuple(ring[block % len(ring)] for block in blocks)
-                _gather_rows(table, indices[:len(blocks)], self.n_obs, rows)
+                _gather_rows(table, indices[:, :len(blocks)], self.n_obs, rows)
                 yield from zip(noise, rows)
 
     def fit_many(self, datasets: list[Dataset], seed_base: int, seeds: list[int]) -> list[FitResult]:
