@@ -55,6 +55,9 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from vimodes.bounded_integers import draw_indices
 from vimodes.fastlik import _jit as njit_cached
@@ -137,25 +140,66 @@ def _host_arrays(shapes: list[tuple[int, ...]]) -> Iterator[list[np.ndarray]]:
         _HOST_ARRAYS_FREE.release()
 
 
+@intrinsic
+def _copy_row_streaming(typingctx, out, out_offset, table, row):
+    """``out.flat[out_offset:out_offset + 2] = table[row]``: one 16-byte load and one
+    non-temporal 16-byte store (both arrays C-contiguous float64 on 16-byte boundaries). The
+    store goes to memory without first reading the line into the caches, which a normal store
+    does and which made the gather's writes a third of its time (benchmarks/README.md); and
+    the minibatches, read only by a later compiled call, do not evict the data from the
+    caches."""
+    signature = types.void(out, out_offset, table, row)
+
+    def codegen(context, builder, sig, args):
+        pair = ir.VectorType(ir.DoubleType(), 2)
+        two = ir.Constant(ir.IntType(64), 2)
+        out_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        table_data = context.make_array(sig.args[2])(context, builder, args[2]).data
+        source = builder.gep(table_data, [builder.mul(args[3], two)])
+        target = builder.gep(out_data, [args[1]])
+        value = builder.load(builder.bitcast(source, pair.as_pointer()), align=16)
+        store = builder.store(value, builder.bitcast(target, pair.as_pointer()), align=16)
+        store.set_metadata("nontemporal",
+                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """A full memory fence: non-temporal stores are weakly ordered, so they are made visible
+    before anything after it (e.g. another thread's compiled call reading the array)."""
+
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
 @njit_cached  # numba, cached on disk where a cache folder is writable
 def _gather_rows(table, indices, n_obs, outs):
     """Fill ``outs[block][step, seed]`` with ``table[seed * n_obs + indices[seed, block,
     step]]`` for every block, seed and step: each seed's minibatch points, one step-major
     (steps, seeds, batch, 2) array per block, from the chunk's interleaved (x, y) host array
-    (``block_inputs``). Seed by seed across the group of blocks, so that a seed's ~1.6 MB of
-    points are read from the CPU's caches after their first block (block by block, the 100
-    seeds' 160 MB came from memory on every read; benchmarks/README.md). A loop rather than
-    ``np.take``: numpy's per-row overhead made it slower."""
+    (``block_inputs``; every array C-contiguous on a 16-byte boundary, ``_aligned_empty``).
+    Seed by seed across the group of blocks, so that a seed's ~1.6 MB of points are read from
+    the CPU's caches after their first block (block by block, the 100 seeds' 160 MB came from
+    memory on every read; benchmarks/README.md), and written by non-temporal stores
+    (``_copy_row_streaming``). A loop rather than ``np.take``: numpy's per-row overhead made it
+    slower."""
     n_seeds, n_blocks, n_steps, n_batch = indices.shape
     for seed in range(n_seeds):
         base = seed * n_obs
         for block in range(n_blocks):
             out = outs[block]
             for step in range(n_steps):
+                first = (step * n_seeds + seed) * n_batch
                 for j in range(n_batch):
-                    row = base + indices[seed, block, step, j]
-                    out[step, seed, j, 0] = table[row, 0]
-                    out[step, seed, j, 1] = table[row, 1]
+                    row = base + np.int64(indices[seed, block, step, j])
+                    _copy_row_streaming(out, (first + j) * 2, table, row)
+    _store_fence()
 
 
 @dataclass(frozen=True)
@@ -449,6 +493,8 @@ class VectorisedVIFitter:
             for seed, data in enumerate(datasets):
                 table[seed, :, 0], table[seed, :, 1] = data.x, data.y
             table = table.reshape(-1, 2)
+            if not all(a.flags.c_contiguous and a.ctypes.data % 16 == 0 for a in (table, *ring)):
+                raise AssertionError("_gather_rows's streaming stores need 16-byte alignment")
             for first in range(0, n_blocks, per_group):
                 blocks = range(first, min(first + per_group, n_blocks))
                 noise = [self._block_noise(streams) for _ in blocks]
