@@ -436,21 +436,19 @@ class VectorisedVIFitter:
         self._run = run
         return run
 
-    def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]],
-                    indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def block_draws(self, streams: list[tuple[np.random.Generator, np.random.Generator]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """The random numbers of the next TRACE_EVERY steps of every seed, from the seed's own
         (noise, minibatch) pair of numpy streams: the standard-normal draws (TRACE_EVERY,
         seeds, d), step-major as the compiled loop reads them, and the minibatch indices (seeds,
-        TRACE_EVERY, batch; batch 0 draws none; written into ``indices`` when given), uniform
-        with replacement as ``pm.Minibatch`` draws them (numpy's ``integers``, by
-        ``draw_indices``). Two streams, so that a seed's noise is
-        the same whatever its cell's batch size (common random numbers across cells). Drawn
-        here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a loop of small
-        kernels, which made the random numbers cost more than the gradient
+        TRACE_EVERY, batch; batch 0 draws none), uniform with replacement as ``pm.Minibatch``
+        draws them (numpy's ``integers``, by the faster ``draw_indices``). Two streams, so that
+        a seed's noise is the same whatever its cell's batch size (common random numbers across
+        cells). Drawn here, not in the compiled step: on the CPU, XLA runs JAX's threefry as a
+        loop of small kernels, which made the random numbers cost more than the gradient
         (benchmarks/README.md); numpy draws the next blocks while the compiled loop runs the
-        current one."""
-        if indices is None:
-            indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
+        current one. ``block_inputs`` draws the same numbers a group of blocks at a time."""
+        indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
         for seed, (_, index_rng) in enumerate(streams):
             draw_indices(index_rng, self.n_obs, indices[seed])
         return self._block_noise(streams), indices
