@@ -1,15 +1,15 @@
-"""numpy's ``Generator.integers(0, high, dtype=np.int32)``, bit for bit, at a third of its cost.
+"""numpy's ``Generator.integers(0, high, dtype=np.int32)``, bit for bit, in ~2/3 of its time.
 
 The vectorised engine draws 1.28 million minibatch indices per fit (10000 steps of 128), and
-numpy spends ~4-5 ns on each: a call through the bit generator's function pointer per 32-bit
-value. Here numpy's PCG64 makes the raw 64-bit values (``random_raw``, ~1 ns each, two indices
-apiece) and a numba loop maps them to indices with numpy's own algorithm (Lemire's
-multiply-and-reject, arXiv:1805.10941, numpy's ``buffered_bounded_lemire_uint32``): the low
-32 bits of a raw value first, then the high, a spare half kept in the stream's
-``has_uint32``/``uinteger`` as numpy keeps it. The raw values drawn but not used are given back
-by stepping the stream back (``PCG64.advance`` modulo 2**128), so the stream ends where
-``integers`` would have left it and every later draw is unchanged (tested against numpy for
-many streams, sizes and bounds)."""
+numpy spends ~3-5 ns on each: a call through the bit generator's function pointer per 32-bit
+value (4.3-6.3 against 3.4-3.9 ms per fit here, benchmarks/README.md). Here numpy's PCG64 makes
+the raw 64-bit values (``random_raw``, ~1 ns each, two indices apiece) and a numba loop maps
+them to indices with numpy's own algorithm (Lemire's multiply-and-reject, arXiv:1805.10941,
+numpy's ``buffered_bounded_lemire_uint32``): the low 32 bits of a raw value first, then the
+high, a spare half kept in the stream's ``has_uint32``/``uinteger`` as numpy keeps it. The raw
+values drawn but not used are given back by stepping the stream back (``PCG64.advance`` modulo
+2**128), so the stream ends where ``integers`` would have left it and every later draw is
+unchanged (tested against numpy for many streams, sizes and bounds)."""
 
 from __future__ import annotations
 
