@@ -449,9 +449,14 @@ class VectorisedVIFitter:
         (benchmarks/README.md); numpy draws the next blocks while the compiled loop runs the
         current one. ``block_inputs`` draws the same numbers a group of blocks at a time."""
         indices = np.empty((len(streams), TRACE_EVERY, self.batch_size), dtype=np.int32)
-        for seed, (_, index_rng) in enumerate(streams):
-            draw_indices(index_rng, self.n_obs, indices[seed])
+        self._draw_indices(streams, indices)
         return self._block_noise(streams), indices
+
+    def _draw_indices(self, streams, out: np.ndarray) -> None:
+        """Each seed's next minibatch indices into ``out[seed]`` (one block or a group of
+        blocks: its stream's next draws, in block order)."""
+        for seed, (_, index_rng) in enumerate(streams):
+            draw_indices(index_rng, self.n_obs, out[seed])
 
     def _block_noise(self, streams) -> np.ndarray:
         noise = _aligned_empty((TRACE_EVERY, len(streams), self.ddim))
@@ -496,9 +501,7 @@ class VectorisedVIFitter:
             for first in range(0, n_blocks, per_group):
                 blocks = range(first, min(first + per_group, n_blocks))
                 noise = [self._block_noise(streams) for _ in blocks]
-                for seed, (_, index_rng) in enumerate(streams):
-                    # a seed's blocks in one call: its stream's next draws, in block order
-                    draw_indices(index_rng, self.n_obs, indices[seed, :len(blocks)])
+                self._draw_indices(streams, indices[:, :len(blocks)])  # a seed's group at once
                 for block in blocks:
                     if block >= len(ring):
                         finished(block - len(ring))  # the block that last read this array
